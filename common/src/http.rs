@@ -1,0 +1,218 @@
+//! HTTP scaffolding every service shares: `/healthz`, `/readyz`, `/metrics`, one JSON
+//! error type, and a server loop that drains on shutdown with a deadline per request.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use tower_http::timeout::TimeoutLayer;
+
+/// An error as a client sees it: a status and a short message in `{"error": "..."}`.
+/// Server-side faults are logged here; client mistakes are not (they are not ours).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{dependency} unavailable: {message}")]
+    Unavailable { dependency: String, message: String },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), error = %self, "request failed");
+        }
+        (status, Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+/// Whether a service can do its job now; `None` means ready, `Some(reason)` says what
+/// it is still waiting for, so `/readyz` can name it.
+#[derive(Clone, Debug)]
+pub struct Readiness(Arc<Mutex<Option<String>>>);
+
+impl Readiness {
+    pub fn not_ready(reason: impl Into<String>) -> Self {
+        Readiness(Arc::new(Mutex::new(Some(reason.into()))))
+    }
+
+    pub fn set_ready(&self) {
+        *self.lock() = None;
+    }
+
+    pub fn set_not_ready(&self, reason: impl Into<String>) {
+        *self.lock() = Some(reason.into());
+    }
+
+    /// `Err(reason)` while not ready.
+    pub fn check(&self) -> Result<(), String> {
+        match self.lock().as_ref() {
+            None => Ok(()),
+            Some(reason) => Err(reason.clone()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        // A poisoned flag is still a valid flag: recover the value.
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[derive(Clone)]
+struct OpsState {
+    readiness: Readiness,
+    registry: Arc<Registry>,
+}
+
+/// `/healthz`, `/readyz` and `/metrics` for a service; merge it with the service's routes.
+pub fn ops_router(readiness: Readiness, registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(OpsState { readiness, registry })
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<OpsState>) -> Result<Json<serde_json::Value>, ApiError> {
+    match state.readiness.check() {
+        Ok(()) => Ok(Json(json!({ "status": "ready" }))),
+        Err(reason) => Err(ApiError::Unavailable {
+            dependency: "service".into(),
+            message: format!("not ready: {reason}"),
+        }),
+    }
+}
+
+async fn metrics(State(state): State<OpsState>) -> Response {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(err) => ApiError::Internal(format!("encoding metrics: {err}")).into_response(),
+    }
+}
+
+/// Answers every unknown path with a JSON 404 rather than an empty body.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then drains. Every request is
+/// bounded by `request_timeout`, so a slow client cannot hold the drain open.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    request_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = router.fallback(not_found).layer(TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        request_timeout,
+    ));
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    async fn get_status(router: Router, path: &str) -> (StatusCode, String) {
+        let response = router
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn readyz_names_what_it_waits_for_then_turns_ready() {
+        let readiness = Readiness::not_ready("no successful push yet");
+        let router = ops_router(readiness.clone(), Arc::new(Registry::default()));
+        let (status, body) = get_status(router.clone(), "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("no successful push yet"), "{body}");
+        readiness.set_ready();
+        let (status, _) = get_status(router, "/readyz").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn metrics_serves_the_registry() {
+        let mut registry = Registry::default();
+        let counter: prometheus_client::metrics::counter::Counter = Default::default();
+        counter.inc();
+        registry.register("etcd_dr_example", "An example", counter);
+        let router = ops_router(Readiness::not_ready("x"), Arc::new(registry));
+        let (status, body) = get_status(router, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("etcd_dr_example_total 1"), "{body}");
+    }
+
+    #[test]
+    fn errors_map_to_fitting_statuses() {
+        let unavailable = ApiError::Unavailable {
+            dependency: "prometheus".into(),
+            message: "connection refused".into(),
+        };
+        assert_eq!(unavailable.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            unavailable.to_string(),
+            "prometheus unavailable: connection refused"
+        );
+        assert_eq!(
+            ApiError::PayloadTooLarge("x".into()).status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+    }
+}

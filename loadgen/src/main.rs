@@ -1,0 +1,14 @@
+//! dr-loadgen: its issue fills this in; until then it only answers --help and --version.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(version, about = "etcd-dr loadgen (not built yet)")]
+struct Cli {}
+
+fn main() {
+    let _cli = Cli::parse();
+    eprintln!("dr-loadgen: not built yet; see the project's issues");
+    std::process::exit(2);
+}

@@ -1,0 +1,1 @@
+//! The real-stack harness (filled by its own work item).
