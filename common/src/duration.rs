@@ -28,7 +28,11 @@ mod tests {
     #[test]
     fn refuses_zero_and_garbage_with_a_message() {
         assert!(parse_duration("0s").unwrap_err().contains("zero"));
-        assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
+        assert!(
+            parse_duration("soon")
+                .unwrap_err()
+                .contains("not a duration")
+        );
         assert!(parse_duration("60").is_err(), "a bare number has no unit");
     }
 }

@@ -86,7 +86,9 @@ impl Readiness {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
         // A poisoned flag is still a valid flag: recover the value.
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -102,7 +104,10 @@ pub fn ops_router(readiness: Readiness, registry: Arc<Registry>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(OpsState { readiness, registry })
+        .with_state(OpsState {
+            readiness,
+            registry,
+        })
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -147,10 +152,12 @@ pub async fn serve(
     request_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let router = router.fallback(not_found).layer(TimeoutLayer::with_status_code(
-        StatusCode::REQUEST_TIMEOUT,
-        request_timeout,
-    ));
+    let router = router
+        .fallback(not_found)
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ));
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await

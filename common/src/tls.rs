@@ -125,7 +125,10 @@ mod tests {
         let dir = tempdir();
         let ca = write(&dir, "ca.pem", "hello");
         let err = TlsMaterial::from_files(Some(&ca), None, None).unwrap_err();
-        assert!(err.starts_with("--cacert ") && err.contains("not a PEM"), "{err}");
+        assert!(
+            err.starts_with("--cacert ") && err.contains("not a PEM"),
+            "{err}"
+        );
         let missing = dir.join("missing.pem");
         let err = TlsMaterial::from_files(Some(&missing), None, None).unwrap_err();
         assert!(err.contains("cannot read"), "{err}");

@@ -1,1 +1,31 @@
-//! The real-stack harness (filled by its own work item).
+//! The real-stack harness: etcd, Pushgateway, Prometheus and Alertmanager started on free
+//! loopback ports in a temporary directory, waited for, and stopped by PID (also when a
+//! test panics). Used by the services' tests and, through the `dr-stack` binary, by the
+//! e2e scripts.
+//!
+//! ```no_run
+//! use dr_testkit::{EtcdCluster, EtcdOptions, EtcdVersion};
+//! let etcd = EtcdCluster::start(EtcdOptions { version: EtcdVersion::V3_6, members: 3,
+//!     ..EtcdOptions::default() })?;
+//! println!("{:?}", etcd.client_endpoints());
+//! # anyhow::Ok(())
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod alertmanager;
+pub mod certs;
+pub mod etcd;
+pub mod http;
+pub mod ports;
+pub mod process;
+pub mod prometheus;
+pub mod pushgateway;
+
+pub use alertmanager::{Alertmanager, AlertmanagerOptions};
+pub use certs::{TlsFiles, UnrelatedCa, generate_tls, generate_unrelated_ca};
+pub use etcd::{EtcdCluster, EtcdMember, EtcdOptions, EtcdVersion, etcdctl_binary};
+pub use http::{http_get, http_post, http_put, url_encode};
+pub use ports::free_port;
+pub use process::{ChildGuard, Workdir, pid_alive};
+pub use prometheus::{Prometheus, PrometheusOptions};
+pub use pushgateway::{Pushgateway, PushgatewayOptions};

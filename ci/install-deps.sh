@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh machine (Rust, Python 3.11, gcc and git are
+# assumed): the real servers from Debian, protoc for etcd-client, shellcheck, and a Python
+# venv under target/ for the Python-side checks. Installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+debian_packages=(
+  etcd-server etcd-client                       # etcd 3.4 and etcdctl
+  prometheus prometheus-pushgateway prometheus-alertmanager
+  protobuf-compiler                             # etcd-client compiles etcd's protobufs
+  shellcheck
+)
+
+missing=()
+for pkg in "${debian_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}"
+  sudo_cmd=()
+  [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian's packages would start their services under systemd; no test wants those, and on
+# machines without systemd nothing was started. Tests start their own, on free ports.
+
+venv=${DR_VENV:-target/venv}
+if [[ ! -x $venv/bin/python ]]; then
+  python3 -m venv "$venv"
+fi
+stamp=$venv/.requirements.sha256
+wanted=$(cat ci/requirements*.txt detector/reference/requirements.txt notebooks/requirements.txt 2>/dev/null | sha256sum | cut -d' ' -f1)
+if [[ ! -f $stamp || $(cat "$stamp") != "$wanted" ]]; then
+  echo "install-deps: installing Python packages into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r ci/requirements.txt
+  for extra in detector/reference/requirements.txt notebooks/requirements.txt; do
+    [[ -f $extra ]] && "$venv/bin/pip" install -q --disable-pip-version-check -r "$extra"
+  done
+  echo "$wanted" >"$stamp"
+fi

@@ -1,0 +1,174 @@
+//! One collection: scrape a member's page, keep the allowed families, push them. Retries
+//! each step with backoff inside the interval, so a blip does not cost a whole interval.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reqwest::{Client, Url};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::allowlist::Allowlist;
+use crate::config::{Config, Target};
+use crate::error::CollectError;
+use crate::exposition;
+use crate::metrics::{CollectorMetrics, InstanceLabels};
+use crate::{push, scrape};
+
+/// The first retry waits this long; each next one twice as long, up to `MAX_BACKOFF`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
+
+/// What a successful collection pushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pushed {
+    pub families: usize,
+    pub samples: usize,
+}
+
+/// The allowed families of a page, re-emitted as exposition text without timestamps
+/// (the Pushgateway refuses pushed samples that carry them).
+#[derive(Debug, Clone)]
+pub struct Filtered {
+    pub text: String,
+    pub pushed: Pushed,
+}
+
+/// Parses `page` and keeps the families `allowlist` allows. A page that does not parse,
+/// or holds no family at all, is not an exposition page.
+pub fn filter_page(page: &str, allowlist: &Allowlist) -> Result<Filtered, String> {
+    let families = exposition::parse(page).map_err(|err| err.to_string())?;
+    if families.is_empty() {
+        return Err("no metric families in the page".into());
+    }
+    let kept: Vec<_> = families
+        .into_iter()
+        .filter(|family| allowlist.allows(family.name))
+        .collect();
+    let samples = kept.iter().map(|family| family.samples.len()).sum();
+    let mut text = String::with_capacity(page.len() / 2);
+    exposition::write(&kept, &mut text, false);
+    Ok(Filtered {
+        text,
+        pushed: Pushed {
+            families: kept.len(),
+            samples,
+        },
+    })
+}
+
+pub struct Collector {
+    etcd_http: Client,
+    push_http: Client,
+    pushgateway_url: Url,
+    job: String,
+    allowlist: Allowlist,
+    presents_identity: bool,
+    metrics: CollectorMetrics,
+}
+
+impl Collector {
+    pub fn new(config: &Config, metrics: CollectorMetrics) -> Result<Self, String> {
+        let etcd_http = scrape::etcd_client(config.tls.as_ref(), config.timeout)?;
+        let push_http = Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            .user_agent(concat!("dr-collector/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|err| format!("building the Pushgateway HTTP client: {err}"))?;
+        Ok(Collector {
+            etcd_http,
+            push_http,
+            pushgateway_url: config.pushgateway_url.clone(),
+            job: config.job.clone(),
+            allowlist: config.allowlist.clone(),
+            presents_identity: config.tls.as_ref().is_some_and(|t| t.identity.is_some()),
+            metrics,
+        })
+    }
+
+    async fn scrape(&self, target: &Target) -> Result<Filtered, CollectError> {
+        let outcome =
+            scrape::fetch_page(&self.etcd_http, &target.metrics_url, self.presents_identity)
+                .await
+                .and_then(|page| {
+                    filter_page(&page, &self.allowlist).map_err(|detail| {
+                        CollectError::NotExposition {
+                            url: target.metrics_url.to_string(),
+                            detail,
+                        }
+                    })
+                });
+        self.metrics.count_scrape(&target.instance, outcome.is_ok());
+        outcome
+    }
+
+    async fn push(&self, target: &Target, filtered: &Filtered) -> Result<Pushed, CollectError> {
+        let url = push::grouping_url(&self.pushgateway_url, &self.job, &target.instance);
+        let outcome = push::push(&self.push_http, &url, filtered.text.clone()).await;
+        self.metrics.count_push(&target.instance, outcome.is_ok());
+        outcome?;
+        self.record_success(target, filtered.pushed);
+        Ok(filtered.pushed)
+    }
+
+    fn record_success(&self, target: &Target, pushed: Pushed) {
+        let labels = InstanceLabels {
+            instance: target.instance.clone(),
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.metrics.last_success.get_or_create(&labels).set(now);
+        self.metrics
+            .families_pushed
+            .get_or_create(&labels)
+            .set(i64::try_from(pushed.families).unwrap_or(i64::MAX));
+    }
+
+    /// One try at each step, for `--once`.
+    pub async fn collect_once(&self, target: &Target) -> Result<Pushed, CollectError> {
+        let filtered = self.scrape(target).await?;
+        self.push(target, &filtered).await
+    }
+
+    /// Scrapes, then pushes, each step retried with backoff until `deadline`. A stop request
+    /// ends the retries but never an attempt under way, so a push in flight completes.
+    pub async fn collect_with_retries(
+        &self,
+        target: &Target,
+        deadline: Instant,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<Pushed, CollectError> {
+        let filtered = retry(deadline, stop, || self.scrape(target)).await?;
+        retry(deadline, stop, || self.push(target, &filtered)).await
+    }
+}
+
+async fn retry<T, F, Fut>(
+    deadline: Instant,
+    stop: &watch::Receiver<bool>,
+    mut attempt: F,
+) -> Result<T, CollectError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, CollectError>>,
+{
+    let mut stop = stop.clone();
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let err = match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(err) => err,
+        };
+        let wake = Instant::now() + backoff;
+        if wake >= deadline || *stop.borrow() {
+            return Err(err);
+        }
+        tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "will retry");
+        tokio::select! {
+            () = tokio::time::sleep_until(wake) => {}
+            _ = stop.changed() => return Err(err),
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}

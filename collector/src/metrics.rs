@@ -1,0 +1,72 @@
+//! The collector's own metrics, so a broken scrape or push shows up in Prometheus.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub instance: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    pub instance: String,
+}
+
+#[derive(Clone, Default)]
+pub struct CollectorMetrics {
+    pub scrapes: Family<ResultLabels, Counter>,
+    pub pushes: Family<ResultLabels, Counter>,
+    pub last_success: Family<InstanceLabels, Gauge<f64, AtomicU64>>,
+    pub families_pushed: Family<InstanceLabels, Gauge>,
+}
+
+impl CollectorMetrics {
+    /// Registers every metric (names as the design contract gives them) and returns the
+    /// handles the collection loop updates.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = CollectorMetrics::default();
+        registry.register(
+            "etcd_dr_collector_scrapes",
+            "Scrape attempts of etcd metrics endpoints, by result",
+            metrics.scrapes.clone(),
+        );
+        registry.register(
+            "etcd_dr_collector_pushes",
+            "Push attempts to the Pushgateway, by result",
+            metrics.pushes.clone(),
+        );
+        registry.register(
+            "etcd_dr_collector_last_success_timestamp_seconds",
+            "Unix time of the last scrape that was pushed successfully",
+            metrics.last_success.clone(),
+        );
+        registry.register(
+            "etcd_dr_collector_families_pushed",
+            "Metric families in the last successful push",
+            metrics.families_pushed.clone(),
+        );
+        metrics
+    }
+
+    pub fn count_scrape(&self, instance: &str, ok: bool) {
+        self.scrapes.get_or_create(&result(instance, ok)).inc();
+    }
+
+    pub fn count_push(&self, instance: &str, ok: bool) {
+        self.pushes.get_or_create(&result(instance, ok)).inc();
+    }
+}
+
+fn result(instance: &str, ok: bool) -> ResultLabels {
+    ResultLabels {
+        instance: instance.to_string(),
+        result: if ok { "success" } else { "error" },
+    }
+}

@@ -1,0 +1,118 @@
+//! Fetching etcd's metrics page over http, or https with a CA and a client certificate.
+
+use std::time::Duration;
+
+use dr_common::tls::TlsMaterial;
+use reqwest::{Client, Url};
+
+use crate::error::{CollectError, Failure, describe};
+
+/// A metrics page larger than this is not etcd's (a normal page is 50–200 KB).
+pub const MAX_PAGE_BYTES: usize = 16 << 20;
+
+/// The HTTP client for etcd. With TLS material it trusts only the given CA (etcd's CA is
+/// private) and presents the client certificate that `--client-cert-auth` asks for.
+pub fn etcd_client(tls: Option<&TlsMaterial>, timeout: Duration) -> Result<Client, String> {
+    let mut builder = Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .user_agent(concat!("dr-collector/", env!("CARGO_PKG_VERSION")));
+    if let Some(tls) = tls {
+        if let Some(ca) = &tls.ca_pem {
+            let cert = reqwest::Certificate::from_pem(ca)
+                .map_err(|err| format!("--cacert: not a usable CA certificate: {err}"))?;
+            builder = builder
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(cert);
+        }
+        if let Some(pem) = tls.identity_pem() {
+            let identity = reqwest::Identity::from_pem(&pem)
+                .map_err(|err| format!("--cert/--key: not a usable key pair: {err}"))?;
+            builder = builder.identity(identity);
+        }
+    }
+    builder
+        .build()
+        .map_err(|err| format!("building the etcd HTTP client: {err}"))
+}
+
+/// Fetches one metrics page as text. `presents_identity` says whether the client sends a
+/// certificate, for the hint when etcd hangs up on one that does not.
+pub async fn fetch_page(
+    client: &Client,
+    url: &Url,
+    presents_identity: bool,
+) -> Result<String, CollectError> {
+    let failed = |err: reqwest::Error| match describe(&err) {
+        Failure::Tls(detail) => CollectError::EtcdTls {
+            url: url.to_string(),
+            detail,
+        },
+        // With TLS 1.3 a server that wants a client certificate closes the connection
+        // after the handshake, so the client sees a closed channel, not a TLS alert.
+        Failure::Other(detail) if url.scheme() == "https" && is_hang_up(&detail) => {
+            CollectError::EtcdTls {
+                url: url.to_string(),
+                detail: if presents_identity {
+                    format!(
+                        "{detail} (etcd closed the connection: was the client certificate signed by its CA?)"
+                    )
+                } else {
+                    format!(
+                        "{detail} (etcd closed the connection: it may require a client certificate; give --cert and --key)"
+                    )
+                },
+            }
+        }
+        Failure::Other(detail) => CollectError::EtcdUnreachable {
+            url: url.to_string(),
+            detail,
+        },
+    };
+    let mut response = client
+        .get(url.clone())
+        .header(reqwest::header::ACCEPT, "text/plain;version=0.0.4")
+        .send()
+        .await
+        .map_err(failed)?;
+    let status = response.status();
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(failed)? {
+        if body.len() + chunk.len() > MAX_PAGE_BYTES {
+            return Err(CollectError::NotExposition {
+                url: url.to_string(),
+                detail: format!("page larger than {MAX_PAGE_BYTES} bytes"),
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let text = String::from_utf8(body).map_err(|err| CollectError::NotExposition {
+        url: url.to_string(),
+        detail: format!("not UTF-8 text: {err}"),
+    })?;
+    if !status.is_success() {
+        return Err(CollectError::EtcdStatus {
+            url: url.to_string(),
+            status: status.as_u16(),
+            body: first_line(&text),
+        });
+    }
+    Ok(text)
+}
+
+fn is_hang_up(detail: &str) -> bool {
+    [
+        "channel closed",
+        "connection closed",
+        "connection reset",
+        "unexpected eof",
+    ]
+    .iter()
+    .any(|needle| detail.to_ascii_lowercase().contains(needle))
+}
+
+/// The first line of a body, short enough for a log line.
+pub fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or("").trim();
+    line.chars().take(200).collect()
+}

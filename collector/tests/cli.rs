@@ -1,0 +1,250 @@
+//! The `dr-collector` binary as an operator runs it: `--once` exit codes and messages,
+//! bad flags, and the service's readiness, metrics, resilience and SIGTERM drain.
+#![allow(clippy::unwrap_used)] // a test that cannot set up should fail loudly
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use dr_testkit::{ChildGuard, EtcdCluster, EtcdOptions, Pushgateway, Workdir, free_port, http_get};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dr-collector");
+
+fn run(args: &[&str]) -> (Output, Duration) {
+    let started = Instant::now();
+    let output = Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (output, started.elapsed())
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn once_succeeds_against_real_etcd_and_pushgateway() {
+    let etcd = EtcdCluster::start(EtcdOptions::default()).unwrap();
+    let pushgateway = Pushgateway::start().unwrap();
+    let url = format!("{}/metrics", etcd.member(0).metrics_url);
+    let (output, _) = run(&[
+        "--once",
+        "--etcd-metrics-url",
+        &url,
+        "--pushgateway-url",
+        &pushgateway.url(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.starts_with("pushed "), "{stdout}");
+}
+
+#[test]
+fn once_fails_fast_with_one_line_reasons() {
+    let pushgateway = Pushgateway::start().unwrap();
+    let dead = format!("http://127.0.0.1:{}/metrics", free_port());
+    let html_page = format!("{}/", pushgateway.url());
+    let cases = [
+        // etcd unreachable
+        (
+            vec![
+                "--etcd-metrics-url",
+                dead.as_str(),
+                "--pushgateway-url",
+                "http://127.0.0.1:9",
+            ],
+            "etcd unreachable",
+        ),
+        // a page that is not exposition text (the Pushgateway's HTML home page)
+        (
+            vec![
+                "--etcd-metrics-url",
+                html_page.as_str(),
+                "--pushgateway-url",
+                "http://127.0.0.1:9",
+            ],
+            "not an exposition page",
+        ),
+    ];
+    for (args, reason) in cases {
+        let mut args: Vec<String> = args.into_iter().map(str::to_string).collect();
+        args.insert(0, "--once".into());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (output, took) = run(&args);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        let message = stderr(&output);
+        assert_eq!(message.lines().count(), 1, "one line: {message}");
+        assert!(message.contains(reason), "{reason}: {message}");
+        assert!(took < Duration::from_secs(15), "took {took:?}");
+    }
+}
+
+#[test]
+fn once_reports_a_refusing_or_missing_pushgateway() {
+    let etcd = EtcdCluster::start(EtcdOptions::default()).unwrap();
+    let url = format!("{}/metrics", etcd.member(0).metrics_url);
+    // etcd's own metrics listener answers 404 to a push: a refusing "Pushgateway".
+    let (output, _) = run(&[
+        "--once",
+        "--etcd-metrics-url",
+        &url,
+        "--pushgateway-url",
+        &etcd.member(0).metrics_url,
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("Pushgateway refused with HTTP 404"),
+        "{}",
+        stderr(&output)
+    );
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let (output, _) = run(&[
+        "--once",
+        "--etcd-metrics-url",
+        &url,
+        "--pushgateway-url",
+        &dead,
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("Pushgateway unreachable"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn bad_flags_exit_2_with_a_message() {
+    let (output, _) = run(&[
+        "--etcd-metrics-url",
+        "http://a/metrics",
+        "--pushgateway-url",
+        "http://b",
+        "--interval",
+        "often",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("not a duration"),
+        "{}",
+        stderr(&output)
+    );
+    let (output, _) = run(&[
+        "--etcd-metrics-url",
+        "http://a/metrics",
+        "--pushgateway-url",
+        "http://b",
+        "--cacert",
+        "/nonexistent/ca.pem",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("--cacert /nonexistent/ca.pem: cannot read"),
+        "{}",
+        stderr(&output)
+    );
+    let (output, _) = run(&["--version"]);
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("dr-collector "));
+}
+
+fn start_service(workdir: &Workdir, etcd_url: &str, pushgateway: &str) -> (ChildGuard, String) {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(BIN);
+    cmd.env("DR_COLLECTOR_ETCD_METRICS_URL", etcd_url)
+        .env("DR_COLLECTOR_PUSHGATEWAY_URL", pushgateway)
+        .env("DR_COLLECTOR_INTERVAL", "1s")
+        .env("DR_COLLECTOR_TIMEOUT", "500ms")
+        .env("DR_COLLECTOR_LISTEN", &listen)
+        .env("DR_COLLECTOR_LOG_FORMAT", "json");
+    let guard = ChildGuard::spawn(
+        "dr-collector",
+        cmd,
+        &workdir.path().join("collector.log"),
+        false,
+    )
+    .unwrap();
+    let base = format!("http://{listen}");
+    guard
+        .wait_http_ok(&format!("{base}/healthz"), Duration::from_secs(20))
+        .unwrap();
+    (guard, base)
+}
+
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn service_turns_ready_counts_its_work_and_drains_on_sigterm() {
+    let etcd = EtcdCluster::start(EtcdOptions::default()).unwrap();
+    let pushgateway = Pushgateway::start().unwrap();
+    let workdir = Workdir::temp("collector-service").unwrap();
+    let url = format!("{}/metrics", etcd.member(0).metrics_url);
+    let (mut guard, base) = start_service(&workdir, &url, &pushgateway.url());
+
+    wait_for("/readyz 200", Duration::from_secs(20), || {
+        http_get(&format!("{base}/readyz")).is_ok_and(|(status, _)| status == 200)
+    });
+    // Two intervals later the counters have moved past one success.
+    wait_for("two successful pushes", Duration::from_secs(20), || {
+        http_get(&format!("{base}/metrics")).is_ok_and(|(_, body)| {
+            body.lines().any(|l| {
+                l.starts_with("etcd_dr_collector_pushes_total{")
+                    && l.contains("result=\"success\"")
+                    && l.rsplit(' ')
+                        .next()
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .is_some_and(|v| v >= 2.0)
+            })
+        })
+    });
+    let (_, metrics) = http_get(&format!("{base}/metrics")).unwrap();
+    assert!(
+        metrics.contains("etcd_dr_collector_last_success_timestamp_seconds{"),
+        "{metrics}"
+    );
+    let (_, pushed) = http_get(&format!("{}/metrics", pushgateway.url())).unwrap();
+    assert!(
+        pushed.contains("etcd_server_has_leader{"),
+        "nothing reached the Pushgateway"
+    );
+
+    let status = guard.stop().unwrap().expect("collector was running");
+    assert!(
+        status.success(),
+        "SIGTERM should drain and exit 0, got {status:?}"
+    );
+}
+
+#[test]
+fn service_survives_a_dead_etcd_and_says_so() {
+    let pushgateway = Pushgateway::start().unwrap();
+    let workdir = Workdir::temp("collector-dead-etcd").unwrap();
+    let dead = format!("http://127.0.0.1:{}/metrics", free_port());
+    let (mut guard, base) = start_service(&workdir, &dead, &pushgateway.url());
+    wait_for("failed scrapes counted", Duration::from_secs(20), || {
+        http_get(&format!("{base}/metrics")).is_ok_and(|(_, body)| {
+            body.contains("result=\"error\"") && body.contains("etcd_dr_collector_scrapes_total")
+        })
+    });
+    let (status, body) = http_get(&format!("{base}/readyz")).unwrap();
+    assert_eq!(status, 503);
+    assert!(body.contains("no successful push yet"), "{body}");
+    assert!(
+        guard.is_running(),
+        "the collector must not exit because etcd is down"
+    );
+    let status = guard.stop().unwrap().expect("collector was running");
+    assert!(status.success(), "{status:?}");
+}
