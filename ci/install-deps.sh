@@ -31,13 +31,17 @@ venv=${DR_VENV:-target/venv}
 if [[ ! -x $venv/bin/python ]]; then
   python3 -m venv "$venv"
 fi
+# Every requirements file the project has; the venv is rebuilt when any of them changes.
+requirements=()
+for file in ci/requirements*.txt detector/reference/requirements.txt notebooks/requirements.txt; do
+  [[ -f $file ]] && requirements+=("$file")
+done
 stamp=$venv/.requirements.sha256
-wanted=$(cat ci/requirements*.txt detector/reference/requirements.txt notebooks/requirements.txt 2>/dev/null | sha256sum | cut -d' ' -f1)
+wanted=$(cat "${requirements[@]}" | sha256sum | cut -d' ' -f1)
 if [[ ! -f $stamp || $(cat "$stamp") != "$wanted" ]]; then
   echo "install-deps: installing Python packages into $venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check -r ci/requirements.txt
-  for extra in detector/reference/requirements.txt notebooks/requirements.txt; do
-    [[ -f $extra ]] && "$venv/bin/pip" install -q --disable-pip-version-check -r "$extra"
+  for file in "${requirements[@]}"; do
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "$file"
   done
   echo "$wanted" >"$stamp"
 fi

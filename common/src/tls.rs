@@ -100,7 +100,8 @@ mod tests {
     #[test]
     fn cert_without_key_is_refused() {
         let dir = tempdir();
-        let cert = write(&dir, "c.pem", CERT);
+        let dir = dir.path();
+        let cert = write(dir, "c.pem", CERT);
         let err = TlsMaterial::from_files(None, Some(&cert), None).unwrap_err();
         assert_eq!(err, "--cert needs --key");
     }
@@ -108,9 +109,10 @@ mod tests {
     #[test]
     fn reads_all_three_and_joins_the_identity() {
         let dir = tempdir();
-        let ca = write(&dir, "ca.pem", CERT);
-        let cert = write(&dir, "c.pem", CERT);
-        let key = write(&dir, "k.pem", KEY);
+        let dir = dir.path();
+        let ca = write(dir, "ca.pem", CERT);
+        let cert = write(dir, "c.pem", CERT);
+        let key = write(dir, "k.pem", KEY);
         let tls = TlsMaterial::from_files(Some(&ca), Some(&cert), Some(&key))
             .unwrap()
             .unwrap();
@@ -123,7 +125,8 @@ mod tests {
     #[test]
     fn a_file_that_is_not_pem_is_named() {
         let dir = tempdir();
-        let ca = write(&dir, "ca.pem", "hello");
+        let dir = dir.path();
+        let ca = write(dir, "ca.pem", "hello");
         let err = TlsMaterial::from_files(Some(&ca), None, None).unwrap_err();
         assert!(
             err.starts_with("--cacert ") && err.contains("not a PEM"),
@@ -134,13 +137,7 @@ mod tests {
         assert!(err.contains("cannot read"), "{err}");
     }
 
-    fn tempdir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "dr-common-tls-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    fn tempdir() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
     }
 }
