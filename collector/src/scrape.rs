@@ -43,31 +43,33 @@ pub async fn fetch_page(
     url: &Url,
     presents_identity: bool,
 ) -> Result<String, CollectError> {
-    let failed = |err: reqwest::Error| match describe(&err) {
-        Failure::Tls(detail) => CollectError::EtcdTls {
-            url: url.to_string(),
-            detail,
-        },
-        // With TLS 1.3 a server that wants a client certificate closes the connection
-        // after the handshake, so the client sees a closed channel, not a TLS alert.
-        Failure::Other(detail) if url.scheme() == "https" && is_hang_up(&detail) => {
-            CollectError::EtcdTls {
+    let failed = |err: reqwest::Error| {
+        let (tls, detail) = match describe(&err) {
+            Failure::Tls(detail) => (true, detail),
+            // With TLS 1.3 a server that wants a client certificate may close the
+            // connection after the handshake: the client sees a closed channel, not an alert.
+            Failure::Other(detail) => (url.scheme() == "https" && is_hang_up(&detail), detail),
+        };
+        if !tls {
+            return CollectError::EtcdUnreachable {
                 url: url.to_string(),
-                detail: if presents_identity {
-                    format!(
-                        "{detail} (etcd closed the connection: was the client certificate signed by its CA?)"
-                    )
-                } else {
-                    format!(
-                        "{detail} (etcd closed the connection: it may require a client certificate; give --cert and --key)"
-                    )
-                },
-            }
+                detail,
+            };
         }
-        Failure::Other(detail) => CollectError::EtcdUnreachable {
+        let refused_client = is_hang_up(&detail) || detail.contains("CertificateRequired");
+        let detail = match (refused_client, presents_identity) {
+            (true, false) => {
+                format!("{detail} (etcd wants a client certificate: give --cert and --key)")
+            }
+            (true, true) => format!(
+                "{detail} (etcd refused the client certificate: is it signed by etcd's CA?)"
+            ),
+            (false, _) => detail,
+        };
+        CollectError::EtcdTls {
             url: url.to_string(),
             detail,
-        },
+        }
     };
     let mut response = client
         .get(url.clone())

@@ -1,14 +1,15 @@
-//! dr-detector: its issue fills this in; until then it only answers --help and --version.
+//! dr-detector: train, evaluate and serve the etcd anomaly model. See `--help`.
 #![forbid(unsafe_code)]
 
 use clap::Parser;
 
-#[derive(Parser)]
-#[command(version, about = "etcd-dr detector (not built yet)")]
-struct Cli {}
-
-fn main() {
-    let _cli = Cli::parse();
-    eprintln!("dr-detector: not built yet; see the project's issues");
-    std::process::exit(2);
+fn main() -> std::process::ExitCode {
+    let cli = dr_detector::cli::Cli::parse();
+    match dr_detector::cli::run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("dr-detector: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,136 @@
+//! The model's inputs as data: each feature is a name and the PromQL that computes it per
+//! etcd instance. The queries travel in `model.json` with the step they were written for,
+//! so serving runs exactly the queries the training data came from.
+
+use serde::{Deserialize, Serialize};
+
+/// One named input series; `query` must return one series per `instance` label.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FeatureSpec {
+    pub name: String,
+    pub query: String,
+}
+
+/// The name of the column (and model.json entry) that masks steps where etcd was
+/// defragmenting.
+pub const DEFRAG_MASK: &str = "defrag_inflight";
+
+/// The default etcd feature set for a given step. Range windows are four steps (at
+/// least 4 s), so `rate` has several samples at the scrape intervals that suit that step.
+pub fn default_features(step_seconds: f64) -> Vec<FeatureSpec> {
+    let range = format!("{}s", (4.0 * step_seconds).max(4.0).round() as u64);
+    let p99 = |family: &str| {
+        format!("histogram_quantile(0.99, sum by (instance, le) (rate({family}_bucket[{range}])))")
+    };
+    let specs = [
+        (
+            "db_size_over_quota",
+            "max by (instance) (etcd_mvcc_db_total_size_in_bytes / etcd_server_quota_backend_bytes)"
+                .to_string(),
+        ),
+        (
+            "fragmentation",
+            "max by (instance) (1 - etcd_mvcc_db_total_size_in_use_in_bytes / etcd_mvcc_db_total_size_in_bytes)"
+                .to_string(),
+        ),
+        (
+            // As a fraction of the quota per second, so clusters with different quotas
+            // share one scale.
+            "db_growth_rate",
+            format!(
+                "max by (instance) (deriv(etcd_mvcc_db_total_size_in_bytes[{range}]) / etcd_server_quota_backend_bytes)"
+            ),
+        ),
+        (
+            "leader_changes",
+            format!("sum by (instance) (increase(etcd_server_leader_changes_seen_total[{range}]))"),
+        ),
+        (
+            "failed_proposals",
+            format!("sum by (instance) (rate(etcd_server_proposals_failed_total[{range}]))"),
+        ),
+        ("wal_fsync_p99", p99("etcd_disk_wal_fsync_duration_seconds")),
+        (
+            "backend_commit_p99",
+            p99("etcd_disk_backend_commit_duration_seconds"),
+        ),
+        (
+            "grpc_request_rate",
+            format!("sum by (instance) (rate(grpc_server_handled_total{{grpc_type=\"unary\"}}[{range}]))"),
+        ),
+        (
+            "slow_applies",
+            format!("sum by (instance) (rate(etcd_server_slow_apply_total[{range}]))"),
+        ),
+    ];
+    specs
+        .into_iter()
+        .map(|(name, query)| FeatureSpec {
+            name: name.to_string(),
+            query,
+        })
+        .collect()
+}
+
+/// The defrag mask: a step is masked when a defrag ran at any point in its range. Masked
+/// steps are the remediator's own doing (a blocked member, a shrinking db), so they are
+/// neither learned from nor counted in the score.
+pub fn default_mask(step_seconds: f64) -> FeatureSpec {
+    let range = format!("{}s", (2.0 * step_seconds).max(2.0).round() as u64);
+    FeatureSpec {
+        name: DEFRAG_MASK.to_string(),
+        query: format!("max by (instance) (max_over_time(etcd_disk_defrag_inflight[{range}]))"),
+    }
+}
+
+/// The queries for `names` from the default catalogue, or an error naming the unknown ones.
+pub fn catalogue_lookup(names: &[String], step_seconds: f64) -> Result<Vec<FeatureSpec>, String> {
+    let catalogue = default_features(step_seconds);
+    let mut unknown = Vec::new();
+    let mut specs = Vec::with_capacity(names.len());
+    for name in names {
+        match catalogue.iter().find(|spec| &spec.name == name) {
+            Some(spec) => specs.push(spec.clone()),
+            None => unknown.push(name.as_str()),
+        }
+    }
+    if unknown.is_empty() {
+        Ok(specs)
+    } else {
+        Err(format!(
+            "no built-in query for feature(s) {}; pass --features FILE.json with [{{\"name\", \"query\"}}] for them",
+            unknown.join(", ")
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_windows_follow_the_step() {
+        let fast = default_features(2.0);
+        assert!(fast[3].query.contains("[8s]"), "{}", fast[3].query);
+        let slow = default_features(15.0);
+        assert!(slow[3].query.contains("[60s]"), "{}", slow[3].query);
+        assert_eq!(fast.len(), 9);
+        assert!(
+            default_mask(2.0)
+                .query
+                .contains("etcd_disk_defrag_inflight[4s]")
+        );
+    }
+
+    #[test]
+    fn lookup_names_the_unknown_features() {
+        let names = vec!["wal_fsync_p99".to_string(), "cpu_temp".to_string()];
+        let err = catalogue_lookup(&names, 15.0).unwrap_err();
+        assert!(
+            err.contains("cpu_temp") && !err.contains("wal_fsync"),
+            "{err}"
+        );
+        let ok = catalogue_lookup(&names[..1], 15.0).unwrap();
+        assert_eq!(ok[0].name, "wal_fsync_p99");
+    }
+}

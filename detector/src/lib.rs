@@ -1,0 +1,18 @@
+//! dr-detector: an LSTM autoencoder over windows of etcd metrics. Trains with candle,
+//! serves `/score` with a fused forward pass over the same weights.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod dataset;
+pub mod eval;
+pub mod export;
+pub mod features;
+pub mod http;
+pub mod inference;
+pub mod model;
+pub mod model_dir;
+pub mod prometheus;
+pub mod roc;
+pub mod scoring;
+pub mod synth;
+pub mod train;

@@ -1,0 +1,281 @@
+//! A model directory: `model.safetensors` (weights) and `model.json` (everything needed to
+//! feed and judge it: features with their PromQL, window, step, normalisation, threshold).
+
+use std::path::Path;
+
+use anyhow::{Context, bail, ensure};
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::Normalisation;
+use crate::features::FeatureSpec;
+use crate::model::Architecture;
+
+pub const FORMAT_VERSION: u32 = 1;
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const META_FILE: &str = "model.json";
+
+/// How training went, for the record and for `eval` to compare against.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainingMetrics {
+    pub seed: u64,
+    pub data_rows: usize,
+    pub train_windows: usize,
+    pub validation_windows: usize,
+    pub validation_anomalous_windows: usize,
+    pub epochs_run: usize,
+    pub best_epoch: usize,
+    pub train_loss: f64,
+    pub validation_loss: f64,
+    /// AUC on the labelled validation windows; absent without both classes.
+    pub validation_auc: Option<f64>,
+    pub seconds: f64,
+}
+
+/// The contents of model.json.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelMeta {
+    pub format_version: u32,
+    pub window: usize,
+    pub step_seconds: f64,
+    pub features: Vec<FeatureSpec>,
+    /// Steps where this query is > 0 are masked (see `scoring`); absent: nothing masked.
+    pub mask: Option<FeatureSpec>,
+    pub architecture: Architecture,
+    pub normalisation: Normalisation,
+    pub threshold: f64,
+    /// `youden_j` or `normal_quantile`.
+    pub threshold_method: String,
+    pub training: TrainingMetrics,
+}
+
+impl ModelMeta {
+    /// Refuses a model.json whose parts disagree, before anything runs on it.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        ensure!(
+            self.format_version == FORMAT_VERSION,
+            "model format version {} is not supported (this build reads {FORMAT_VERSION})",
+            self.format_version
+        );
+        let f = self.features.len();
+        ensure!(f > 0, "the model has no features");
+        ensure!(self.window > 0, "the model's window is 0");
+        ensure!(
+            self.step_seconds.is_finite() && self.step_seconds > 0.0,
+            "step_seconds must be positive"
+        );
+        ensure!(
+            self.architecture.n_features == f,
+            "architecture has {} features but `features` lists {f}",
+            self.architecture.n_features
+        );
+        ensure!(
+            self.normalisation.mean.len() == f && self.normalisation.std.len() == f,
+            "normalisation does not have one mean and std per feature"
+        );
+        ensure!(
+            self.normalisation.std.iter().all(|s| *s > 0.0),
+            "normalisation has a non-positive std"
+        );
+        ensure!(self.threshold.is_finite(), "threshold is not finite");
+        Ok(())
+    }
+
+    pub fn feature_names(&self) -> Vec<String> {
+        self.features.iter().map(|f| f.name.clone()).collect()
+    }
+}
+
+/// A loaded model: its description and its raw weights.
+#[derive(Clone, Debug)]
+pub struct ModelBundle {
+    pub meta: ModelMeta,
+    pub weights: Vec<u8>,
+    /// Where it came from (a directory, or `default`), for responses and logs.
+    pub source: String,
+}
+
+/// The model that ships with the binary, so `serve` works without `--model`.
+const DEFAULT_META: &[u8] = include_bytes!("../models/default/model.json");
+const DEFAULT_WEIGHTS: &[u8] = include_bytes!("../models/default/model.safetensors");
+
+impl ModelBundle {
+    pub fn from_parts(meta_json: &[u8], weights: Vec<u8>, source: String) -> anyhow::Result<Self> {
+        let meta: ModelMeta = serde_json::from_slice(meta_json).context("parsing model.json")?;
+        meta.validate().context("checking model.json")?;
+        Ok(ModelBundle {
+            meta,
+            weights,
+            source,
+        })
+    }
+
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let meta_path = dir.join(META_FILE);
+        let weights_path = dir.join(WEIGHTS_FILE);
+        let meta = std::fs::read(&meta_path)
+            .with_context(|| format!("reading {}", meta_path.display()))?;
+        let weights = std::fs::read(&weights_path)
+            .with_context(|| format!("reading {}", weights_path.display()))?;
+        Self::from_parts(&meta, weights, dir.display().to_string())
+            .with_context(|| format!("loading the model in {}", dir.display()))
+    }
+
+    pub fn default_model() -> anyhow::Result<Self> {
+        Self::from_parts(DEFAULT_META, DEFAULT_WEIGHTS.to_vec(), "default".into())
+            .context("loading the built-in default model")
+    }
+
+    /// `dir` when given, else the built-in model.
+    pub fn load_or_default(dir: Option<&Path>) -> anyhow::Result<Self> {
+        match dir {
+            Some(dir) => Self::load(dir),
+            None => Self::default_model(),
+        }
+    }
+
+    /// Writes both files, each through a temporary name and a rename, so a reader never
+    /// sees half a model.
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut json = serde_json::to_vec_pretty(&self.meta).context("encoding model.json")?;
+        json.push(b'\n');
+        for (name, bytes) in [(WEIGHTS_FILE, &self.weights), (META_FILE, &json)] {
+            let path = dir.join(name);
+            let tmp = dir.join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &path)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks that a CSV's feature columns can feed `meta` (same names; order may differ).
+pub fn check_features(meta: &ModelMeta, names: &[String]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = meta
+        .features
+        .iter()
+        .filter(|f| !names.contains(&f.name))
+        .map(|f| f.name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        bail!("the data lacks feature column(s) {}", missing.join(", "));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::features::default_features;
+
+    pub(crate) fn meta(n_features: usize, hidden: usize, window: usize) -> ModelMeta {
+        let mut features = default_features(2.0);
+        features.truncate(n_features);
+        ModelMeta {
+            format_version: FORMAT_VERSION,
+            window,
+            step_seconds: 2.0,
+            features,
+            mask: None,
+            architecture: Architecture::new(n_features, hidden),
+            normalisation: Normalisation {
+                mean: vec![0.5; n_features],
+                std: vec![2.0; n_features],
+            },
+            threshold: 1.0,
+            threshold_method: "youden_j".into(),
+            training: TrainingMetrics {
+                seed: 1,
+                data_rows: 0,
+                train_windows: 0,
+                validation_windows: 0,
+                validation_anomalous_windows: 0,
+                epochs_run: 0,
+                best_epoch: 0,
+                train_loss: 0.0,
+                validation_loss: 0.0,
+                validation_auc: None,
+                seconds: 0.0,
+            },
+        }
+    }
+
+    #[test]
+    fn save_then_load_gives_the_same_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = ModelBundle {
+            meta: meta(3, 4, 5),
+            weights: vec![1, 2, 3],
+            source: "x".into(),
+        };
+        bundle.save(dir.path()).unwrap();
+        let loaded = ModelBundle::load(dir.path()).unwrap();
+        assert_eq!(loaded.meta, bundle.meta);
+        assert_eq!(loaded.weights, bundle.weights);
+    }
+
+    #[test]
+    fn inconsistent_meta_is_refused_with_a_reason() {
+        let mut m = meta(3, 4, 5);
+        m.architecture.n_features = 4;
+        assert!(m.validate().unwrap_err().to_string().contains("features"));
+        let mut m = meta(3, 4, 5);
+        m.format_version = 99;
+        assert!(m.validate().unwrap_err().to_string().contains("version"));
+        let dir = tempfile::tempdir().unwrap();
+        let err = format!("{:#}", ModelBundle::load(dir.path()).unwrap_err());
+        assert!(err.contains("model.json"), "{err}");
+    }
+
+    #[test]
+    fn the_default_model_separates_incidents_from_normal_load() {
+        use crate::dataset::Dataset;
+        use crate::inference::Scorer;
+        use crate::synth::{SynthOptions, generate};
+        let scorer = Scorer::new(ModelBundle::default_model().unwrap()).unwrap();
+        let meta = &scorer.bundle.meta;
+        assert_eq!(
+            meta.features,
+            crate::features::default_features(meta.step_seconds)
+        );
+        // Data the model never saw (another seed).
+        let data = Dataset::parse(&generate(&SynthOptions {
+            rows: 2500,
+            step_seconds: meta.step_seconds,
+            seed: 77,
+            incidents: 4,
+        }))
+        .unwrap();
+        let w = meta.window;
+        let (mut normal, mut incident) = (Vec::new(), Vec::new());
+        for start in data
+            .window_starts(w, meta.step_seconds)
+            .into_iter()
+            .step_by(5)
+        {
+            let labels = &data.labels.as_ref().unwrap()[start..start + w];
+            let score = scorer
+                .score(&data.window_values(start, w), &data.window_mask(start, w))
+                .map(|s| s.score);
+            match (labels.iter().all(|&l| l == 1), labels.contains(&1), score) {
+                (true, _, Ok(s)) => incident.push(s),
+                (false, false, Ok(s)) => normal.push(s),
+                _ => {}
+            }
+        }
+        assert!(incident.len() > 5 && normal.len() > 100);
+        let flagged = incident.iter().filter(|&&s| s > meta.threshold).count();
+        let false_alarms = normal.iter().filter(|&&s| s > meta.threshold).count();
+        assert!(
+            flagged * 10 >= incident.len() * 9,
+            "{flagged} of {}",
+            incident.len()
+        );
+        assert!(
+            false_alarms * 50 <= normal.len(),
+            "{false_alarms} of {}",
+            normal.len()
+        );
+    }
+}

@@ -1,0 +1,409 @@
+//! Training: normal windows in, a model directory out. The data is split by time blocks
+//! (every fourth block validates), the model learns to reconstruct normal training
+//! windows, early stopping watches the normal validation windows, and the threshold comes
+//! from the labelled validation windows (Youden's J) or, without labels, from a high
+//! quantile of normal validation errors.
+
+use std::time::Instant;
+
+use anyhow::{Context, bail, ensure};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder};
+
+use crate::dataset::{Dataset, Normalisation};
+use crate::features::{self, FeatureSpec};
+use crate::inference::Scorer;
+use crate::model::{Architecture, Autoencoder, SeededRng, init_varmap, varmap_to_safetensors};
+use crate::model_dir::{FORMAT_VERSION, ModelBundle, ModelMeta, TrainingMetrics};
+use crate::roc;
+
+/// The knobs of one training run.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub window: usize,
+    pub hidden: usize,
+    pub epochs: usize,
+    pub seed: u64,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    /// Epochs without a better validation loss before stopping.
+    pub patience: usize,
+    /// At most this many training windows (evenly strided) per epoch, bounding the time.
+    pub max_train_windows: usize,
+    /// The quantile of normal validation errors used as threshold without labels.
+    pub normal_quantile: f64,
+    /// Queries per feature; `None`: the built-in catalogue, at the data's step.
+    pub features: Option<Vec<FeatureSpec>>,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            window: 30,
+            hidden: 32,
+            epochs: 20,
+            seed: 42,
+            batch_size: 64,
+            learning_rate: 3e-3,
+            patience: 5,
+            max_train_windows: 4096,
+            normal_quantile: 0.995,
+            features: None,
+        }
+    }
+}
+
+/// What a finished epoch reports, for a progress display.
+#[derive(Clone, Copy, Debug)]
+pub struct EpochReport {
+    pub epoch: usize,
+    pub epochs: usize,
+    pub train_loss: f64,
+    pub validation_loss: f64,
+    pub best: bool,
+}
+
+/// A labelled split of the windows by time block.
+struct Split {
+    train: Vec<usize>,
+    validation: Vec<usize>,
+}
+
+fn split_windows(starts: &[usize], window: usize) -> Split {
+    // Blocks of ten windows; a window crossing a block edge would leak across the split.
+    let block = 10 * window;
+    let mut split = Split {
+        train: Vec::new(),
+        validation: Vec::new(),
+    };
+    for &s in starts {
+        let (first, last) = (s / block, (s + window - 1) / block);
+        if first != last {
+            continue;
+        }
+        if first % 4 == 3 {
+            split.validation.push(s);
+        } else {
+            split.train.push(s);
+        }
+    }
+    split
+}
+
+fn batch_tensor(windows: &[&Vec<f32>], window: usize, f: usize) -> candle_core::Result<Tensor> {
+    let flat: Vec<f32> = windows.iter().flat_map(|w| w.iter().copied()).collect();
+    Tensor::from_vec(flat, (windows.len(), window, f), &Device::Cpu)
+}
+
+fn mean_loss(
+    model: &Autoencoder,
+    windows: &[Vec<f32>],
+    window: usize,
+    f: usize,
+) -> anyhow::Result<f64> {
+    if windows.is_empty() {
+        return Ok(f64::NAN);
+    }
+    let recon = model.reconstruct(windows, window, f)?;
+    let total: f64 = windows
+        .iter()
+        .zip(&recon)
+        .flat_map(|(x, y)| x.iter().zip(y))
+        .map(|(a, b)| f64::from(a - b).powi(2))
+        .sum();
+    Ok(total / (windows.len() * window * f) as f64)
+}
+
+/// Trains a model on `data`; `on_epoch` sees each epoch's losses.
+pub fn train(
+    data: &Dataset,
+    opts: &TrainOptions,
+    on_epoch: &mut dyn FnMut(EpochReport),
+) -> anyhow::Result<ModelBundle> {
+    let started = Instant::now();
+    ensure!(opts.window >= 2, "--window must be at least 2");
+    ensure!(opts.hidden >= 1, "--hidden must be at least 1");
+    ensure!(opts.epochs >= 1, "--epochs must be at least 1");
+    ensure!(opts.batch_size >= 1, "the batch size must be at least 1");
+    let step = data.step_seconds()?;
+    let feature_specs = match &opts.features {
+        Some(specs) => {
+            let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+            data.select_features(&names)?;
+            specs.clone()
+        }
+        None => {
+            features::catalogue_lookup(&data.feature_names, step).map_err(anyhow::Error::msg)?
+        }
+    };
+    let names: Vec<String> = feature_specs.iter().map(|s| s.name.clone()).collect();
+    let data = data.select_features(&names)?;
+    let (w, f) = (opts.window, names.len());
+
+    let starts = data.window_starts(w, step);
+    if starts.is_empty() {
+        bail!(
+            "the data has no stretch of {w} consecutive steps ({} rows); use a smaller --window or more data",
+            data.len()
+        );
+    }
+    let split = split_windows(&starts, w);
+    let is_normal = |s: usize| data.label_any(s, w) != Some(true) && !data.masked_any(s, w);
+    let mut train_starts: Vec<usize> = split
+        .train
+        .iter()
+        .copied()
+        .filter(|&s| is_normal(s))
+        .collect();
+    if train_starts.len() > opts.max_train_windows {
+        let stride = train_starts.len().div_ceil(opts.max_train_windows);
+        train_starts = train_starts.into_iter().step_by(stride).collect();
+    }
+    ensure!(
+        !train_starts.is_empty(),
+        "no normal training windows: the data needs stretches of {w} unlabelled, unmasked steps"
+    );
+    let val_normal: Vec<usize> = split
+        .validation
+        .iter()
+        .copied()
+        .filter(|&s| is_normal(s))
+        .collect();
+
+    // Normalisation from the normal training rows only.
+    let mut normal_rows = vec![false; data.len()];
+    for &s in &train_starts {
+        normal_rows[s..s + w].iter_mut().for_each(|r| *r = true);
+    }
+    let norm = Normalisation::fit(
+        data.rows
+            .iter()
+            .zip(&normal_rows)
+            .filter(|(_, keep)| **keep)
+            .map(|(row, _)| row.as_slice()),
+        f,
+    );
+    let prepare = |s: usize| norm.apply(&data.window_values(s, w));
+    let train_x: Vec<Vec<f32>> = train_starts.iter().map(|&s| prepare(s)).collect();
+    let val_x: Vec<Vec<f32>> = val_normal.iter().map(|&s| prepare(s)).collect();
+
+    let arch = Architecture::new(f, opts.hidden);
+    let varmap = init_varmap(&arch, opts.seed)?;
+    let model = Autoencoder::new(
+        &arch,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )?;
+    let mut optimiser = AdamW::new(
+        varmap.all_vars(),
+        ParamsAdamW {
+            lr: opts.learning_rate,
+            weight_decay: 0.0,
+            ..ParamsAdamW::default()
+        },
+    )?;
+    let mut rng = SeededRng::new(opts.seed ^ 0x5EED);
+    let mut order: Vec<usize> = (0..train_x.len()).collect();
+    let mut best: Option<(f64, usize, f64, Vec<u8>)> = None;
+    let mut epochs_run = 0;
+    for epoch in 1..=opts.epochs {
+        epochs_run = epoch;
+        rng.shuffle(&mut order);
+        let mut total = 0.0;
+        for batch in order.chunks(opts.batch_size) {
+            let windows: Vec<&Vec<f32>> = batch.iter().map(|&i| &train_x[i]).collect();
+            let x = batch_tensor(&windows, w, f)?;
+            let loss = model.forward(&x)?.sub(&x)?.sqr()?.mean_all()?;
+            optimiser.backward_step(&loss)?;
+            total += f64::from(loss.to_scalar::<f32>()?) * batch.len() as f64;
+        }
+        let train_loss = total / train_x.len() as f64;
+        // Without normal validation windows, the training loss is all there is to watch.
+        let validation_loss = if val_x.is_empty() {
+            train_loss
+        } else {
+            mean_loss(&model, &val_x, w, f)?
+        };
+        ensure!(
+            validation_loss.is_finite(),
+            "training diverged at epoch {epoch} (loss {validation_loss}); try a smaller learning rate"
+        );
+        let improved = best.as_ref().is_none_or(|b| validation_loss < b.0);
+        if improved {
+            best = Some((
+                validation_loss,
+                epoch,
+                train_loss,
+                varmap_to_safetensors(&varmap)?,
+            ));
+        }
+        on_epoch(EpochReport {
+            epoch,
+            epochs: opts.epochs,
+            train_loss,
+            validation_loss,
+            best: improved,
+        });
+        if best.as_ref().is_some_and(|b| epoch - b.1 >= opts.patience) {
+            break;
+        }
+    }
+    let Some((validation_loss, best_epoch, train_loss, weights)) = best else {
+        bail!("no epoch ran");
+    };
+
+    let meta = ModelMeta {
+        format_version: FORMAT_VERSION,
+        window: w,
+        step_seconds: step,
+        features: feature_specs,
+        mask: Some(features::default_mask(step)),
+        architecture: arch,
+        normalisation: norm,
+        threshold: 0.0,
+        threshold_method: String::new(),
+        training: TrainingMetrics {
+            seed: opts.seed,
+            data_rows: data.len(),
+            train_windows: train_x.len(),
+            validation_windows: split.validation.len(),
+            validation_anomalous_windows: 0,
+            epochs_run,
+            best_epoch,
+            train_loss,
+            validation_loss,
+            validation_auc: None,
+            seconds: 0.0,
+        },
+    };
+    let scorer = Scorer::new(ModelBundle {
+        meta,
+        weights,
+        source: "training".into(),
+    })?;
+    let (scores, labels) = score_windows(&scorer, &data, &split.validation);
+    let (threshold, method) = match roc::best_youden(&scores, &labels) {
+        Some(point) => (point.threshold, "youden_j"),
+        None => {
+            let mut normal: Vec<f64> = scores
+                .iter()
+                .zip(&labels)
+                .filter(|(_, l)| !**l)
+                .map(|(s, _)| *s)
+                .collect();
+            if normal.is_empty() {
+                // No validation windows at all: the training windows' errors will do.
+                normal = score_windows(&scorer, &data, &train_starts).0;
+            }
+            let threshold = roc::quantile(&normal, opts.normal_quantile)
+                .context("no windows to pick a threshold from")?;
+            (threshold, "normal_quantile")
+        }
+    };
+    let mut bundle = scorer.bundle;
+    bundle.meta.threshold = threshold;
+    bundle.meta.threshold_method = method.into();
+    bundle.meta.training.validation_anomalous_windows = labels.iter().filter(|&&l| l).count();
+    bundle.meta.training.validation_auc = roc::auc(&scores, &labels);
+    bundle.meta.training.seconds = started.elapsed().as_secs_f64();
+    bundle
+        .meta
+        .validate()
+        .context("the trained model failed its own checks")?;
+    bundle.source = "trained".into();
+    Ok(bundle)
+}
+
+/// Scores the windows at `starts` the way serving does; windows masked throughout are
+/// skipped. Returns scores and labels (false where the data has none).
+pub fn score_windows(scorer: &Scorer, data: &Dataset, starts: &[usize]) -> (Vec<f64>, Vec<bool>) {
+    let w = scorer.window();
+    let mut scores = Vec::with_capacity(starts.len());
+    let mut labels = Vec::with_capacity(starts.len());
+    for &s in starts {
+        if let Ok(score) = scorer.score(&data.window_values(s, w), &data.window_mask(s, w)) {
+            scores.push(score.score);
+            labels.push(data.label_any(s, w) == Some(true));
+        }
+    }
+    (scores, labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::{SynthOptions, generate};
+
+    fn small_data() -> Dataset {
+        let csv = generate(&SynthOptions {
+            rows: 900,
+            step_seconds: 2.0,
+            seed: 3,
+            incidents: 4,
+        });
+        Dataset::parse(&csv).unwrap()
+    }
+
+    fn quick() -> TrainOptions {
+        TrainOptions {
+            window: 10,
+            hidden: 8,
+            epochs: 3,
+            max_train_windows: 256,
+            ..TrainOptions::default()
+        }
+    }
+
+    #[test]
+    fn training_is_deterministic_for_a_seed() {
+        let data = small_data();
+        let a = train(&data, &quick(), &mut |_| {}).unwrap();
+        let b = train(&data, &quick(), &mut |_| {}).unwrap();
+        assert_eq!(a.weights, b.weights);
+        assert_eq!(a.meta.threshold, b.meta.threshold);
+        let other = TrainOptions { seed: 7, ..quick() };
+        let c = train(&data, &other, &mut |_| {}).unwrap();
+        assert_ne!(a.weights, c.weights);
+    }
+
+    #[test]
+    fn training_lowers_the_loss_and_records_what_it_did() {
+        let data = small_data();
+        let mut losses = Vec::new();
+        let opts = TrainOptions {
+            epochs: 6,
+            patience: 10,
+            ..quick()
+        };
+        let bundle = train(&data, &opts, &mut |r| losses.push(r.train_loss)).unwrap();
+        assert_eq!(losses.len(), 6);
+        assert!(losses[5] < losses[0], "{losses:?}");
+        let meta = &bundle.meta;
+        assert_eq!(meta.window, 10);
+        assert_eq!(meta.step_seconds, 2.0);
+        assert_eq!(meta.features.len(), data.feature_names.len());
+        assert!(meta.mask.is_some());
+        assert_eq!(meta.threshold_method, "youden_j");
+        assert!(meta.training.validation_auc.is_some());
+        assert!(meta.training.validation_anomalous_windows > 0);
+    }
+
+    #[test]
+    fn without_labels_the_threshold_is_a_normal_quantile() {
+        let data = small_data();
+        let unlabelled = Dataset {
+            labels: None,
+            ..data
+        };
+        let bundle = train(&unlabelled, &quick(), &mut |_| {}).unwrap();
+        assert_eq!(bundle.meta.threshold_method, "normal_quantile");
+        assert!(bundle.meta.threshold > 0.0);
+        assert_eq!(bundle.meta.training.validation_auc, None);
+    }
+
+    #[test]
+    fn too_little_data_says_what_is_needed() {
+        let data = Dataset::parse("timestamp,wal_fsync_p99,label\n0,1,0\n2,1,0\n").unwrap();
+        let err = train(&data, &quick(), &mut |_| {}).unwrap_err().to_string();
+        assert!(err.contains("10 consecutive steps"), "{err}");
+    }
+}
