@@ -4,16 +4,24 @@
 # shared libraries it links (as ldd reports them), CA certificates and a numeric user.
 #
 #   ci/build-images.sh TAG [collector detector remediator loadgen etcd-test]
+#   ci/build-images.sh --binaries-only      # just the release binaries (Jenkins builds them
+#                                           # once, then the images in parallel with
+#                                           # DR_SKIP_CARGO_BUILD=1)
 #
 # etcd-test (the vendored etcd 3.6 server) is for the containerised smoke test only.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
-tag=${1:?usage: ci/build-images.sh TAG [SERVICE...]}
+all_services=(collector detector remediator loadgen)
+if [[ ${1:-} == --binaries-only ]]; then
+  cargo build --release --locked "${all_services[@]/#/--package=dr-}"
+  exit 0
+fi
+tag=${1:?usage: ci/build-images.sh TAG [SERVICE...] | --binaries-only}
 shift
 services=("$@")
-((${#services[@]})) || services=(collector detector remediator loadgen)
+((${#services[@]})) || services=("${all_services[@]}")
 
 if ! docker info >/dev/null 2>&1; then
   echo "build-images: no Docker engine answers; cannot build images" >&2
@@ -34,7 +42,7 @@ binaries=()
 for svc in "${services[@]}"; do
   [[ $svc == etcd-test ]] || binaries+=(-p "dr-$svc")
 done
-if ((${#binaries[@]})); then
+if ((${#binaries[@]})) && [[ ${DR_SKIP_CARGO_BUILD:-0} != 1 ]]; then
   cargo build --release --locked "${binaries[@]}"
 fi
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')

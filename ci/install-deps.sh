@@ -10,6 +10,7 @@ debian_packages=(
   prometheus prometheus-pushgateway prometheus-alertmanager
   protobuf-compiler                             # etcd-client compiles etcd's protobufs
   shellcheck
+  groovy                                        # parses the Jenkinsfile
 )
 
 missing=()

@@ -10,23 +10,16 @@ step "install what is missing"
 bash ci/install-deps.sh
 export DR_VENV=${DR_VENV:-$PWD/target/venv}
 
-step "shellcheck"
-mapfile -t scripts < <(git ls-files '*.sh' .ci/run)
-shellcheck "${scripts[@]}"
+step "lint: shellcheck, rustfmt, clippy, Dockerfiles, Helm chart, Jenkinsfile"
+bash ci/lint.sh
 
-step "cargo fmt"
-cargo fmt --all -- --check
+step "tests: unit, integration against real servers, benches in test mode"
+bash ci/unit.sh
 
-step "cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+step "detector: numpy reference forward pass agrees with dr-detector"
+bash ci/check-detector-reference.sh
 
-step "cargo test (unit, integration against real servers, benches in test mode)"
-cargo test --workspace --all-targets --locked
-
-for check in ci/check-*.sh; do
-  [[ -e $check ]] || continue
-  step "$check"
-  bash "$check"
-done
+step "images: build, --version in each container"
+bash ci/check-images.sh
 
 step "all green in $((SECONDS - started))s"

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Jenkins "E2E": on the kind cluster with dr-stack installed, seeds etcd with known keys,
+# runs dr-loadgen's big-value storm (overwriting the same keys, so compaction and defrag can
+# reclaim the space) until etcd raises NOSPACE, then waits for etcd-dr to repair it: no
+# alarm, healthy, writable, every seeded key intact, within 120 s of the alarm.
+# Writes $REPORT_DIR/e2e-k8s.json. Pipeline only (needs a Kubernetes API).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cluster=${KIND_CLUSTER:-etcd-dr}
+tag=${IMAGE_TAG:?IMAGE_TAG is not set}
+report_dir=${REPORT_DIR:-target/reports}
+budget=${E2E_MTTR_BUDGET_SECONDS:-120}
+deadline_seconds=${E2E_DEADLINE_SECONDS:-420}
+context=kind-$cluster
+node=$cluster-control-plane
+mkdir -p "$report_dir"
+k() { kubectl --context "$context" "$@"; }
+
+pki=/etc/kubernetes/pki/etcd
+etcdctl() {
+  k -n kube-system exec "etcd-$node" -- etcdctl --endpoints https://127.0.0.1:2379 \
+    --cacert "$pki/ca.crt" --cert "$pki/healthcheck-client.crt" --key "$pki/healthcheck-client.key" \
+    --command-timeout 10s "$@"
+}
+log() { printf 't+%3ds %s\n' "$((SECONDS - started))" "$*"; }
+started=$SECONDS
+
+# 1. Known keys and their checksum.
+seeded=200
+for i in $(seq -w 1 "$seeded"); do
+  etcdctl put "/dr-e2e/seed/$i" "value-$i-$(printf '%064d' "$i")" >/dev/null
+done
+seed_sum() { etcdctl get --prefix /dr-e2e/seed/ --print-value-only | sha256sum | cut -d' ' -f1; }
+before=$(seed_sum)
+log "seeded $seeded keys, checksum ${before:0:12}"
+
+# 2. The storm, as a Job next to etcd (hostNetwork on the control plane, etcd's client
+# certificates from the node; the keys are root-only, hence uid 0 for this Job alone).
+k -n etcd-dr delete job dr-e2e-storm --ignore-not-found >/dev/null
+k -n etcd-dr apply -f - <<YAML
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: dr-e2e-storm
+spec:
+  backoffLimit: 0
+  activeDeadlineSeconds: 300
+  template:
+    spec:
+      restartPolicy: Never
+      hostNetwork: true
+      nodeSelector:
+        node-role.kubernetes.io/control-plane: ""
+      tolerations:
+        - key: node-role.kubernetes.io/control-plane
+          operator: Exists
+          effect: NoSchedule
+      containers:
+        - name: loadgen
+          image: etcd-dr/dr-loadgen:$tag
+          imagePullPolicy: IfNotPresent
+          args: ["--endpoints", "https://127.0.0.1:2379",
+                 "--cacert", "/pki/ca.crt", "--cert", "/pki/healthcheck-client.crt",
+                 "--key", "/pki/healthcheck-client.key",
+                 "bigkey", "--overwrite", "--duration", "240s", "--json"]
+          securityContext:
+            runAsUser: 0
+            allowPrivilegeEscalation: false
+            readOnlyRootFilesystem: true
+            capabilities: {drop: [ALL]}
+          volumeMounts:
+            - {name: pki, mountPath: /pki, readOnly: true}
+      volumes:
+        - name: pki
+          hostPath: {path: $pki, type: Directory}
+YAML
+log "storm started"
+
+# 3. Follow the loop: NOSPACE raised, then repaired.
+incident_at=
+healthy_at=
+while ((SECONDS - started < deadline_seconds)); do
+  alarms=$(etcdctl alarm list 2>/dev/null || echo "unreachable")
+  if [[ -z $incident_at ]]; then
+    if [[ $alarms == *NOSPACE* ]]; then
+      incident_at=$SECONDS
+      log "NOSPACE raised"
+    fi
+  elif [[ -z $alarms ]] && etcdctl endpoint health >/dev/null 2>&1 &&
+    etcdctl put /dr-e2e/probe "$(date +%s)" >/dev/null 2>&1; then
+    healthy_at=$SECONDS
+    log "healthy, writable, no alarm"
+    break
+  fi
+  sleep 2
+done
+
+after=$(seed_sum || echo unreadable)
+actions=$(k get --raw "/api/v1/namespaces/etcd-dr/services/dr-remediator:9312/proxy/actions" 2>/dev/null || echo '[]')
+k -n etcd-dr logs job/dr-e2e-storm >"$report_dir/e2e-storm.log" 2>&1 || true
+k -n etcd-dr delete job dr-e2e-storm --ignore-not-found >/dev/null || true
+
+mttr=null
+passed=false
+if [[ -n $incident_at && -n $healthy_at ]]; then
+  mttr=$((healthy_at - incident_at))
+  ((mttr <= budget)) && [[ $after == "$before" ]] && passed=true
+fi
+# Keys missing, or (when none is missing but the checksum moved) counted as all suspect.
+present=$(etcdctl get --prefix /dr-e2e/seed/ --count-only -w json 2>/dev/null | grep -o '"count":[0-9]*' | cut -d: -f2 || true)
+keys_lost=$((seeded - ${present:-0}))
+[[ $keys_lost -eq 0 && $after != "$before" ]] && keys_lost=$seeded
+cat >"$report_dir/e2e-k8s.json" <<JSON
+{"scenario": "k8s-nospace", "mttr_seconds": $mttr, "budget_seconds": $budget,
+ "keys_checked": $seeded, "keys_lost": $keys_lost, "passed": $passed,
+ "actions": $actions}
+JSON
+log "report: $report_dir/e2e-k8s.json (passed: $passed, mttr: ${mttr}s)"
+[[ $passed == true ]]

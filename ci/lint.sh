@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Every static check: shell scripts, Rust formatting and lints, Dockerfiles, the Helm chart,
+# the Jenkinsfile's syntax. The Jenkins "Lint" stage runs this; so does ci/test.sh.
+# Needs ci/install-deps.sh to have run (DR_VENV points at its venv).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${DR_VENV:-target/venv}
+
+step() { printf '\n--> %s\n' "$*"; }
+
+step "shellcheck"
+mapfile -t scripts < <(git ls-files '*.sh' .ci/run)
+shellcheck "${scripts[@]}"
+
+step "cargo fmt"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "Dockerfiles (checkov, offline)"
+BC_SKIP_MAPPING=TRUE "$venv/bin/checkov" --quiet --compact --skip-download \
+  --framework dockerfile --directory docker
+
+step "Helm chart"
+bash ci/check-chart.sh
+
+step "Jenkinsfile parses as Groovy"
+# Debian's groovy looks for /usr/lib/jvm/default-java, absent when another JDK satisfied it.
+java_bin=$(readlink -f "$(command -v java)")
+JAVA_HOME=${JAVA_HOME:-${java_bin%/bin/java}} groovy ci/parse-groovy.groovy Jenkinsfile
