@@ -118,3 +118,22 @@ pub fn first_line(text: &str) -> String {
     let line = text.lines().next().unwrap_or("").trim();
     line.chars().take(200).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_observed_hang_up_counts_as_one() {
+        for seen in [
+            "client error (SendRequest): channel closed",
+            "client error (SendRequest): connection error: stream closed because of a broken pipe",
+            "connection reset by peer",
+        ] {
+            assert!(is_hang_up(seen), "{seen}");
+        }
+        assert!(!is_hang_up(
+            "tcp connect error: Connection refused (os error 111)"
+        ));
+    }
+}
