@@ -102,15 +102,20 @@ pub async fn fetch_page(
     Ok(text)
 }
 
+/// The ways a peer hanging up mid-handshake surfaces through hyper (all seen against etcd
+/// refusing a client without a certificate, depending on timing).
 fn is_hang_up(detail: &str) -> bool {
+    let detail = detail.to_ascii_lowercase();
     [
         "channel closed",
         "connection closed",
+        "stream closed",
+        "broken pipe",
         "connection reset",
         "unexpected eof",
     ]
     .iter()
-    .any(|needle| detail.to_ascii_lowercase().contains(needle))
+    .any(|needle| detail.contains(needle))
 }
 
 /// The first line of a body, short enough for a log line.
