@@ -1,0 +1,40 @@
+//! Compact to the current revision, physically: the call returns once the old revisions
+//! are gone from the backend, so the defrag that follows has pages to return.
+
+use etcd_client::CompactionOptions;
+
+use crate::cluster::EtcdAccess;
+
+/// Compacts to the revision current now; returns that revision. Compacting to a revision
+/// already compacted is not an error here (a retry after a lost answer must succeed).
+pub async fn to_current_revision(access: &EtcdAccess) -> Result<i64, String> {
+    // Physical compaction walks the whole keyspace; give it the defrag-sized patience of
+    // several ordinary calls.
+    let timeout = access.timeout * 12;
+    let mut client = access.live_client(timeout).await?;
+    let revision = tokio::time::timeout(
+        access.timeout,
+        client.get(crate::cluster::REVISION_PROBE_KEY, None),
+    )
+    .await
+    .map_err(|_| "reading the revision timed out".to_owned())?
+    .map_err(|err| format!("reading the revision: {err}"))?
+    .header()
+    .map(|h| h.revision())
+    .unwrap_or_default();
+    let call = client.compact(revision, Some(CompactionOptions::new().with_physical()));
+    match tokio::time::timeout(timeout, call).await {
+        Err(_) => Err(format!(
+            "compaction to {revision} timed out after {timeout:?}"
+        )),
+        Ok(Ok(_)) => Ok(revision),
+        Ok(Err(err))
+            if err
+                .to_string()
+                .contains("required revision has been compacted") =>
+        {
+            Ok(revision)
+        }
+        Ok(Err(err)) => Err(format!("compaction to {revision}: {err}")),
+    }
+}

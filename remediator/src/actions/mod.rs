@@ -1,0 +1,8 @@
+//! The repair steps, one module each. Every step is safe to retry.
+
+pub mod compact;
+pub mod defrag;
+pub mod disarm;
+pub mod restore;
+pub mod snapshot;
+pub mod verify;

@@ -1,0 +1,344 @@
+//! Snapshot: streamed from etcd to `<name>.part`, fsynced, verified against its SHA-256
+//! trailer, then renamed into place; the newest N are kept.
+//!
+//! etcd ends the stream with the SHA-256 of the database bytes before it; etcdctl's
+//! `snapshot status` and `restore` check it by hashing all but the last 32 bytes. A bolt
+//! database is a whole number of 512-byte sectors, so a file whose size modulo 512 is not
+//! 32 has no trailer, and is truncated or not a snapshot.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ring::digest::{Context, SHA256, SHA256_OUTPUT_LEN};
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+
+use crate::cluster::EtcdAccess;
+
+const PREFIX: &str = "snapshot-";
+const SUFFIX: &str = ".db";
+
+/// A snapshot on disk whose trailer verified.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SnapshotInfo {
+    pub path: PathBuf,
+    pub size_bytes: u64,
+    /// The cluster revision just before the download started (the snapshot holds at least it).
+    pub revision: i64,
+    pub sha256: String,
+    pub duration_seconds: f64,
+}
+
+/// Streams a snapshot into `dir`, verifies it and keeps the newest `retain`.
+pub async fn take(
+    access: &EtcdAccess,
+    dir: &Path,
+    retain: usize,
+    timeout: Duration,
+) -> Result<SnapshotInfo, String> {
+    let started = std::time::Instant::now();
+    let mut client = access.live_client(timeout).await?;
+    let revision = tokio::time::timeout(
+        access.timeout,
+        client.get(crate::cluster::REVISION_PROBE_KEY, None),
+    )
+    .await
+    .map_err(|_| "reading the revision timed out".to_owned())?
+    .map_err(|err| format!("reading the revision: {err}"))?
+    .header()
+    .map(|h| h.revision())
+    .unwrap_or_default();
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    let name = format!("{PREFIX}{millis:016}-rev{revision}{SUFFIX}");
+    let final_path = dir.join(&name);
+    let part_path = dir.join(format!("{name}.part"));
+
+    let download = async {
+        let mut stream = client
+            .snapshot()
+            .await
+            .map_err(|err| format!("starting the snapshot stream: {err}"))?;
+        let file = tokio::fs::File::create(&part_path)
+            .await
+            .map_err(|err| format!("creating {}: {err}", part_path.display()))?;
+        let mut file = tokio::io::BufWriter::with_capacity(1 << 20, file);
+        // Hashed while it streams, so the file is not read a second time.
+        let mut check = TrailerCheck::new();
+        while let Some(message) = stream
+            .message()
+            .await
+            .map_err(|err| format!("snapshot stream broke: {err}"))?
+        {
+            check.update(message.blob());
+            file.write_all(message.blob())
+                .await
+                .map_err(|err| format!("writing {}: {err}", part_path.display()))?;
+        }
+        file.flush()
+            .await
+            .map_err(|err| format!("writing {}: {err}", part_path.display()))?;
+        file.get_ref()
+            .sync_all()
+            .await
+            .map_err(|err| format!("fsync {}: {err}", part_path.display()))?;
+        check.finish(&part_path)
+    };
+    let verified = match tokio::time::timeout(timeout, download).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("snapshot did not finish within {timeout:?}")),
+    };
+    let (size_bytes, sha256) = match verified {
+        Ok(found) => found,
+        Err(err) => {
+            // A partial or corrupt file is never used; do not leave it for someone to try.
+            let _ = std::fs::remove_file(&part_path);
+            return Err(err);
+        }
+    };
+    std::fs::rename(&part_path, &final_path).map_err(|err| {
+        format!(
+            "renaming {} to {}: {err}",
+            part_path.display(),
+            final_path.display()
+        )
+    })?;
+    sync_dir(dir)?;
+    prune(dir, retain)?;
+    Ok(SnapshotInfo {
+        path: final_path,
+        size_bytes,
+        revision,
+        sha256,
+        duration_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The trailer check over a stream: everything but the last 32 bytes is hashed, the last
+/// 32 are held back to compare at the end.
+struct TrailerCheck {
+    context: Context,
+    held: Vec<u8>,
+    size: u64,
+}
+
+impl TrailerCheck {
+    fn new() -> Self {
+        TrailerCheck {
+            context: Context::new(&SHA256),
+            held: Vec::with_capacity(2 * SHA256_OUTPUT_LEN),
+            size: 0,
+        }
+    }
+
+    fn update(&mut self, chunk: &[u8]) {
+        self.size += chunk.len() as u64;
+        if chunk.len() >= SHA256_OUTPUT_LEN {
+            let split = chunk.len() - SHA256_OUTPUT_LEN;
+            self.context.update(&self.held);
+            self.context.update(&chunk[..split]);
+            self.held.clear();
+            self.held.extend_from_slice(&chunk[split..]);
+        } else {
+            self.held.extend_from_slice(chunk);
+            let extra = self.held.len().saturating_sub(SHA256_OUTPUT_LEN);
+            self.context.update(&self.held[..extra]);
+            self.held.drain(..extra);
+        }
+    }
+
+    fn finish(self, path: &Path) -> Result<(u64, String), String> {
+        check_shape(path, self.size)?;
+        let digest = self.context.finish();
+        compare(path, digest.as_ref(), &self.held)?;
+        Ok((self.size, hex(&self.held)))
+    }
+}
+
+fn check_shape(path: &Path, size: u64) -> Result<(), String> {
+    let trailer_len = SHA256_OUTPUT_LEN as u64;
+    if size < trailer_len + 512 || size % 512 != trailer_len {
+        return Err(format!(
+            "{}: {size} bytes is not a database plus a SHA-256 trailer (truncated or not a snapshot)",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+fn compare(path: &Path, digest: &[u8], trailer: &[u8]) -> Result<(), String> {
+    if digest != trailer {
+        return Err(format!(
+            "{}: SHA-256 mismatch (content {}, trailer {}): the snapshot is corrupt",
+            path.display(),
+            hex(digest),
+            hex(trailer)
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a snapshot file's SHA-256 trailer; returns (size, hex digest) when it matches.
+pub fn verify_file(path: &Path) -> Result<(u64, String), String> {
+    let mut file =
+        std::fs::File::open(path).map_err(|err| format!("opening {}: {err}", path.display()))?;
+    let size = file
+        .metadata()
+        .map_err(|err| format!("reading {}: {err}", path.display()))?
+        .len();
+    check_shape(path, size)?;
+    let mut remaining = size - SHA256_OUTPUT_LEN as u64;
+    let mut context = Context::new(&SHA256);
+    let mut buffer = vec![0u8; 1 << 20];
+    while remaining > 0 {
+        let want = buffer
+            .len()
+            .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+        let chunk = &mut buffer[..want];
+        file.read_exact(chunk)
+            .map_err(|err| format!("reading {}: {err}", path.display()))?;
+        context.update(chunk);
+        remaining -= want as u64;
+    }
+    let mut trailer = [0u8; SHA256_OUTPUT_LEN];
+    file.read_exact(&mut trailer)
+        .map_err(|err| format!("reading {}: {err}", path.display()))?;
+    compare(path, context.finish().as_ref(), &trailer)?;
+    Ok((size, hex(&trailer)))
+}
+
+/// Verified snapshots in `dir`, newest first (names sort by time).
+pub fn list(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|err| format!("listing {}: {err}", dir.display()))?;
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(PREFIX) && n.ends_with(SUFFIX))
+        })
+        .collect();
+    found.sort();
+    found.reverse();
+    Ok(found)
+}
+
+fn prune(dir: &Path, retain: usize) -> Result<(), String> {
+    for old in list(dir)?.into_iter().skip(retain) {
+        std::fs::remove_file(&old).map_err(|err| format!("removing {}: {err}", old.display()))?;
+        tracing::info!(path = %old.display(), "removed old snapshot (retention)");
+    }
+    Ok(())
+}
+
+/// Makes a rename durable.
+fn sync_dir(dir: &Path) -> Result<(), String> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|err| format!("fsync {}: {err}", dir.display()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes `data` plus its SHA-256 trailer, the shape etcd streams (tests and tools).
+    fn write_with_trailer(path: &Path, data: &[u8]) -> std::io::Result<()> {
+        let digest = ring::digest::digest(&SHA256, data);
+        use std::io::Write;
+        let mut file = std::fs::File::create(path)?;
+        file.write_all(data)?;
+        file.write_all(digest.as_ref())?;
+        file.sync_all()
+    }
+
+    fn sample(dir: &Path) -> PathBuf {
+        let path = dir.join("snapshot-1.db");
+        let data: Vec<u8> = (0..4096u32 * 3).map(|i| (i % 251) as u8).collect();
+        write_with_trailer(&path, &data).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_good_trailer_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = sample(dir.path());
+        let (size, digest) = verify_file(&path).unwrap();
+        assert_eq!(size, 4096 * 3 + 32);
+        assert_eq!(digest.len(), 64);
+    }
+
+    #[test]
+    fn a_truncated_snapshot_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = sample(dir.path());
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
+        assert!(verify_file(&path).unwrap_err().contains("truncated"));
+        // Cut at a sector boundary plus 32: the shape is right, the hash is not.
+        std::fs::write(&path, &bytes[..4096 * 2 + 32]).unwrap();
+        assert!(verify_file(&path).unwrap_err().contains("mismatch"));
+    }
+
+    #[test]
+    fn the_streaming_check_agrees_with_the_file_check_for_any_chunking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = sample(dir.path());
+        let bytes = std::fs::read(&path).unwrap();
+        for chunk in [1, 7, 31, 32, 33, 4096, 1 << 20] {
+            let mut check = TrailerCheck::new();
+            bytes.chunks(chunk).for_each(|c| check.update(c));
+            assert_eq!(check.finish(&path).unwrap(), verify_file(&path).unwrap());
+        }
+        let mut flipped = bytes.clone();
+        flipped[100] ^= 0x80;
+        let mut check = TrailerCheck::new();
+        flipped.chunks(1000).for_each(|c| check.update(c));
+        assert!(check.finish(&path).unwrap_err().contains("mismatch"));
+        let mut check = TrailerCheck::new();
+        check.update(&bytes[..bytes.len() - 1]);
+        assert!(check.finish(&path).unwrap_err().contains("truncated"));
+    }
+
+    #[test]
+    fn a_flipped_byte_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = sample(dir.path());
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[1234] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(verify_file(&path).unwrap_err().contains("mismatch"));
+    }
+
+    #[test]
+    fn retention_keeps_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..4 {
+            std::fs::write(dir.path().join(format!("snapshot-{i:016}-rev1.db")), b"x").unwrap();
+        }
+        std::fs::write(dir.path().join("audit.jsonl"), b"").unwrap();
+        prune(dir.path(), 2).unwrap();
+        let left: Vec<String> = list(dir.path())
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            left,
+            [
+                "snapshot-0000000000000003-rev1.db",
+                "snapshot-0000000000000002-rev1.db"
+            ]
+        );
+        assert!(dir.path().join("audit.jsonl").exists());
+    }
+}

@@ -1,0 +1,78 @@
+//! The health check after a repair: every member answers, there is a leader, no alarm, and
+//! a sentinel key can be written and read back through the cluster (that needs quorum).
+
+use serde::Serialize;
+
+use crate::cluster::{ClusterView, EtcdAccess};
+
+/// Where the sentinel lives; one key, overwritten by each check.
+pub const SENTINEL_KEY: &str = "/etcd-dr/sentinel";
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(tag = "verdict", content = "detail", rename_all = "snake_case")]
+pub enum Health {
+    Healthy,
+    /// It serves reads and writes (quorum holds) but something is wrong, e.g. a member is
+    /// down. A restore would lose data for nothing: a person or the kubelet restarts members.
+    Degraded(String),
+    /// Writes do not go through: the case a restore is for.
+    Unavailable(String),
+}
+
+pub async fn check(access: &EtcdAccess, token: &str) -> Health {
+    let sentinel = write_and_read_back(access, token).await;
+    let view = ClusterView::observe(access).await;
+    match (sentinel, view) {
+        // Under NOSPACE writes fail by design; the members still answer, so this is not a
+        // case for a restore (the snapshot holds the same live data).
+        (Err(_), Ok(view)) if view.nospace => {
+            Health::Degraded("NOSPACE alarm still raised; writes refused".into())
+        }
+        (Err(err), _) => Health::Unavailable(err),
+        (Ok(()), Err(err)) => Health::Degraded(err),
+        (Ok(()), Ok(view)) => {
+            if let Err(reason) = view.safe_to_act() {
+                Health::Degraded(reason)
+            } else if view.nospace {
+                Health::Degraded("NOSPACE alarm still raised".into())
+            } else {
+                Health::Healthy
+            }
+        }
+    }
+}
+
+/// Succeeds if any endpoint's member takes the write and reads it back: one live member
+/// with quorum behind it is enough, a dead one in the list must not decide.
+async fn write_and_read_back(access: &EtcdAccess, token: &str) -> Result<(), String> {
+    let mut errors = Vec::new();
+    for endpoint in &access.endpoints {
+        let call = async {
+            let mut client = access
+                .client_for(std::slice::from_ref(endpoint), access.timeout)
+                .await?;
+            client
+                .put(SENTINEL_KEY, token, None)
+                .await
+                .map_err(|err| format!("sentinel write: {err}"))?;
+            let read = client
+                .get(SENTINEL_KEY, None)
+                .await
+                .map_err(|err| format!("sentinel read: {err}"))?;
+            match read.kvs().first() {
+                Some(kv) if kv.value() == token.as_bytes() => Ok(()),
+                Some(_) => Err("sentinel read back a different value".to_owned()),
+                None => Err("sentinel missing after write".to_owned()),
+            }
+        };
+        match tokio::time::timeout(access.timeout * 2, call).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(err)) => errors.push(format!("{endpoint}: {err}")),
+            Err(_) => errors.push(format!(
+                "{endpoint}: timed out after {:?}",
+                access.timeout * 2
+            )),
+        }
+    }
+    Err(errors.join("; "))
+}

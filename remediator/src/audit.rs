@@ -1,0 +1,211 @@
+//! The append-only audit log: one JSON line per event in `<snapshot dir>/audit.jsonl`,
+//! fsynced before the step it announces runs, and kept in memory for `GET /actions`.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+pub const FILE_NAME: &str = "audit.jsonl";
+
+/// How many events `GET /actions` can show; the file keeps everything.
+const MEMORY_LIMIT: usize = 5000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Start,
+    Ok,
+    Failed,
+    Skipped,
+    Info,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub ts: String,
+    pub action_id: String,
+    /// `remediation`, `scheduled_snapshot` or `webhook`.
+    pub kind: String,
+    pub step: String,
+    pub phase: Phase,
+    pub detail: serde_json::Value,
+    pub dry_run: bool,
+}
+
+pub struct Audit {
+    path: PathBuf,
+    // One lock for file and memory keeps their order the same.
+    inner: Mutex<(File, Vec<Event>)>,
+}
+
+impl Audit {
+    /// Opens (creating) the log in `dir` and loads its recent events.
+    pub fn open(dir: &Path) -> Result<Self, String> {
+        let path = dir.join(FILE_NAME);
+        let existing = match std::fs::read_to_string(&path) {
+            Ok(text) => text
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Event>(line).ok())
+                .collect::<Vec<_>>(),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(err) => return Err(format!("reading {}: {err}", path.display())),
+        };
+        let skip = existing.len().saturating_sub(MEMORY_LIMIT);
+        let events = existing.into_iter().skip(skip).collect();
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|err| format!("opening {}: {err}", path.display()))?;
+        Ok(Audit {
+            path,
+            inner: Mutex::new((file, events)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends and fsyncs one event. An error means the step must not run: an action that
+    /// cannot be recorded is not taken.
+    pub fn record(
+        &self,
+        action_id: &str,
+        kind: &str,
+        step: &str,
+        phase: Phase,
+        detail: serde_json::Value,
+        dry_run: bool,
+    ) -> Result<(), String> {
+        let event = Event {
+            ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            action_id: action_id.to_owned(),
+            kind: kind.to_owned(),
+            step: step.to_owned(),
+            phase,
+            detail,
+            dry_run,
+        };
+        let mut line =
+            serde_json::to_string(&event).map_err(|err| format!("encoding audit event: {err}"))?;
+        line.push('\n');
+        let mut inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        inner
+            .0
+            .write_all(line.as_bytes())
+            .and_then(|()| inner.0.sync_data())
+            .map_err(|err| format!("writing {}: {err}", self.path.display()))?;
+        tracing::info!(action_id, kind, step, phase = ?phase, detail = %event.detail, "audit");
+        inner.1.push(event);
+        if inner.1.len() > MEMORY_LIMIT {
+            inner.1.remove(0);
+        }
+        Ok(())
+    }
+
+    /// Events grouped by action, newest action first, each action's events in order.
+    pub fn actions(&self, limit: usize) -> Vec<serde_json::Value> {
+        let inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut order: Vec<&str> = Vec::new();
+        for event in &inner.1 {
+            if !order.contains(&event.action_id.as_str()) {
+                order.push(&event.action_id);
+            }
+        }
+        order
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|id| {
+                let events: Vec<&Event> = inner.1.iter().filter(|e| e.action_id == *id).collect();
+                let first = events.first();
+                let last = events.last();
+                serde_json::json!({
+                    "action_id": id,
+                    "kind": first.map(|e| e.kind.as_str()),
+                    "started": first.map(|e| e.ts.as_str()),
+                    "last_step": last.map(|e| e.step.as_str()),
+                    "last_phase": last.map(|e| e.phase),
+                    "dry_run": first.is_some_and(|e| e.dry_run),
+                    "events": events,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Reads every event of an audit log file (tests and tools).
+pub fn read_all(path: &Path) -> Result<Vec<Event>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| format!("reading {}: {err}", path.display()))?;
+    text.lines()
+        .map(|line| serde_json::from_str(line).map_err(|err| format!("bad audit line: {err}")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn appends_survive_reopening_and_actions_come_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::open(dir.path()).unwrap();
+        audit
+            .record(
+                "a1",
+                "remediation",
+                "snapshot",
+                Phase::Start,
+                json!({}),
+                false,
+            )
+            .unwrap();
+        audit
+            .record(
+                "a1",
+                "remediation",
+                "snapshot",
+                Phase::Ok,
+                json!({"size": 1}),
+                false,
+            )
+            .unwrap();
+        audit
+            .record(
+                "a2",
+                "webhook",
+                "decide",
+                Phase::Skipped,
+                json!("cooldown"),
+                false,
+            )
+            .unwrap();
+        drop(audit);
+        let audit = Audit::open(dir.path()).unwrap();
+        audit
+            .record("a3", "remediation", "plan", Phase::Info, json!([]), true)
+            .unwrap();
+        let actions = audit.actions(10);
+        let ids: Vec<&str> = actions
+            .iter()
+            .map(|a| a["action_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["a3", "a2", "a1"]);
+        assert_eq!(actions[2]["events"].as_array().unwrap().len(), 2);
+        assert_eq!(actions[0]["dry_run"], true);
+        assert_eq!(read_all(audit.path()).unwrap().len(), 4);
+    }
+}

@@ -1,0 +1,313 @@
+//! What the remediator knows about the etcd cluster: its members, each member's status
+//! (asked of that member itself), the alarms, and whether it is safe to act on.
+
+use std::time::Duration;
+
+use dr_common::tls::TlsMaterial;
+use etcd_client::{AlarmAction, AlarmType, Client};
+use serde::Serialize;
+
+/// Read (never written) only for the revision in the response header.
+pub const REVISION_PROBE_KEY: &str = "/etcd-dr/revision-probe";
+
+/// How to reach etcd: the configured endpoints and the TLS files, shared by every action.
+#[derive(Clone, Debug)]
+pub struct EtcdAccess {
+    pub endpoints: Vec<String>,
+    pub tls: Option<TlsMaterial>,
+    pub timeout: Duration,
+    /// Assumed for members that do not report their quota (etcd before 3.6).
+    pub default_quota_bytes: u64,
+}
+
+impl EtcdAccess {
+    /// A client on the first configured endpoint whose member answers Status. A client
+    /// over all endpoints keeps sending some calls to a dead member, and a lost member must
+    /// not look like a lost cluster.
+    pub async fn client(&self) -> Result<Client, String> {
+        self.live_client(self.timeout).await
+    }
+
+    /// Like [`client`](Self::client), with its own per-call deadline for long calls.
+    pub async fn live_client(&self, timeout: Duration) -> Result<Client, String> {
+        let mut errors = Vec::new();
+        for endpoint in &self.endpoints {
+            let attempt = async {
+                let mut client = self
+                    .client_for(std::slice::from_ref(endpoint), timeout)
+                    .await?;
+                client
+                    .status()
+                    .await
+                    .map_err(|err| format!("{endpoint}: {err}"))?;
+                Ok::<_, String>(client)
+            };
+            match tokio::time::timeout(self.timeout, attempt).await {
+                Ok(Ok(client)) => return Ok(client),
+                Ok(Err(err)) => errors.push(err),
+                Err(_) => errors.push(format!("{endpoint}: no answer within {:?}", self.timeout)),
+            }
+        }
+        Err(format!("no etcd endpoint answers: {}", errors.join("; ")))
+    }
+
+    /// A client for the given endpoints with its own per-call deadline.
+    pub async fn client_for(
+        &self,
+        endpoints: &[String],
+        timeout: Duration,
+    ) -> Result<Client, String> {
+        dr_common::etcd::connect(endpoints, self.tls.as_ref(), self.timeout, timeout)
+            .await
+            .map_err(|err| format!("connecting to {}: {err}", endpoints.join(",")))
+    }
+}
+
+/// One member as the remediator sees it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct MemberView {
+    pub id: u64,
+    pub name: String,
+    pub endpoint: String,
+    pub peer_url: String,
+    /// `None` when the member did not answer Status in time.
+    pub status: Option<MemberStatus>,
+    /// Why Status failed, when it did.
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct MemberStatus {
+    pub leader: u64,
+    pub db_size: i64,
+    pub db_size_in_use: i64,
+    pub quota_bytes: u64,
+    pub revision: i64,
+    pub version: String,
+}
+
+impl MemberView {
+    pub fn is_leader(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| s.leader == self.id)
+    }
+}
+
+/// The whole picture at one moment.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClusterView {
+    pub members: Vec<MemberView>,
+    pub nospace: bool,
+    pub corrupt: bool,
+}
+
+impl ClusterView {
+    /// Reads the member list, asks each member for its Status (each bounded by the
+    /// access timeout) and reads the alarms.
+    pub async fn observe(access: &EtcdAccess) -> Result<Self, String> {
+        let mut client = access.client().await?;
+        let list = tokio::time::timeout(access.timeout, client.member_list())
+            .await
+            .map_err(|_| "member list timed out".to_owned())?
+            .map_err(|err| format!("member list: {err}"))?;
+        let mut members = Vec::new();
+        for member in list.members() {
+            let endpoint = member.client_urls().first().cloned().unwrap_or_default();
+            let mut view = MemberView {
+                id: member.id(),
+                name: member.name().to_owned(),
+                endpoint: endpoint.clone(),
+                peer_url: member.peer_urls().first().cloned().unwrap_or_default(),
+                status: None,
+                error: None,
+            };
+            if endpoint.is_empty() {
+                view.error = Some("member has not started (no client URL)".into());
+            } else {
+                match member_status(access, &endpoint).await {
+                    Ok(status) => view.status = Some(status),
+                    Err(err) => view.error = Some(err),
+                }
+            }
+            members.push(view);
+        }
+        let (nospace, corrupt) = alarms(&mut client, access.timeout).await?;
+        Ok(ClusterView {
+            members,
+            nospace,
+            corrupt,
+        })
+    }
+
+    pub fn leader(&self) -> Option<&MemberView> {
+        self.members.iter().find(|m| m.is_leader())
+    }
+
+    /// `Err(reason)` unless every member answered, there is a leader and no CORRUPT
+    /// alarm. NOSPACE does not block: it is what a remediation fixes.
+    pub fn safe_to_act(&self) -> Result<(), String> {
+        if self.corrupt {
+            return Err("CORRUPT alarm raised; a person must look at this cluster".into());
+        }
+        let silent: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.status.is_none())
+            .map(|m| format!("{} ({})", m.name, m.error.as_deref().unwrap_or("no answer")))
+            .collect();
+        if !silent.is_empty() {
+            return Err(format!("members not answering: {}", silent.join(", ")));
+        }
+        if self.leader().is_none() {
+            return Err("no leader".into());
+        }
+        Ok(())
+    }
+
+    /// True when more than half the members answer and agree on a leader among them:
+    /// the cluster can still commit, so a restore would only lose data.
+    pub fn quorum_holds(&self) -> Option<String> {
+        let leader = self.leader()?;
+        let agreeing = self
+            .members
+            .iter()
+            .filter(|m| m.status.as_ref().is_some_and(|s| s.leader == leader.id))
+            .count();
+        (agreeing * 2 > self.members.len()).then(|| {
+            format!(
+                "{agreeing} of {} members answer with leader {}",
+                self.members.len(),
+                leader.name
+            )
+        })
+    }
+
+    /// True when every member is under `fraction` of its quota.
+    pub fn all_below_quota(&self, fraction: f64) -> bool {
+        self.members.iter().all(|m| {
+            m.status
+                .as_ref()
+                .is_some_and(|s| (s.db_size.max(0) as f64) < fraction * s.quota_bytes as f64)
+        })
+    }
+}
+
+/// Status of the member at `endpoint`, asked of that member alone.
+pub async fn member_status(access: &EtcdAccess, endpoint: &str) -> Result<MemberStatus, String> {
+    let call = async {
+        let mut client = access
+            .client_for(&[endpoint.to_owned()], access.timeout)
+            .await?;
+        let status = client
+            .status()
+            .await
+            .map_err(|err| format!("status of {endpoint}: {err}"))?;
+        let quota = u64::try_from(status.db_size_quota())
+            .ok()
+            .filter(|q| *q > 0)
+            .unwrap_or(access.default_quota_bytes);
+        Ok(MemberStatus {
+            leader: status.leader(),
+            db_size: status.db_size(),
+            db_size_in_use: status.raft_used_db_size(),
+            quota_bytes: quota,
+            revision: status.header().map(|h| h.revision()).unwrap_or_default(),
+            version: status.version().to_owned(),
+        })
+    };
+    tokio::time::timeout(access.timeout, call)
+        .await
+        .map_err(|_| format!("status of {endpoint} timed out after {:?}", access.timeout))?
+}
+
+/// (NOSPACE raised, CORRUPT raised) across all members.
+pub async fn alarms(client: &mut Client, timeout: Duration) -> Result<(bool, bool), String> {
+    let response = tokio::time::timeout(
+        timeout,
+        client.alarm(AlarmAction::Get, AlarmType::None, None),
+    )
+    .await
+    .map_err(|_| "alarm list timed out".to_owned())?
+    .map_err(|err| format!("alarm list: {err}"))?;
+    let mut nospace = false;
+    let mut corrupt = false;
+    for alarm in response.alarms() {
+        match alarm.alarm() {
+            AlarmType::Nospace => nospace = true,
+            AlarmType::Corrupt => corrupt = true,
+            AlarmType::None => {}
+        }
+    }
+    Ok((nospace, corrupt))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: u64, leader: u64, answered: bool) -> MemberView {
+        MemberView {
+            id,
+            name: format!("m{id}"),
+            endpoint: format!("http://127.0.0.1:{id}"),
+            peer_url: String::new(),
+            status: answered.then(|| MemberStatus {
+                leader,
+                db_size: 50,
+                db_size_in_use: 10,
+                quota_bytes: 100,
+                revision: 7,
+                version: "3.4".into(),
+            }),
+            error: (!answered).then(|| "connection refused".to_owned()),
+        }
+    }
+
+    #[test]
+    fn safe_only_with_every_member_a_leader_and_no_corrupt_alarm() {
+        let mut view = ClusterView {
+            members: vec![member(1, 2, true), member(2, 2, true)],
+            nospace: true,
+            corrupt: false,
+        };
+        assert_eq!(view.safe_to_act(), Ok(()), "NOSPACE must not block");
+        view.members[0] = member(1, 2, false);
+        assert!(
+            view.safe_to_act()
+                .unwrap_err()
+                .contains("m1 (connection refused)")
+        );
+        view.members = vec![member(1, 9, true), member(2, 9, true)];
+        assert_eq!(view.safe_to_act().unwrap_err(), "no leader");
+        view.members = vec![member(1, 1, true)];
+        view.corrupt = true;
+        assert!(view.safe_to_act().unwrap_err().contains("CORRUPT"));
+    }
+
+    #[test]
+    fn quorum_needs_a_majority_agreeing_on_a_leader() {
+        let mut view = ClusterView {
+            members: vec![member(1, 2, false), member(2, 2, true), member(3, 2, true)],
+            nospace: false,
+            corrupt: false,
+        };
+        assert!(view.quorum_holds().unwrap().starts_with("2 of 3"));
+        view.members[2] = member(3, 2, false);
+        assert_eq!(view.quorum_holds(), None);
+    }
+
+    #[test]
+    fn quota_check_needs_every_member_below_the_fraction() {
+        let mut view = ClusterView {
+            members: vec![member(1, 1, true), member(2, 1, true)],
+            nospace: true,
+            corrupt: false,
+        };
+        assert!(view.all_below_quota(0.9));
+        if let Some(s) = view.members[1].status.as_mut() {
+            s.db_size = 95;
+        }
+        assert!(!view.all_below_quota(0.9));
+        view.members[1] = member(2, 1, false);
+        assert!(!view.all_below_quota(0.9), "an unknown size is not below");
+    }
+}

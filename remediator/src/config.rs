@@ -1,0 +1,362 @@
+//! Command-line flags (each also read from `DR_REMEDIATOR_<FLAG>`), checked once at start-up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use dr_common::duration::parse_duration;
+use dr_common::telemetry::LogFormat;
+use dr_common::tls::TlsMaterial;
+use reqwest::Url;
+
+use crate::actions::restore::{RestoreCommands, RestorePreset};
+use crate::cluster::EtcdAccess;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "dr-remediator",
+    version,
+    about = "Receives Alertmanager webhooks and repairs etcd safely: snapshot, compact, defrag, disarm, verify, restore"
+)]
+pub struct Args {
+    /// etcd client URLs, e.g. https://10.0.0.1:2379,https://10.0.0.2:2379.
+    #[arg(
+        long,
+        env = "DR_REMEDIATOR_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub etcd_endpoints: Vec<String>,
+
+    /// Where snapshots and the audit log (`audit.jsonl`) are written.
+    #[arg(long, env = "DR_REMEDIATOR_SNAPSHOT_DIR")]
+    pub snapshot_dir: PathBuf,
+
+    /// CA certificate that signed etcd's serving certificate (PEM).
+    #[arg(long, env = "DR_REMEDIATOR_CACERT")]
+    pub cacert: Option<PathBuf>,
+
+    /// Client certificate for etcd (PEM), e.g. /etc/kubernetes/pki/etcd/healthcheck-client.crt; needs --key.
+    #[arg(long, env = "DR_REMEDIATOR_CERT")]
+    pub cert: Option<PathBuf>,
+
+    /// Client private key (PEM); needs --cert.
+    #[arg(long, env = "DR_REMEDIATOR_KEY")]
+    pub key: Option<PathBuf>,
+
+    /// dr-detector base URL; when set, a remediation needs `GET <url>/score` to confirm.
+    #[arg(long, env = "DR_REMEDIATOR_DETECTOR_URL")]
+    pub detector_url: Option<Url>,
+
+    /// File holding the bearer token Alertmanager must send; without it /webhook is open.
+    #[arg(long, env = "DR_REMEDIATOR_WEBHOOK_TOKEN_FILE")]
+    pub webhook_token_file: Option<PathBuf>,
+
+    /// The alert that triggers a remediation; other alerts are skipped.
+    #[arg(
+        long,
+        env = "DR_REMEDIATOR_ALERT_NAME",
+        default_value = "EtcdAnomalyScoreHigh"
+    )]
+    pub alert_name: String,
+
+    /// How long to let etcd settle after the repair before checking its health.
+    #[arg(long, env = "DR_REMEDIATOR_HEALTH_WAIT", default_value = "30s", value_parser = parse_duration)]
+    pub health_wait: Duration,
+
+    /// After a remediation, the same alert (fingerprint) is skipped for this long.
+    #[arg(long, env = "DR_REMEDIATOR_COOLDOWN", default_value = "10m", value_parser = parse_duration)]
+    pub cooldown: Duration,
+
+    /// What to do when etcd is still unavailable after the repair.
+    #[arg(long, env = "DR_REMEDIATOR_RESTORE_MODE", value_enum, default_value_t = RestoreMode::None)]
+    pub restore_mode: RestoreMode,
+
+    /// Fills the restore commands for a known layout (explicit --restore-*-cmd flags win).
+    #[arg(long, env = "DR_REMEDIATOR_RESTORE_PRESET", value_enum)]
+    pub restore_preset: Option<RestorePreset>,
+
+    /// Shell command that stops a member. Placeholders: {member} {data_dir} {new_data_dir}
+    /// {old_data_dir} {snapshot} {peer_url} {initial_cluster} {cluster_token} {work_dir}.
+    #[arg(long, env = "DR_REMEDIATOR_RESTORE_STOP_CMD")]
+    pub restore_stop_cmd: Option<String>,
+
+    /// Shell command that restores {snapshot} into {new_data_dir}.
+    #[arg(long, env = "DR_REMEDIATOR_RESTORE_CMD")]
+    pub restore_cmd: Option<String>,
+
+    /// Shell command that puts {new_data_dir} in place of {data_dir}, keeping the old one as {old_data_dir}.
+    #[arg(long, env = "DR_REMEDIATOR_RESTORE_SWAP_CMD")]
+    pub restore_swap_cmd: Option<String>,
+
+    /// Shell command that starts a member again.
+    #[arg(long, env = "DR_REMEDIATOR_RESTORE_START_CMD")]
+    pub restore_start_cmd: Option<String>,
+
+    /// Each member's data dir; {member} is replaced by the member name.
+    #[arg(
+        long,
+        env = "DR_REMEDIATOR_MEMBER_DATA_DIR",
+        default_value = "/var/lib/etcd"
+    )]
+    pub member_data_dir: String,
+
+    /// Deadline for each restore command.
+    #[arg(long, env = "DR_REMEDIATOR_RESTORE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub restore_timeout: Duration,
+
+    /// Log the plan and touch nothing.
+    #[arg(long, env = "DR_REMEDIATOR_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// Take one verified snapshot into --snapshot-dir, print it as JSON and exit
+    /// (0 on success, 1 with the reason otherwise); no server, no webhook.
+    #[arg(long, env = "DR_REMEDIATOR_SNAPSHOT_ONCE")]
+    pub snapshot_once: bool,
+
+    /// Address for /webhook, /actions, /healthz, /readyz and /metrics.
+    #[arg(long, env = "DR_REMEDIATOR_LISTEN", default_value = "0.0.0.0:9312")]
+    pub listen: SocketAddr,
+
+    /// Time between scheduled snapshots.
+    #[arg(long, env = "DR_REMEDIATOR_SNAPSHOT_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub snapshot_interval: Duration,
+
+    /// How many snapshots to keep (the newest).
+    #[arg(long, env = "DR_REMEDIATOR_SNAPSHOT_RETAIN", default_value_t = 5)]
+    pub snapshot_retain: usize,
+
+    /// Space quota assumed for members that do not report theirs (etcd before 3.6);
+    /// etcd's default is 2 GiB.
+    #[arg(
+        long,
+        env = "DR_REMEDIATOR_ETCD_QUOTA_BYTES",
+        default_value_t = 2 * 1024 * 1024 * 1024
+    )]
+    pub etcd_quota_bytes: u64,
+
+    /// Deadline for ordinary etcd calls (status, alarm, compact, put).
+    #[arg(long, env = "DR_REMEDIATOR_ETCD_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub etcd_timeout: Duration,
+
+    /// Deadline for defragmenting one member (it blocks the member while it runs).
+    #[arg(long, env = "DR_REMEDIATOR_DEFRAG_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub defrag_timeout: Duration,
+
+    /// Deadline for one snapshot download.
+    #[arg(long, env = "DR_REMEDIATOR_SNAPSHOT_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub snapshot_timeout: Duration,
+
+    /// Log line format.
+    #[arg(long, env = "DR_REMEDIATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Export spans over OTLP/gRPC to this collector, e.g. http://otel-collector:4317.
+    #[arg(long, env = "DR_REMEDIATOR_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RestoreMode {
+    /// Never restore; a person decides.
+    None,
+    /// Run the configured restore commands.
+    Command,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub etcd_endpoints: Vec<String>,
+    pub snapshot_dir: PathBuf,
+    pub tls: Option<TlsMaterial>,
+    pub detector_url: Option<Url>,
+    pub webhook_token: Option<String>,
+    pub alert_name: String,
+    pub health_wait: Duration,
+    pub cooldown: Duration,
+    /// `Some` with `--restore-mode command`.
+    pub restore: Option<RestoreCommands>,
+    pub dry_run: bool,
+    pub snapshot_once: bool,
+    pub listen: SocketAddr,
+    pub snapshot_interval: Duration,
+    pub snapshot_retain: usize,
+    pub etcd_quota_bytes: u64,
+    pub etcd_timeout: Duration,
+    pub defrag_timeout: Duration,
+    pub snapshot_timeout: Duration,
+    pub log_format: LogFormat,
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Config {
+    pub fn from_args(args: Args) -> Result<Self, String> {
+        for endpoint in &args.etcd_endpoints {
+            let url = Url::parse(endpoint).map_err(|err| {
+                format!("--etcd-endpoints {endpoint}: not a URL ({err}); want http(s)://host:port")
+            })?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err(format!(
+                    "--etcd-endpoints {endpoint}: want an http:// or https:// URL with a host"
+                ));
+            }
+        }
+        if args.snapshot_retain == 0 {
+            return Err("--snapshot-retain must be at least 1".into());
+        }
+        if args.alert_name.is_empty() {
+            return Err("--alert-name must not be empty".into());
+        }
+        std::fs::create_dir_all(&args.snapshot_dir).map_err(|err| {
+            format!(
+                "--snapshot-dir {}: cannot create: {err}",
+                args.snapshot_dir.display()
+            )
+        })?;
+        let webhook_token = args
+            .webhook_token_file
+            .as_deref()
+            .map(|path| {
+                let text = std::fs::read_to_string(path).map_err(|err| {
+                    format!(
+                        "--webhook-token-file {}: cannot read: {err}",
+                        path.display()
+                    )
+                })?;
+                let token = text.trim().to_owned();
+                if token.is_empty() {
+                    return Err(format!("--webhook-token-file {}: empty", path.display()));
+                }
+                Ok(token)
+            })
+            .transpose()?;
+        let tls = TlsMaterial::from_files(
+            args.cacert.as_deref(),
+            args.cert.as_deref(),
+            args.key.as_deref(),
+        )?;
+        let restore = match args.restore_mode {
+            RestoreMode::None => None,
+            RestoreMode::Command => Some(RestoreCommands::resolve(
+                args.restore_preset,
+                args.restore_stop_cmd,
+                args.restore_cmd,
+                args.restore_swap_cmd,
+                args.restore_start_cmd,
+                args.member_data_dir,
+                args.restore_timeout,
+            )?),
+        };
+        Ok(Config {
+            etcd_endpoints: args.etcd_endpoints,
+            snapshot_dir: args.snapshot_dir,
+            tls,
+            detector_url: args.detector_url,
+            webhook_token,
+            alert_name: args.alert_name,
+            health_wait: args.health_wait,
+            cooldown: args.cooldown,
+            restore,
+            dry_run: args.dry_run,
+            snapshot_once: args.snapshot_once,
+            listen: args.listen,
+            snapshot_interval: args.snapshot_interval,
+            snapshot_retain: args.snapshot_retain,
+            etcd_quota_bytes: args.etcd_quota_bytes,
+            etcd_timeout: args.etcd_timeout,
+            defrag_timeout: args.defrag_timeout,
+            snapshot_timeout: args.snapshot_timeout,
+            log_format: args.log_format,
+            otlp_endpoint: args.otlp_endpoint,
+        })
+    }
+}
+
+impl Config {
+    /// How every action reaches etcd.
+    pub fn etcd_access(&self) -> EtcdAccess {
+        EtcdAccess {
+            endpoints: self.etcd_endpoints.clone(),
+            tls: self.tls.clone(),
+            timeout: self.etcd_timeout,
+            default_quota_bytes: self.etcd_quota_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Config, String> {
+        let dir = std::env::temp_dir().join("dr-remediator-config-test");
+        let dir = dir.to_string_lossy().into_owned();
+        let mut args = vec![
+            "dr-remediator",
+            "--etcd-endpoints",
+            "http://127.0.0.1:2379",
+            "--snapshot-dir",
+            &dir,
+        ];
+        args.extend_from_slice(extra);
+        let args = Args::try_parse_from(args).map_err(|e| e.to_string())?;
+        Config::from_args(args)
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.alert_name, "EtcdAnomalyScoreHigh");
+        assert_eq!(config.health_wait, Duration::from_secs(30));
+        assert_eq!(config.cooldown, Duration::from_secs(600));
+        assert_eq!(config.listen.port(), 9312);
+        assert!(config.restore.is_none());
+        assert!(!config.dry_run);
+        assert!(config.webhook_token.is_none());
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_a_message() {
+        assert!(
+            parse(&["--cooldown", "soon"])
+                .unwrap_err()
+                .contains("not a duration")
+        );
+        assert!(
+            parse(&["--snapshot-retain", "0"])
+                .unwrap_err()
+                .contains("at least 1")
+        );
+        assert!(
+            parse(&["--webhook-token-file", "/nonexistent/token"])
+                .unwrap_err()
+                .contains("cannot read")
+        );
+        assert!(
+            parse(&["--restore-mode", "command"])
+                .unwrap_err()
+                .contains("needs --restore-stop-cmd")
+        );
+        let err = Args::try_parse_from([
+            "dr-remediator",
+            "--etcd-endpoints",
+            "ftp://x",
+            "--snapshot-dir",
+            "/tmp",
+        ])
+        .map_err(|e| e.to_string())
+        .and_then(Config::from_args)
+        .unwrap_err();
+        assert!(err.contains("want an http"), "{err}");
+    }
+
+    #[test]
+    fn kubeadm_preset_fills_every_command() {
+        let config = parse(&["--restore-mode", "command", "--restore-preset", "kubeadm"]).unwrap();
+        let restore = config.restore.unwrap();
+        assert!(restore.stop.contains("manifests/etcd.yaml"));
+        assert!(restore.restore.contains("snapshot restore"));
+    }
+}

@@ -1,0 +1,15 @@
+//! dr-remediator: receive Alertmanager webhooks, confirm with the detector, and repair etcd
+//! safely (snapshot, compact, defrag, disarm, verify, restore), one run at a time.
+#![forbid(unsafe_code)]
+
+pub mod actions;
+pub mod audit;
+pub mod cluster;
+pub mod config;
+pub mod confirm;
+pub mod lock;
+pub mod metrics;
+pub mod plan;
+pub mod remediation;
+pub mod service;
+pub mod webhook;

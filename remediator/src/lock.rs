@@ -1,0 +1,141 @@
+//! One remediation at a time: in the process a try-lock, across replicas an etcd lock held
+//! by a lease that is kept alive while the run lasts (a crashed replica's lock expires with
+//! its lease). The cooldown of an alert is shared the same way: a key with a lease.
+
+use std::time::Duration;
+
+use etcd_client::LockOptions;
+use tokio::task::JoinHandle;
+
+use crate::cluster::EtcdAccess;
+
+pub const LOCK_NAME: &str = "/etcd-dr/remediator-lock";
+/// `<prefix><fingerprint>` exists while that alert is in cooldown (a lease ends it), so
+/// every replica sees it.
+pub const COOLDOWN_PREFIX: &str = "/etcd-dr/cooldown/";
+
+/// A held etcd lock; [`release`](Self::release) it, or its lease expires after the TTL.
+pub struct EtcdLock {
+    access: EtcdAccess,
+    lease: i64,
+    key: Vec<u8>,
+    keepalive: JoinHandle<()>,
+}
+
+impl EtcdLock {
+    /// Tries for `wait` to take the lock. `Ok(None)` when another holder has it.
+    pub async fn try_acquire(
+        access: &EtcdAccess,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<Option<Self>, String> {
+        let mut client = access.client().await?;
+        let ttl_secs = i64::try_from(ttl.as_secs().max(2)).unwrap_or(60);
+        let lease = tokio::time::timeout(access.timeout, client.lease_grant(ttl_secs, None))
+            .await
+            .map_err(|_| "lease grant timed out".to_owned())?
+            .map_err(|err| format!("lease grant: {err}"))?
+            .id();
+        let (mut keeper, mut responses) = match client.lease_keep_alive(lease).await {
+            Ok(pair) => pair,
+            Err(err) => {
+                let _ = client.lease_revoke(lease).await;
+                return Err(format!("lease keep-alive: {err}"));
+            }
+        };
+        let period = Duration::from_secs(u64::try_from(ttl_secs).unwrap_or(60)) / 3;
+        let keepalive = tokio::spawn(async move {
+            loop {
+                if keeper.keep_alive().await.is_err() {
+                    tracing::warn!(lease, "lock lease keep-alive failed");
+                    return;
+                }
+                // Drain the answer so the stream does not back up.
+                let _ = tokio::time::timeout(period, responses.message()).await;
+                tokio::time::sleep(period).await;
+            }
+        });
+        let attempt = tokio::time::timeout(
+            wait,
+            client.lock(LOCK_NAME, Some(LockOptions::new().with_lease(lease))),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(response)) => Ok(Some(EtcdLock {
+                access: access.clone(),
+                lease,
+                key: response.key().to_vec(),
+                keepalive,
+            })),
+            outcome => {
+                // Revoking the lease also removes our place in the lock's queue.
+                keepalive.abort();
+                let _ = tokio::time::timeout(access.timeout, client.lease_revoke(lease)).await;
+                match outcome {
+                    Err(_) => Ok(None),
+                    Ok(Err(err)) => Err(format!("lock: {err}")),
+                    Ok(Ok(_)) => Ok(None),
+                }
+            }
+        }
+    }
+
+    pub fn key(&self) -> String {
+        String::from_utf8_lossy(&self.key).into_owned()
+    }
+
+    /// Unlocks and revokes the lease; failures only shorten nothing (the TTL ends it).
+    pub async fn release(self) {
+        self.keepalive.abort();
+        if let Ok(mut client) = self.access.client().await {
+            let _ =
+                tokio::time::timeout(self.access.timeout, client.unlock(self.key.clone())).await;
+            let _ =
+                tokio::time::timeout(self.access.timeout, client.lease_revoke(self.lease)).await;
+        }
+    }
+}
+
+/// Marks `fingerprint` as in cooldown for `ttl` on every replica.
+pub async fn mark_cooldown(
+    access: &EtcdAccess,
+    fingerprint: &str,
+    ttl: Duration,
+) -> Result<(), String> {
+    let call = async {
+        let mut client = access.client().await?;
+        let ttl_secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        let lease = client
+            .lease_grant(ttl_secs, None)
+            .await
+            .map_err(|err| format!("cooldown lease: {err}"))?
+            .id();
+        client
+            .put(
+                format!("{COOLDOWN_PREFIX}{fingerprint}"),
+                "1",
+                Some(etcd_client::PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .map_err(|err| format!("cooldown key: {err}"))?;
+        Ok(())
+    };
+    tokio::time::timeout(access.timeout * 2, call)
+        .await
+        .map_err(|_| "marking the cooldown timed out".to_owned())?
+}
+
+/// True while some replica's cooldown for `fingerprint` lasts.
+pub async fn in_shared_cooldown(access: &EtcdAccess, fingerprint: &str) -> Result<bool, String> {
+    let call = async {
+        let mut client = access.client().await?;
+        let found = client
+            .get(format!("{COOLDOWN_PREFIX}{fingerprint}"), None)
+            .await
+            .map_err(|err| format!("cooldown key: {err}"))?;
+        Ok(!found.kvs().is_empty())
+    };
+    tokio::time::timeout(access.timeout * 2, call)
+        .await
+        .map_err(|_| "reading the cooldown timed out".to_owned())?
+}

@@ -1,0 +1,119 @@
+//! The remediator's own metrics, as DESIGN.md names them.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub snapshot_success: Counter,
+    pub snapshot_failure: Counter,
+    pub defrag: Family<ResultLabel, Counter>,
+    pub restore: Family<ResultLabel, Counter>,
+    pub remediation_duration: Histogram,
+    pub last_snapshot_timestamp: Gauge<f64, AtomicU64>,
+    pub webhooks: Family<OutcomeLabel, Counter>,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Metrics {
+            snapshot_success: Counter::default(),
+            snapshot_failure: Counter::default(),
+            defrag: Family::default(),
+            restore: Family::default(),
+            // Seconds to tens of minutes: a defrag of a large db, then the health wait.
+            remediation_duration: Histogram::new([
+                5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0,
+            ]),
+            last_snapshot_timestamp: Gauge::default(),
+            webhooks: Family::default(),
+        };
+        registry.register(
+            "etcd_dr_snapshot_success",
+            "Snapshots written and verified",
+            metrics.snapshot_success.clone(),
+        );
+        registry.register(
+            "etcd_dr_snapshot_failure",
+            "Snapshots that failed or did not verify",
+            metrics.snapshot_failure.clone(),
+        );
+        registry.register(
+            "etcd_dr_defrag",
+            "Member defragmentations by result",
+            metrics.defrag.clone(),
+        );
+        registry.register(
+            "etcd_dr_restore",
+            "Restores by result",
+            metrics.restore.clone(),
+        );
+        registry.register(
+            "etcd_dr_remediation_duration_seconds",
+            "Wall time of one remediation, decision to verdict",
+            metrics.remediation_duration.clone(),
+        );
+        registry.register(
+            "etcd_dr_last_snapshot_timestamp_seconds",
+            "Unix time of the last verified snapshot",
+            metrics.last_snapshot_timestamp.clone(),
+        );
+        registry.register(
+            "etcd_dr_webhooks",
+            "Webhook requests by outcome",
+            metrics.webhooks.clone(),
+        );
+        metrics
+    }
+
+    pub fn count_defrag(&self, ok: bool) {
+        self.defrag.get_or_create(&result(ok)).inc();
+    }
+
+    pub fn count_restore(&self, ok: bool) {
+        self.restore.get_or_create(&result(ok)).inc();
+    }
+
+    pub fn count_webhook(&self, outcome: &str) {
+        self.webhooks
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn snapshot_done(&self, ok: bool) {
+        if ok {
+            self.snapshot_success.inc();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or_default();
+            self.last_snapshot_timestamp.set(now);
+        } else {
+            self.snapshot_failure.inc();
+        }
+    }
+}
+
+fn result(ok: bool) -> ResultLabel {
+    ResultLabel {
+        result: if ok { "success" } else { "failure" }.to_owned(),
+    }
+}

@@ -1,0 +1,260 @@
+//! Runs one remediation: the plan's steps in order, each recorded in the audit log before
+//! and after it runs. A failed repair step stops the repair (later steps are recorded as
+//! skipped) but never the verdict: the health check always runs, and a restore happens only
+//! when the cluster is still unavailable and a verified snapshot of this run exists.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::actions::disarm::{self, Disarm};
+use crate::actions::restore::{self, RestoreCommands};
+use crate::actions::verify::{self, Health};
+use crate::actions::{compact, defrag, snapshot};
+use crate::audit::{Audit, Phase};
+use crate::cluster::{ClusterView, EtcdAccess};
+use crate::metrics::Metrics;
+use crate::plan::{self, Step};
+
+pub const KIND: &str = "remediation";
+
+/// Everything a remediation needs, shared by the webhook and the scheduler.
+pub struct Remediator {
+    pub access: EtcdAccess,
+    pub snapshot_dir: PathBuf,
+    pub snapshot_retain: usize,
+    pub snapshot_timeout: Duration,
+    pub defrag_timeout: Duration,
+    pub health_wait: Duration,
+    pub restore: Option<RestoreCommands>,
+    pub dry_run: bool,
+    pub audit: Arc<Audit>,
+    pub metrics: Metrics,
+}
+
+/// How a remediation ended.
+#[derive(Debug, PartialEq)]
+pub struct Outcome {
+    pub health: Option<Health>,
+    pub restored: bool,
+}
+
+impl Remediator {
+    fn record(&self, id: &str, step: &str, phase: Phase, detail: Value) -> Result<(), String> {
+        self.audit
+            .record(id, KIND, step, phase, detail, self.dry_run)
+    }
+
+    /// Runs the plan built from `view`. `locked`: the caller holds the cross-replica lock
+    /// (not in dry-run, nor when etcd refuses writes); a restore needs it.
+    pub async fn run(&self, id: &str, view: ClusterView, locked: bool) -> Outcome {
+        let started = Instant::now();
+        let steps = plan::build(&view, self.health_wait, self.restore.is_some());
+        let outcome = if self
+            .record(
+                id,
+                "plan",
+                Phase::Info,
+                json!({ "steps": steps, "cluster": view }),
+            )
+            .is_err()
+        {
+            Outcome {
+                health: None,
+                restored: false,
+            }
+        } else if self.dry_run {
+            tracing::info!(action_id = id, plan = %json!(steps), "dry run: plan only, nothing touched");
+            Outcome {
+                health: None,
+                restored: false,
+            }
+        } else {
+            self.execute(id, &view, &steps, locked).await
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        if !self.dry_run {
+            self.metrics.remediation_duration.observe(seconds);
+        }
+        let _ = self.record(
+            id,
+            "finished",
+            Phase::Info,
+            json!({ "seconds": seconds, "health": outcome.health, "restored": outcome.restored }),
+        );
+        outcome
+    }
+
+    async fn execute(&self, id: &str, view: &ClusterView, steps: &[Step], locked: bool) -> Outcome {
+        let mut snapshot_path: Option<PathBuf> = None;
+        let mut repair_stopped: Option<String> = None;
+        let mut health: Option<Health> = None;
+        let mut restored = false;
+        for step in steps {
+            let name = step_name(step);
+            let repair_step = matches!(
+                step,
+                Step::Compact | Step::Defrag { .. } | Step::DisarmNospace
+            );
+            if let (true, Some(reason)) = (repair_step, &repair_stopped) {
+                let _ = self.record(id, &name, Phase::Skipped, json!(reason));
+                continue;
+            }
+            if self.record(id, &name, Phase::Start, json!(step)).is_err() {
+                // Cannot record it, so do not do it; nor anything after it.
+                return Outcome { health, restored };
+            }
+            let result: Result<Value, String> = match step {
+                Step::Snapshot => {
+                    let taken = snapshot::take(
+                        &self.access,
+                        &self.snapshot_dir,
+                        self.snapshot_retain,
+                        self.snapshot_timeout,
+                    )
+                    .await;
+                    self.metrics.snapshot_done(taken.is_ok());
+                    taken.map(|info| {
+                        snapshot_path = Some(info.path.clone());
+                        json!(info)
+                    })
+                }
+                Step::Compact => compact::to_current_revision(&self.access)
+                    .await
+                    .map(|revision| json!({ "revision": revision })),
+                Step::Defrag { endpoint, .. } => {
+                    let done = defrag::member(
+                        &self.access,
+                        endpoint,
+                        self.defrag_timeout,
+                        self.access.timeout * 6,
+                    )
+                    .await;
+                    self.metrics.count_defrag(done.is_ok());
+                    done.map(|outcome| json!(outcome))
+                }
+                Step::DisarmNospace => match disarm::nospace(&self.access).await {
+                    Ok(Disarm::TooFull(sizes)) => {
+                        let _ = self.record(
+                            id,
+                            &name,
+                            Phase::Skipped,
+                            json!(format!("NOSPACE stays: not every member is under 90% of its quota ({sizes})")),
+                        );
+                        continue;
+                    }
+                    Ok(done) => Ok(json!(format!("{done:?}"))),
+                    Err(err) => Err(err),
+                },
+                Step::WaitHealth { .. } => {
+                    tokio::time::sleep(self.health_wait).await;
+                    Ok(Value::Null)
+                }
+                Step::Verify => {
+                    let found = verify::check(&self.access, id).await;
+                    health = Some(found.clone());
+                    Ok(json!(found))
+                }
+                Step::RestoreIfUnavailable => {
+                    match self
+                        .maybe_restore(id, view, health.as_ref(), snapshot_path.as_deref(), locked)
+                        .await
+                    {
+                        Ok(Some(report)) => {
+                            restored = true;
+                            health = Some(report.health.clone());
+                            Ok(json!(report))
+                        }
+                        Ok(None) => continue,
+                        Err(err) => Err(err),
+                    }
+                }
+            };
+            match result {
+                Ok(detail) => {
+                    let _ = self.record(id, &name, Phase::Ok, detail);
+                }
+                Err(err) => {
+                    let _ = self.record(id, &name, Phase::Failed, json!(err));
+                    match step {
+                        // Nothing is touched without a verified snapshot to fall back on.
+                        Step::Snapshot => return Outcome { health, restored },
+                        Step::Compact | Step::Defrag { .. } | Step::DisarmNospace => {
+                            repair_stopped = Some(format!("not run: {name} failed ({err})"));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Outcome { health, restored }
+    }
+
+    /// Restores only an unavailable cluster, only from this run's verified snapshot, and
+    /// only while holding the cross-replica lock. `Ok(None)`: skipped (and recorded why).
+    async fn maybe_restore(
+        &self,
+        id: &str,
+        view: &ClusterView,
+        health: Option<&Health>,
+        snapshot: Option<&Path>,
+        locked: bool,
+    ) -> Result<Option<restore::RestoreReport>, String> {
+        let step = "restore_if_unavailable";
+        let skip = |reason: String| {
+            let _ = self.record(id, step, Phase::Skipped, json!(reason));
+            Ok(None)
+        };
+        let Some(commands) = &self.restore else {
+            return skip("restore mode is none".into());
+        };
+        match health {
+            Some(Health::Unavailable(_)) => {}
+            Some(Health::Degraded(why)) => {
+                return skip(format!(
+                    "not restoring: the cluster has quorum (degraded: {why})"
+                ));
+            }
+            Some(Health::Healthy) => return skip("not restoring: the cluster is healthy".into()),
+            None => return skip("not restoring: no health verdict".into()),
+        }
+        let Some(snapshot) = snapshot else {
+            return skip("not restoring: no verified snapshot from this run".into());
+        };
+        if !locked {
+            return skip("not restoring without the cross-replica lock".into());
+        }
+        // A last look: a cluster that can still commit is never restored.
+        if let Ok(now) = ClusterView::observe(&self.access).await {
+            if let Some(quorum) = now.quorum_holds() {
+                return skip(format!("not restoring: the cluster has quorum ({quorum})"));
+            }
+        }
+        let result = restore::run(
+            commands,
+            &self.access,
+            &view.members,
+            snapshot,
+            &self.snapshot_dir,
+            id,
+        )
+        .await;
+        let ok = matches!(&result, Ok(report) if report.health == Health::Healthy);
+        self.metrics.count_restore(ok);
+        result.map(Some)
+    }
+}
+
+fn step_name(step: &Step) -> String {
+    match step {
+        Step::Snapshot => "snapshot".into(),
+        Step::Compact => "compact".into(),
+        Step::Defrag { member, .. } => format!("defrag {member}"),
+        Step::DisarmNospace => "disarm_nospace".into(),
+        Step::WaitHealth { .. } => "wait_health".into(),
+        Step::Verify => "verify".into(),
+        Step::RestoreIfUnavailable => "restore_if_unavailable".into(),
+    }
+}

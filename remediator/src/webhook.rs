@@ -1,0 +1,149 @@
+//! Alertmanager's webhook payload (version 4) and the checks on a request before anything
+//! else looks at it: the bearer token, then which alert it is about.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+/// The body Alertmanager POSTs (fields we do not use are ignored).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Payload {
+    pub version: String,
+    pub status: String,
+    #[serde(default)]
+    pub receiver: String,
+    #[serde(default)]
+    pub group_key: String,
+    pub alerts: Vec<Alert>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Alert {
+    pub status: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub starts_at: String,
+    #[serde(default)]
+    pub fingerprint: String,
+}
+
+/// What the payload asks of us.
+#[derive(Debug, PartialEq)]
+pub enum Trigger {
+    /// A firing alert we act on; the fingerprint keys its cooldown.
+    Fire {
+        fingerprint: String,
+    },
+    Skip(String),
+}
+
+impl Payload {
+    pub fn parse(body: &[u8]) -> Result<Self, String> {
+        let payload: Payload = serde_json::from_slice(body)
+            .map_err(|err| format!("not an Alertmanager webhook body: {err}"))?;
+        if payload.version != "4" {
+            return Err(format!(
+                "webhook payload version {:?}; this receiver speaks version 4",
+                payload.version
+            ));
+        }
+        Ok(payload)
+    }
+
+    /// The first firing alert named `alert_name` triggers; otherwise the reason to skip.
+    pub fn trigger(&self, alert_name: &str) -> Trigger {
+        let ours: Vec<&Alert> = self
+            .alerts
+            .iter()
+            .filter(|a| a.labels.get("alertname").map(String::as_str) == Some(alert_name))
+            .collect();
+        if ours.is_empty() {
+            let names: Vec<&str> = self
+                .alerts
+                .iter()
+                .filter_map(|a| a.labels.get("alertname").map(String::as_str))
+                .collect();
+            return Trigger::Skip(format!(
+                "other alert ({}), not {alert_name}",
+                names.join(", ")
+            ));
+        }
+        match ours.iter().find(|a| a.status == "firing") {
+            Some(alert) => Trigger::Fire {
+                fingerprint: if alert.fingerprint.is_empty() {
+                    // Older senders leave it out; the group key is the next stable name.
+                    self.group_key.clone()
+                } else {
+                    alert.fingerprint.clone()
+                },
+            },
+            None => Trigger::Skip(format!("resolved: {alert_name} is no longer firing")),
+        }
+    }
+}
+
+/// Checks `Authorization: Bearer <token>` in constant time (only the length can leak).
+pub fn authorized(header: Option<&str>, expected: &str) -> bool {
+    let Some(given) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+        return false;
+    };
+    given.trim().as_bytes().ct_eq(expected.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIRING: &str =
+        include_str!("../../../shared/fixtures/alertmanager-0.25-webhook-firing.json");
+    const RESOLVED: &str =
+        include_str!("../../../shared/fixtures/alertmanager-0.25-webhook-resolved.json");
+
+    #[test]
+    fn the_real_firing_body_triggers_with_its_fingerprint() {
+        let payload = Payload::parse(FIRING.as_bytes()).unwrap();
+        assert_eq!(payload.receiver, "remediator");
+        assert_eq!(
+            payload.trigger("EtcdAnomalyScoreHigh"),
+            Trigger::Fire {
+                fingerprint: "f146eb540a7ae47b".into()
+            }
+        );
+        assert!(
+            matches!(payload.trigger("Other"), Trigger::Skip(r) if r.starts_with("other alert"))
+        );
+    }
+
+    #[test]
+    fn the_real_resolved_body_is_skipped() {
+        let payload = Payload::parse(RESOLVED.as_bytes()).unwrap();
+        assert!(
+            matches!(payload.trigger("EtcdAnomalyScoreHigh"), Trigger::Skip(r) if r.starts_with("resolved"))
+        );
+    }
+
+    #[test]
+    fn malformed_or_wrong_version_bodies_are_refused() {
+        assert!(Payload::parse(b"{not json").is_err());
+        assert!(Payload::parse(br#"{"alerts": []}"#).is_err());
+        let v3 = FIRING.replace(r#""version": "4""#, r#""version": "3""#);
+        assert!(
+            Payload::parse(v3.as_bytes())
+                .unwrap_err()
+                .contains("version 4")
+        );
+    }
+
+    #[test]
+    fn bearer_token_must_match_exactly() {
+        assert!(authorized(Some("Bearer s3cret"), "s3cret"));
+        assert!(!authorized(Some("Bearer s3cre"), "s3cret"));
+        assert!(!authorized(Some("Bearer s3cretX"), "s3cret"));
+        assert!(!authorized(Some("Basic s3cret"), "s3cret"));
+        assert!(!authorized(None, "s3cret"));
+    }
+}

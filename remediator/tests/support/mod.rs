@@ -1,0 +1,190 @@
+//! Shared by the integration tests: an in-process remediator on a real etcd, webhook calls
+//! through the router, and the keys the tests seed and count.
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use clap::Parser;
+use dr_common::http::Readiness;
+use dr_remediator::audit::{Event, Phase, read_all};
+use dr_remediator::config::{Args, Config};
+use dr_remediator::service::{App, router};
+use etcd_client::{Client, GetOptions};
+use prometheus_client::registry::Registry;
+use serde_json::Value;
+use tower::ServiceExt;
+
+pub const FIRING: &str =
+    include_str!("../../../../shared/fixtures/alertmanager-0.25-webhook-firing.json");
+pub const RESOLVED: &str =
+    include_str!("../../../../shared/fixtures/alertmanager-0.25-webhook-resolved.json");
+
+pub struct Remediator {
+    pub app: Arc<App>,
+    pub router: Router,
+    pub snapshot_dir: PathBuf,
+}
+
+/// A remediator on `endpoints` with `extra` flags; its snapshot dir is `dir`.
+pub fn remediator(endpoints: &[String], dir: &Path, extra: &[&str]) -> Remediator {
+    let endpoints = endpoints.join(",");
+    let dir_text = dir.display().to_string();
+    let mut args = vec![
+        "dr-remediator",
+        "--etcd-endpoints",
+        &endpoints,
+        "--snapshot-dir",
+        &dir_text,
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let config = Config::from_args(Args::try_parse_from(args).unwrap()).unwrap();
+    let mut registry = Registry::default();
+    let app = App::new(config, &mut registry).unwrap();
+    let router = router(
+        app.clone(),
+        Readiness::not_ready("test"),
+        Arc::new(registry),
+    );
+    Remediator {
+        app,
+        router,
+        snapshot_dir: dir.to_path_buf(),
+    }
+}
+
+impl Remediator {
+    pub async fn post(&self, body: &str, token: Option<&str>) -> (StatusCode, Value) {
+        let mut request = Request::post("/webhook").header("content-type", "application/json");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request.body(Body::from(body.to_owned())).unwrap();
+        self.call(request).await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Request::get(path).body(Body::empty()).unwrap())
+            .await
+    }
+
+    async fn call(&self, request: Request<Body>) -> (StatusCode, Value) {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 24)
+            .await
+            .unwrap();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, value)
+    }
+
+    pub fn events(&self) -> Vec<Event> {
+        let path = self.snapshot_dir.join("audit.jsonl");
+        if path.exists() {
+            read_all(&path).unwrap()
+        } else {
+            Vec::new()
+        }
+    }
+
+    pub fn events_of(&self, action_id: &str) -> Vec<Event> {
+        self.events()
+            .into_iter()
+            .filter(|e| e.action_id == action_id)
+            .collect()
+    }
+
+    /// Waits (bounded) for the action's `finished` event; returns all its events.
+    pub async fn wait_finished(&self, action_id: &str, timeout: Duration) -> Vec<Event> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let events = self.events_of(action_id);
+            if events.iter().any(|e| e.step == "finished") {
+                return events;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "action {action_id} did not finish: {events:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits (bounded) until `step` of the action reached `phase`.
+    pub async fn wait_step(&self, action_id: &str, step: &str, phase: Phase, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self
+            .events_of(action_id)
+            .iter()
+            .any(|e| e.step == step && e.phase == phase)
+        {
+            assert!(Instant::now() < deadline, "{step} did not reach {phase:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn snapshots(&self) -> Vec<PathBuf> {
+        dr_remediator::actions::snapshot::list(&self.snapshot_dir).unwrap()
+    }
+}
+
+pub fn step<'a>(events: &'a [Event], step: &str, phase: Phase) -> Option<&'a Event> {
+    events.iter().find(|e| e.step == step && e.phase == phase)
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+pub async fn client(endpoints: &[String]) -> Client {
+    Client::connect(endpoints, None).await.unwrap()
+}
+
+/// Writes `keys` keys of `value_size` bytes, each `rounds` times: history that compaction
+/// frees and defrag returns, while the live data stays small.
+pub async fn bloat(client: &mut Client, keys: usize, rounds: usize, value_size: usize) {
+    for round in 0..rounds {
+        for key in 0..keys {
+            let value = vec![b'a' + (round % 26) as u8; value_size];
+            client
+                .put(format!("seed/{key:04}"), value, None)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// (count, digest) of every key under `seed/`.
+pub async fn seeded(client: &mut Client) -> (usize, Vec<u8>) {
+    let response = client
+        .get("seed/", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    for kv in response.kvs() {
+        context.update(kv.key());
+        context.update(kv.value());
+    }
+    (response.kvs().len(), context.finish().as_ref().to_vec())
+}
+
+/// db size as each endpoint reports it.
+pub async fn db_sizes(endpoints: &[String]) -> Vec<i64> {
+    let mut sizes = Vec::new();
+    for endpoint in endpoints {
+        let mut c = Client::connect([endpoint], None).await.unwrap();
+        sizes.push(c.status().await.unwrap().db_size());
+    }
+    sizes
+}
