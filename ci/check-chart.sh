@@ -313,6 +313,47 @@ for name, values in value_sets():
         rule_groups[name] = groups
     (OUT / "rendered" / f"{name}.yaml").write_text(yaml.safe_dump_all([d for _, d in docs], sort_keys=False))
 
+# --- flags: every flag and DR_* variable a container passes, its binary knows --------------
+# With DR_BIN_DIR (a directory holding the built dr-* binaries, as ci/test.sh gives), each
+# rendered etcd-dr container's `--flag`s and `DR_*` env names are looked up in the binary's
+# own --help (of the subcommand, when the first argument is one), so a renamed flag fails
+# here instead of in a CrashLoopBackOff.
+bin_dir = os.environ.get("DR_BIN_DIR")
+if bin_dir:
+    helps, flags_checked = {}, 0
+
+    def help_text(binary, sub):
+        key = (binary, sub)
+        if key not in helps:
+            cmd = [str(binary)] + ([sub] if sub else []) + ["--help"]
+            helps[key] = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
+        return helps[key]
+
+    for path in sorted((OUT / "rendered").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc:
+                continue
+            spec = doc.get("spec", {})
+            pod = spec.get("template", {}).get("spec", {}) if doc["kind"] != "Pod" else spec
+            for c in pod.get("containers", []) + pod.get("initContainers", []):
+                m = re.search(r"etcd-dr/dr-([a-z]+)", c.get("image", ""))
+                if not m:
+                    continue
+                binary = pathlib.Path(bin_dir) / f"dr-{m[1]}"
+                args = [str(a) for a in c.get("args", [])]
+                sub = args[0] if args and not args[0].startswith("-") else None
+                text = help_text(binary, sub)
+                names = [a.split("=", 1)[0] for a in args if a.startswith("--")]
+                names += [e["name"] for e in c.get("env", []) if e["name"].startswith("DR_")]
+                for name in names:
+                    flags_checked += 1
+                    wanted = f"{name} " if name.startswith("--") else f"[env: {name}="
+                    if wanted not in text and not (name.startswith("--") and f"{name}\n" in text):
+                        fail(f"[{path.stem}] {c['name']}: {name} is not a {binary.name}{' ' + sub if sub else ''} option")
+    print(f"  flags: {flags_checked} flags and DR_* variables found in the binaries' --help")
+else:
+    print("  flags: DR_BIN_DIR not set; container flags not checked against the binaries")
+
 default_kinds = {d["kind"] for d in yaml.safe_load_all((OUT / "rendered" / "default.yaml").read_text())}
 for wanted in ("DaemonSet", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
                "NetworkPolicy", "Secret", "PersistentVolumeClaim", "ServiceMonitor", "PrometheusRule",
