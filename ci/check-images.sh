@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# With a Docker engine: builds every image (ci/build-images.sh) and runs each binary's
-# --version inside its container. Without one it says so and skips only this part.
+# With a Docker engine: builds every image (ci/build-images.sh), runs each binary's
+# --version inside its container, then the containerised smoke test
+# (ci/smoke-containers.sh). Without an engine it says so and skips only this part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,3 +22,5 @@ for svc in "${services[@]}"; do
   [[ $user == 65532:65532 ]] || { echo "check-images: $image runs as '$user', want 65532:65532" >&2; exit 1; }
   echo "check-images: $image ok ($out, user $user)"
 done
+
+bash ci/smoke-containers.sh "$tag"
