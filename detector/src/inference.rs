@@ -300,6 +300,13 @@ impl Scorer {
 
     /// Scores a raw step-major window of the right size; `mask` marks defrag steps.
     pub fn score(&self, values: &[f64], mask: &[bool]) -> Result<Score, WindowError> {
+        let (window, features) = (self.bundle.meta.window, self.bundle.meta.features.len());
+        if values.len() != window * features || mask.len() != window {
+            return Err(WindowError::Steps {
+                got: mask.len(),
+                window,
+            });
+        }
         let x = scoring::prepare(values, mask, &self.bundle.meta.normalisation)
             .ok_or(WindowError::AllMasked)?;
         let recon = self.fused.reconstruct(&x);

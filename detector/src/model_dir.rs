@@ -59,6 +59,17 @@ impl ModelMeta {
         let f = self.features.len();
         ensure!(f > 0, "the model has no features");
         ensure!(self.window > 0, "the model's window is 0");
+        // Checked here, not only on the candle path: the fused forward that serves
+        // slices its weights by `hidden` and would panic on 0.
+        ensure!(
+            self.architecture.kind == crate::model::KIND,
+            "unknown model kind `{}`",
+            self.architecture.kind
+        );
+        ensure!(
+            self.architecture.hidden >= 1,
+            "the model's hidden size is 0"
+        );
         ensure!(
             self.step_seconds.is_finite() && self.step_seconds > 0.0,
             "step_seconds must be positive"
@@ -223,6 +234,22 @@ pub(crate) mod tests {
         let mut m = meta(3, 4, 5);
         m.format_version = 99;
         assert!(m.validate().unwrap_err().to_string().contains("version"));
+        let mut m = meta(3, 4, 5);
+        m.architecture.hidden = 0;
+        assert!(
+            m.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("hidden size is 0")
+        );
+        let mut m = meta(3, 4, 5);
+        m.architecture.kind = "transformer".into();
+        assert!(
+            m.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("unknown model kind")
+        );
         let dir = tempfile::tempdir().unwrap();
         let err = format!("{:#}", ModelBundle::load(dir.path()).unwrap_err());
         assert!(err.contains("model.json"), "{err}");
