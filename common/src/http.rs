@@ -5,14 +5,14 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 use serde_json::json;
-use tower_http::timeout::TimeoutLayer;
 
 /// An error as a client sees it: a status and a short message in `{"error": "..."}`.
 /// Server-side faults are logged here; client mistakes are not (they are not ours).
@@ -24,6 +24,8 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -40,6 +42,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -144,21 +147,42 @@ pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".into())
 }
 
+/// Answers a known path with the wrong method with a JSON 405.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed("method not allowed on this endpoint".into())
+}
+
+/// Bounds every request by `limit`: a request still running then is dropped and answered
+/// with a JSON 503 (the server, not the client, ran out of time).
+async fn bounded(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Unavailable {
+            dependency: "server".into(),
+            message: format!("no answer within {}", humantime::format_duration(limit)),
+        }
+        .into_response(),
+    }
+}
+
+/// The layers every service's router gets: JSON answers for unknown paths and wrong
+/// methods, and a deadline per request so a slow request cannot hold a drain open.
+pub fn finish(router: Router, request_timeout: Duration) -> Router {
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(request_timeout, bounded))
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves, then drains. Every request is
-/// bounded by `request_timeout`, so a slow client cannot hold the drain open.
+/// bounded by `request_timeout`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     request_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let router = router
-        .fallback(not_found)
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            request_timeout,
-        ));
-    axum::serve(listener, router)
+    axum::serve(listener, finish(router, request_timeout))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -167,7 +191,6 @@ pub async fn serve(
 mod tests {
     use super::*;
     use axum::body::Body;
-    use axum::http::Request;
     use tower::ServiceExt;
 
     async fn get_status(router: Router, path: &str) -> (StatusCode, String) {
@@ -204,6 +227,35 @@ mod tests {
         let (status, body) = get_status(router, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         assert!(body.contains("etcd_dr_example_total 1"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn slow_requests_wrong_methods_and_unknown_paths_get_json() {
+        let router = finish(
+            Router::new().route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    "late"
+                }),
+            ),
+            Duration::from_millis(50),
+        );
+        let (status, body) = get_status(router.clone(), "/slow").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("no answer within 50ms"), "{body}");
+        let (status, body) = get_status(router.clone(), "/nowhere").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.starts_with("{\"error\""), "{body}");
+        let response = router
+            .oneshot(Request::post("/slow").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        assert!(String::from_utf8_lossy(&bytes).contains("method not allowed"));
     }
 
     #[test]
