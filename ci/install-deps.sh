@@ -11,6 +11,7 @@ debian_packages=(
   protobuf-compiler                             # etcd-client compiles etcd's protobufs
   shellcheck
   groovy                                        # parses the Jenkinsfile
+  curl procps                                   # tests: https checks, kill(1) by PID
 )
 
 missing=()
