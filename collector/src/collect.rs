@@ -172,3 +172,66 @@ where
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    fn failure() -> CollectError {
+        CollectError::PushgatewayUnreachable {
+            url: "http://pg".into(),
+            detail: "refused".into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_with_growing_backoff_until_an_attempt_succeeds() {
+        let (_tx, stop) = watch::channel(false);
+        let attempts = Cell::new(0);
+        let started = Instant::now();
+        let outcome = retry(started + Duration::from_secs(60), &stop, || {
+            attempts.set(attempts.get() + 1);
+            let n = attempts.get();
+            async move { if n < 3 { Err(failure()) } else { Ok(n) } }
+        })
+        .await;
+        assert_eq!(outcome.unwrap(), 3);
+        // 500 ms then 1 s of backoff before the third attempt.
+        assert_eq!(started.elapsed(), Duration::from_millis(1500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gives_up_before_the_deadline_with_the_last_error() {
+        let (_tx, stop) = watch::channel(false);
+        let attempts = Cell::new(0);
+        let started = Instant::now();
+        let outcome: Result<(), _> = retry(started + Duration::from_secs(3), &stop, || {
+            attempts.set(attempts.get() + 1);
+            async { Err(failure()) }
+        })
+        .await;
+        assert!(matches!(
+            outcome,
+            Err(CollectError::PushgatewayUnreachable { .. })
+        ));
+        // Waits of 0.5 s, 1 s fit in 3 s; the next (2 s) would not: three attempts.
+        assert_eq!(attempts.get(), 3);
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_request_ends_the_retries_but_not_an_attempt() {
+        let (tx, stop) = watch::channel(false);
+        let attempts = Cell::new(0);
+        let outcome: Result<(), _> = retry(Instant::now() + Duration::from_secs(60), &stop, || {
+            attempts.set(attempts.get() + 1);
+            // The stop arrives while the first attempt runs; that attempt still finishes.
+            let _ = tx.send(true);
+            async { Err(failure()) }
+        })
+        .await;
+        assert!(outcome.is_err());
+        assert_eq!(attempts.get(), 1, "no retry after a stop request");
+    }
+}
