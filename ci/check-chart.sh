@@ -360,6 +360,24 @@ for wanted in ("DaemonSet", "Deployment", "Service", "HorizontalPodAutoscaler", 
                "AlertmanagerConfig", "ConfigMap", "Pod"):
     if wanted not in default_kinds:
         fail(f"[default] renders no {wanted}")
+# The out-of-the-box install samples at one step (global.step, the default model's): the
+# collector pushes and Prometheus scrapes the Pushgateway every step, or the detector's
+# windows do not fill.
+step = yaml.safe_load((CHART / "values.yaml").read_text())["global"]["step"]
+default_docs = [d for d in yaml.safe_load_all((OUT / "rendered" / "default.yaml").read_text()) if d]
+intervals = {
+    f"{d['kind']} {d['metadata']['name']} --interval": a.split("=", 1)[1]
+    for d in default_docs if d["kind"] in ("DaemonSet", "Deployment")
+    for c in d["spec"]["template"]["spec"]["containers"] for a in c.get("args", [])
+    if a.startswith("--interval=")
+}
+intervals.update({
+    f"ServiceMonitor {d['metadata']['name']} interval": e.get("interval")
+    for d in default_docs if d["kind"] == "ServiceMonitor" and d["spec"]["namespaceSelector"].get("matchNames") != [NAMESPACE]
+    for e in d["spec"]["endpoints"]
+})
+if len(intervals) != 2 or set(intervals.values()) != {step}:
+    fail(f"[default] the collector's interval and the Pushgateway's scrape must both be global.step ({step}): {intervals}")
 print(f"  validated {checked['kubernetes']} objects against Kubernetes {' and '.join(KUBE_VERSIONS)} (strict), "
       f"{checked['crd-schema']} prometheus-operator objects against the minimal CRD schemas")
 

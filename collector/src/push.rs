@@ -2,9 +2,10 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use dr_common::reqwest_error::{Failure, describe};
 use reqwest::{Client, Url};
 
-use crate::error::{CollectError, Failure, describe};
+use crate::error::CollectError;
 use crate::scrape::first_line;
 
 /// The URL that `PUT` replaces: `<base>/metrics/job/<job>/instance/<instance>`. A value

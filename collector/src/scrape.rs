@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
+use dr_common::reqwest_error::{Failure, describe};
 use dr_common::tls::TlsMaterial;
 use reqwest::{Client, Url};
 
-use crate::error::{CollectError, Failure, describe};
+use crate::error::CollectError;
 
 /// A metrics page larger than this is not etcd's (a normal page is 50–200 KB).
 pub const MAX_PAGE_BYTES: usize = 16 << 20;

@@ -1,12 +1,15 @@
 //! What every etcd-dr service shares, and nothing more: logging set-up, the shutdown
 //! signal, the `/healthz` `/readyz` `/metrics` scaffolding with JSON errors, duration
-//! flags, TLS file flags and (feature `etcd`) an etcd client built from them.
+//! flags, TLS file flags, (feature `etcd`) an etcd client built from them and (feature
+//! `reqwest`) one-line reasons for failed HTTP requests.
 #![forbid(unsafe_code)]
 
 pub mod duration;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod http;
+#[cfg(feature = "reqwest")]
+pub mod reqwest_error;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

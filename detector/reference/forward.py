@@ -56,6 +56,7 @@ def fill_masked(values, mask):
 
 
 def score(model_dir, weights, meta, values, mask):
+    # `std` already holds each feature's floor (`std_floor`, recorded beside it): divide as is.
     norm = meta["normalisation"]
     mean = np.asarray(norm["mean"], dtype=np.float64)
     std = np.asarray(norm["std"], dtype=np.float64)

@@ -75,6 +75,10 @@ pub struct ExportArgs {
     /// The etcd instance to export, when Prometheus knows several.
     #[arg(long, env = "DR_DETECTOR_INSTANCE")]
     pub instance: Option<String>,
+    /// Record the built-in etcd queries at this step instead of a model's (for data to
+    /// train a model at a new step: the queries' rate windows follow the step).
+    #[arg(long, value_parser = parse_duration, conflicts_with = "model", env = "DR_DETECTOR_STEP")]
+    pub step: Option<Duration>,
     /// The CSV to write.
     #[arg(long, env = "DR_DETECTOR_OUT")]
     pub out: PathBuf,
@@ -105,6 +109,13 @@ pub struct ServeArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, default_value_t = 1 << 20, env = "DR_DETECTOR_BODY_LIMIT")]
     pub body_limit: usize,
+    /// An instance whose last push to the Pushgateway (`push_time_seconds`) is older than
+    /// this gets no score: the Pushgateway serves a dead collector's last push forever.
+    /// Default: 3 steps of the model, at least 10s (a few missed pushes, or a collector
+    /// restart, are not an outage). 0s turns the check off. Without `push_time_seconds`
+    /// (Prometheus scraping etcd directly) nothing is checked.
+    #[arg(long, value_parser = parse_duration, env = "DR_DETECTOR_MAX_PUSH_AGE")]
+    pub max_push_age: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -137,8 +148,9 @@ pub struct TrainArgs {
     /// Training windows used per epoch at most (evenly strided), bounding the time.
     #[arg(long, default_value_t = 4096, env = "DR_DETECTOR_MAX_TRAIN_WINDOWS")]
     pub max_train_windows: usize,
-    /// JSON list of {"name", "query"} for the CSV's features; default: the built-in
-    /// etcd queries for the data's step.
+    /// JSON list of {"name", "query"} for the CSV's features, each with an optional
+    /// "std_floor" (the smallest normalisation std, in the feature's units); default: the
+    /// built-in etcd queries for the data's step, with their floors.
     #[arg(long, env = "DR_DETECTOR_FEATURES")]
     pub features: Option<PathBuf>,
 }
@@ -192,15 +204,45 @@ fn load_model(dir: Option<&std::path::Path>) -> anyhow::Result<Scorer> {
     Scorer::new(ModelBundle::load_or_default(dir)?)
 }
 
+/// One entry of `train --features FILE.json`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeatureEntry {
+    name: String,
+    query: String,
+    #[serde(default)]
+    std_floor: Option<f64>,
+}
+
 fn train(args: TrainArgs) -> anyhow::Result<()> {
     let data = Dataset::read(&args.data)?;
+    let mut std_floors = std::collections::BTreeMap::new();
     let features = match &args.features {
         Some(path) => {
             let text =
                 std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let specs: Vec<FeatureSpec> = serde_json::from_slice(&text).with_context(|| {
-                format!("{} is not a JSON list of {{name, query}}", path.display())
+            let entries: Vec<FeatureEntry> = serde_json::from_slice(&text).with_context(|| {
+                format!(
+                    "{} is not a JSON list of {{name, query[, std_floor]}}",
+                    path.display()
+                )
             })?;
+            let mut specs = Vec::with_capacity(entries.len());
+            for entry in entries {
+                if let Some(floor) = entry.std_floor {
+                    anyhow::ensure!(
+                        floor.is_finite() && floor > 0.0,
+                        "{}: std_floor of `{}` must be a positive number",
+                        path.display(),
+                        entry.name
+                    );
+                    std_floors.insert(entry.name.clone(), floor);
+                }
+                specs.push(FeatureSpec {
+                    name: entry.name,
+                    query: entry.query,
+                });
+            }
             Some(specs)
         }
         None => None,
@@ -215,6 +257,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         patience: args.patience,
         max_train_windows: args.max_train_windows,
         features,
+        std_floors,
         ..TrainOptions::default()
     };
     let tty = std::io::stderr().is_terminal();
@@ -224,6 +267,9 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         eprintln!();
     }
     bundle.save(&args.out)?;
+    if let Some(warning) = crate::train::threshold_warning(&bundle.meta.threshold_method) {
+        tracing::warn!("{warning}");
+    }
     let t = &bundle.meta.training;
     let summary = json!({
         "out": args.out.display().to_string(),
@@ -241,6 +287,9 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         "validation_auc": t.validation_auc,
         "threshold": bundle.meta.threshold,
         "threshold_method": bundle.meta.threshold_method,
+        "threshold_windows": t.threshold_windows,
+        "threshold_warning": crate::train::threshold_warning(&bundle.meta.threshold_method),
+        "std_floor": bundle.meta.normalisation.std_floor,
         "seconds": t.seconds,
     });
     println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -337,11 +386,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         threshold = meta.threshold,
         "model loaded"
     );
+    let max_push_age = args
+        .max_push_age
+        .unwrap_or_else(|| crate::freshness::default_max_push_age(meta.step_seconds));
+    tracing::info!(
+        max_push_age = %humantime::format_duration(max_push_age),
+        "instances whose last push is older get no score"
+    );
     let state = Arc::new(Detector {
         prometheus: PromClient::new(&args.prometheus_url, args.prometheus_timeout)?,
         scorer,
         prometheus_timeout: args.prometheus_timeout,
         max_gap_steps: args.max_gap_steps,
+        max_push_age,
         metrics,
         readiness: readiness.clone(),
     });
@@ -387,7 +444,14 @@ fn parse_time(text: &str, now: f64) -> anyhow::Result<f64> {
 }
 
 async fn export(args: ExportArgs) -> anyhow::Result<()> {
-    let scorer = load_model(args.model.as_deref())?;
+    let mut meta = load_model(args.model.as_deref())?.bundle.meta;
+    if let Some(step) = args.step {
+        let step = step.as_secs_f64();
+        anyhow::ensure!(step >= 1.0, "--step must be at least 1s");
+        meta.step_seconds = step;
+        meta.features = crate::features::default_features(step);
+        meta.mask = Some(crate::features::default_mask(step));
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .context("the clock is before 1970")?
@@ -398,14 +462,8 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
         None => now,
     };
     let client = PromClient::new(&args.prometheus_url, args.prometheus_timeout)?;
-    let exported = crate::export::export(
-        &client,
-        &scorer.bundle.meta,
-        start,
-        end,
-        args.instance.as_deref(),
-    )
-    .await?;
+    let exported =
+        crate::export::export(&client, &meta, start, end, args.instance.as_deref()).await?;
     std::fs::write(&args.out, &exported.csv)
         .with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!(

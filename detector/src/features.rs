@@ -11,6 +11,21 @@ pub struct FeatureSpec {
     pub query: String,
 }
 
+impl FeatureSpec {
+    /// A latency quantile (`histogram_quantile`). Prometheus answers NaN for it, or nothing,
+    /// when the member served no requests in the rate window (0/0 observations); no
+    /// requests means no latency, so serving and `export` read that as 0. A quantile of
+    /// +Inf (beyond the largest bucket) is still refused: it is not a number to learn from.
+    pub fn is_latency_quantile(&self) -> bool {
+        self.query.contains("histogram_quantile")
+    }
+}
+
+/// The range of the default queries' `rate`/`increase`/`deriv`: four steps, at least 4 s.
+fn range_seconds(step_seconds: f64) -> f64 {
+    (4.0 * step_seconds).max(4.0).round()
+}
+
 /// The name of the column (and model.json entry) that masks steps where etcd was
 /// defragmenting.
 pub const DEFRAG_MASK: &str = "defrag_inflight";
@@ -18,7 +33,7 @@ pub const DEFRAG_MASK: &str = "defrag_inflight";
 /// The default etcd feature set for a given step. Range windows are four steps (at
 /// least 4 s), so `rate` has several samples at the scrape intervals that suit that step.
 pub fn default_features(step_seconds: f64) -> Vec<FeatureSpec> {
-    let range = format!("{}s", (4.0 * step_seconds).max(4.0).round() as u64);
+    let range = format!("{}s", range_seconds(step_seconds) as u64);
     let p99 = |family: &str| {
         format!("histogram_quantile(0.99, sum by (instance, le) (rate({family}_bucket[{range}])))")
     };
@@ -72,15 +87,41 @@ pub fn default_features(step_seconds: f64) -> Vec<FeatureSpec> {
         .collect()
 }
 
-/// The defrag mask: a step is masked when a defrag ran at any point in its range. Masked
-/// steps are the remediator's own doing (a blocked member, a shrinking db), so they are
-/// neither learned from nor counted in the score.
+/// The defrag mask: a step is masked when a defrag ran at any point in the last six steps.
+/// Masked steps are the remediator's own doing (a blocked member, a shrinking db), so they
+/// are neither learned from nor counted in the score. Six steps, because the features' rate
+/// windows look back four steps (plus scrape and push lag) and still see the defrag after
+/// it ended. `defrag_inflight` is sampled and misses a defrag shorter than a scrape, so the
+/// count of finished defrags is asked too.
 pub fn default_mask(step_seconds: f64) -> FeatureSpec {
-    let range = format!("{}s", (2.0 * step_seconds).max(2.0).round() as u64);
+    let range = format!("{}s", (6.0 * step_seconds).max(6.0).round() as u64);
     FeatureSpec {
         name: DEFRAG_MASK.to_string(),
-        query: format!("max by (instance) (max_over_time(etcd_disk_defrag_inflight[{range}]))"),
+        query: format!(
+            "max by (instance) ((max_over_time(etcd_disk_defrag_inflight[{range}]) > 0) \
+             or increase(etcd_disk_backend_defrag_duration_seconds_count[{range}]))"
+        ),
     }
+}
+
+/// The smallest normalisation std of a default feature, in the feature's own units, so that
+/// a feature which never moved in training (no election, no failed proposal) scores a
+/// first event as a few standard deviations, not as the clip limit. Counts: one event per
+/// rate window; fractions of the quota: 1%; latencies: 1 ms; request rates: 1 request/s;
+/// db growth: 1e-5 of the quota per second (0.1% in 100 s). `None` for unknown names.
+pub fn std_floor(name: &str, step_seconds: f64) -> Option<f64> {
+    let one_event_per_range = 1.0 / range_seconds(step_seconds);
+    Some(match name {
+        "db_size_over_quota" | "fragmentation" => 0.01,
+        "db_growth_rate" => 1e-5,
+        // `increase` over the range: a count of elections.
+        "leader_changes" => 1.0,
+        // `rate` over the range: events per second.
+        "failed_proposals" | "slow_applies" => one_event_per_range,
+        "wal_fsync_p99" | "backend_commit_p99" => 1e-3,
+        "grpc_request_rate" => 1.0,
+        _ => return None,
+    })
 }
 
 /// The queries for `names` from the default catalogue, or an error naming the unknown ones.
@@ -115,11 +156,36 @@ mod tests {
         let slow = default_features(15.0);
         assert!(slow[3].query.contains("[60s]"), "{}", slow[3].query);
         assert_eq!(fast.len(), 9);
+        let mask = default_mask(2.0).query;
+        assert!(mask.contains("etcd_disk_defrag_inflight[12s]"), "{mask}");
         assert!(
-            default_mask(2.0)
-                .query
-                .contains("etcd_disk_defrag_inflight[4s]")
+            mask.contains("increase(etcd_disk_backend_defrag_duration_seconds_count[12s])"),
+            "{mask}"
         );
+    }
+
+    #[test]
+    fn every_default_feature_has_a_floor_in_its_units() {
+        for step in [1.0, 2.0, 15.0] {
+            for spec in default_features(step) {
+                let floor = std_floor(&spec.name, step);
+                assert!(floor.is_some_and(|f| f > 0.0), "{} at {step}s", spec.name);
+            }
+        }
+        // One failed proposal in the 8 s rate window of a 2 s step is 1/8 per second.
+        assert_eq!(std_floor("failed_proposals", 2.0), Some(0.125));
+        assert_eq!(std_floor("leader_changes", 2.0), Some(1.0));
+        assert_eq!(std_floor("cpu_temp", 2.0), None);
+    }
+
+    #[test]
+    fn only_the_latency_quantiles_read_a_missing_value_as_zero() {
+        let quantiles: Vec<String> = default_features(1.0)
+            .into_iter()
+            .filter(FeatureSpec::is_latency_quantile)
+            .map(|f| f.name)
+            .collect();
+        assert_eq!(quantiles, ["wal_fsync_p99", "backend_commit_p99"]);
     }
 
     #[test]

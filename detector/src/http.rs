@@ -1,8 +1,9 @@
 //! `serve`: `GET /score` (live windows from Prometheus, per instance), `POST /score` (a
 //! given window), and `/metrics` with the scores refreshed in the background.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -20,6 +21,7 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::freshness::{self, Verdict};
 use crate::inference::Scorer;
 use crate::prometheus::{self, InstanceWindow, PromClient};
 use crate::scoring::Score;
@@ -30,6 +32,9 @@ type Labels = Vec<(String, String)>;
 #[derive(Clone)]
 pub struct Metrics {
     score: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// The instances that have a score gauge, so a refresh removes just the ones that lost
+    /// their score (clearing all would leave a scrape between clear and set with none).
+    scored: Arc<Mutex<BTreeSet<String>>>,
     threshold: Gauge<f64, AtomicU64>,
     inference: Histogram,
     refreshes: Family<Labels, Counter>,
@@ -39,6 +44,7 @@ impl Metrics {
     pub fn register(registry: &mut Registry) -> Metrics {
         let metrics = Metrics {
             score: Family::default(),
+            scored: Arc::default(),
             threshold: Gauge::default(),
             // 5 us .. ~20 ms: a fused forward is tens of microseconds.
             inference: Histogram::new(exponential_buckets(5e-6, 2.0, 12)),
@@ -66,6 +72,67 @@ impl Metrics {
         );
         metrics
     }
+
+    fn score_labels(instance: &str) -> Labels {
+        vec![("instance".to_string(), instance.to_string())]
+    }
+
+    /// Sets the gauge of every scored instance and removes the gauges of instances that
+    /// have none now (vanished, or unscorable), so an alert never fires on a stale value.
+    pub fn set_scores(&self, scores: &[(String, f64)]) {
+        let mut scored = self
+            .scored
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now: BTreeSet<String> = scores.iter().map(|(i, _)| i.clone()).collect();
+        for gone in scored.difference(&now) {
+            self.score.remove(&Self::score_labels(gone));
+        }
+        for (instance, score) in scores {
+            self.score
+                .get_or_create(&Self::score_labels(instance))
+                .set(*score);
+        }
+        *scored = now;
+    }
+}
+
+/// Why an instance has no score; each maps to the status `/score` answers with.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Refusal {
+    /// Too few points for a window, or a window that cannot be scored (422).
+    Window(String),
+    /// Its series arrive coarser than the model's step (422); while no instance scores
+    /// for this, `/readyz` says so too: the set-up, not the moment, is wrong.
+    StepMismatch(String),
+    /// Its collector stopped pushing: a dead dependency (503 naming the collector).
+    StaleCollector(String),
+}
+
+impl Refusal {
+    pub fn message(&self) -> &str {
+        match self {
+            Refusal::Window(m) | Refusal::StepMismatch(m) | Refusal::StaleCollector(m) => m,
+        }
+    }
+
+    fn into_api_error(self) -> ApiError {
+        match self {
+            Refusal::Window(m) | Refusal::StepMismatch(m) => ApiError::Unprocessable(m),
+            Refusal::StaleCollector(message) => ApiError::Unavailable {
+                dependency: "collector".into(),
+                message,
+            },
+        }
+    }
+}
+
+/// What one pull from Prometheus gave: scored instances, refused ones with the reason,
+/// and the window's end.
+pub struct Live {
+    pub scored: Vec<ScoreResponse>,
+    pub refused: Vec<(String, Refusal)>,
+    pub end: f64,
 }
 
 /// Everything a handler needs.
@@ -75,6 +142,8 @@ pub struct Detector {
     /// Bound on one whole pull from Prometheus (all queries).
     pub prometheus_timeout: Duration,
     pub max_gap_steps: usize,
+    /// Instances whose last push is older get no score; zero turns the check off.
+    pub max_push_age: Duration,
     pub metrics: Metrics,
     pub readiness: Readiness,
 }
@@ -137,37 +206,63 @@ impl Detector {
         }
     }
 
-    /// Pulls and scores every instance's latest window: `(scored, unscorable with why)`.
-    async fn score_live(
-        &self,
-    ) -> Result<(Vec<ScoreResponse>, Vec<(String, String)>, f64), ApiError> {
+    /// Pulls and scores every instance's latest window.
+    async fn score_live(&self) -> Result<Live, ApiError> {
         let meta = &self.scorer.bundle.meta;
+        let step = meta.step_seconds;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_err(|err| ApiError::Internal(format!("clock before 1970: {err}")))?
             .as_secs_f64();
+        let unavailable = |message: String| ApiError::Unavailable {
+            dependency: "prometheus".into(),
+            message,
+        };
+        let started = Instant::now();
         let fetched =
             tokio::time::timeout(self.prometheus_timeout, self.prometheus.fetch(meta, now))
                 .await
-                .map_err(|_| ApiError::Unavailable {
-                    dependency: "prometheus".into(),
-                    message: format!(
+                .map_err(|_| {
+                    unavailable(format!(
                         "{} did not answer within {}",
                         self.prometheus.url(),
                         humantime::format_duration(self.prometheus_timeout)
-                    ),
+                    ))
                 })?
-                .map_err(|err| ApiError::Unavailable {
-                    dependency: "prometheus".into(),
-                    message: err.to_string(),
-                })?;
+                .map_err(|err| unavailable(err.to_string()))?;
         let mut scored = Vec::new();
-        let mut unscorable = Vec::new();
+        let mut refused = Vec::new();
         for (instance, window) in prometheus::assemble(meta, &fetched, self.max_gap_steps) {
+            let pushes = fetched.pushes_of(&instance);
+            let verdict =
+                freshness::judge_pushes(&instance, &pushes, step, fetched.end, self.max_push_age);
+            let window = match (verdict, window) {
+                (Verdict::Stale(why), _) => Err(Refusal::StaleCollector(why)),
+                (Verdict::StepMismatch(why), _) => Err(Refusal::StepMismatch(why)),
+                // Scraped directly (no push times): gaps may still come from a coarse
+                // scrape interval, which only `up` shows. Asked only when needed, and only
+                // a diagnosis: if it fails, the gap message stands.
+                (Verdict::Fresh, Err(gaps)) if pushes.is_empty() => {
+                    let left = self.prometheus_timeout.saturating_sub(started.elapsed());
+                    let up = tokio::time::timeout(
+                        left,
+                        self.prometheus.up_samples(&instance, fetched.end, step),
+                    )
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
+                    match freshness::judge_scrapes(&instance, &up, step) {
+                        Some(why) => Err(Refusal::StepMismatch(why)),
+                        None => Err(Refusal::Window(gaps)),
+                    }
+                }
+                (Verdict::Fresh, window) => window.map_err(Refusal::Window),
+            };
             let result = window.and_then(|w: InstanceWindow| {
                 self.score_timed(&w.values, &w.mask)
                     .map(|s| (s, w.filled_points))
-                    .map_err(|err| format!("instance {instance}: {err}"))
+                    .map_err(|err| Refusal::Window(format!("instance {instance}: {err}")))
             });
             match result {
                 Ok((score, filled)) => {
@@ -175,38 +270,49 @@ impl Detector {
                     response.filled_points = Some(filled);
                     scored.push(response);
                 }
-                Err(why) => unscorable.push((instance, why)),
+                Err(why) => refused.push((instance, why)),
             }
         }
-        Ok((scored, unscorable, fetched.end))
+        Ok(Live {
+            scored,
+            refused,
+            end: fetched.end,
+        })
     }
 
     /// One background refresh: scores to gauges; instances without a score lose their
-    /// gauge, so an alert never fires on a stale value.
+    /// gauge, so an alert never fires on a stale value. Not ready while a wrong set-up
+    /// (data coarser than the model's step) leaves no instance scorable.
     pub async fn refresh(&self) {
         match self.score_live().await {
-            Ok((scored, unscorable, _)) => {
-                self.metrics.score.clear();
-                for s in &scored {
-                    if let Some(instance) = &s.instance {
-                        self.metrics
-                            .score
-                            .get_or_create(&vec![("instance".to_string(), instance.clone())])
-                            .set(s.score);
-                    }
-                }
-                for (instance, why) in &unscorable {
-                    tracing::warn!(%instance, reason = %why, "cannot score instance");
+            Ok(live) => {
+                let scores: Vec<(String, f64)> = live
+                    .scored
+                    .iter()
+                    .filter_map(|s| s.instance.clone().map(|i| (i, s.score)))
+                    .collect();
+                self.metrics.set_scores(&scores);
+                for (instance, why) in &live.refused {
+                    tracing::warn!(%instance, reason = %why.message(), "cannot score instance");
                 }
                 self.metrics
                     .refreshes
                     .get_or_create(&vec![("result".to_string(), "success".to_string())])
                     .inc();
-                self.readiness.set_ready();
+                let mismatch = live.refused.iter().find_map(|(_, why)| match why {
+                    Refusal::StepMismatch(m) => Some(m),
+                    _ => None,
+                });
+                match mismatch {
+                    Some(why) if live.scored.is_empty() => self
+                        .readiness
+                        .set_not_ready(format!("no instance can be scored: {why}")),
+                    _ => self.readiness.set_ready(),
+                }
             }
             Err(err) => {
                 tracing::warn!(error = %err, "refresh failed");
-                self.metrics.score.clear();
+                self.metrics.set_scores(&[]);
                 self.metrics
                     .refreshes
                     .get_or_create(&vec![("result".to_string(), "failure".to_string())])
@@ -226,7 +332,11 @@ async fn get_score(
     State(state): State<AppState>,
     Query(query): Query<ScoreQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let (mut scored, unscorable, end) = state.score_live().await?;
+    let Live {
+        mut scored,
+        refused,
+        end,
+    } = state.score_live().await?;
     let meta = &state.scorer.bundle.meta;
     if let Some(wanted) = query.instance {
         if let Some(i) = scored
@@ -235,14 +345,14 @@ async fn get_score(
         {
             return to_json(&scored.swap_remove(i));
         }
-        if let Some((_, why)) = unscorable.iter().find(|(i, _)| *i == wanted) {
-            return Err(ApiError::Unprocessable(why.clone()));
-        }
         let known: Vec<&str> = scored
             .iter()
             .filter_map(|s| s.instance.as_deref())
-            .chain(unscorable.iter().map(|(i, _)| i.as_str()))
+            .chain(refused.iter().map(|(i, _)| i.as_str()))
             .collect();
+        if let Some((_, why)) = refused.iter().find(|(i, _)| *i == wanted) {
+            return Err(why.clone().into_api_error());
+        }
         return Err(ApiError::Unprocessable(format!(
             "Prometheus has no points for instance {wanted} in the window ending at {end} (instances with data: {})",
             if known.is_empty() {
@@ -253,7 +363,19 @@ async fn get_score(
         )));
     }
     if scored.is_empty() {
-        let reasons: Vec<String> = unscorable.into_iter().map(|(_, why)| why).collect();
+        // Every collector dead: that dependency is the answer. Mixed reasons: all of them.
+        if !refused.is_empty()
+            && refused
+                .iter()
+                .all(|(_, why)| matches!(why, Refusal::StaleCollector(_)))
+        {
+            let messages: Vec<&str> = refused.iter().map(|(_, why)| why.message()).collect();
+            return Err(ApiError::Unavailable {
+                dependency: "collector".into(),
+                message: messages.join("; "),
+            });
+        }
+        let reasons: Vec<&str> = refused.iter().map(|(_, why)| why.message()).collect();
         return Err(ApiError::Unprocessable(if reasons.is_empty() {
             format!(
                 "Prometheus returned no series for the model's queries in the window ending at {end}; is etcd scraped? first query: {}",
@@ -276,11 +398,11 @@ async fn get_score(
         );
         map.insert(
             "unscorable".into(),
-            unscorable
+            refused
                 .into_iter()
-                .map(
-                    |(instance, error)| serde_json::json!({ "instance": instance, "error": error }),
-                )
+                .map(|(instance, why)| {
+                    serde_json::json!({ "instance": instance, "error": why.message() })
+                })
                 .collect(),
         );
     }
@@ -393,6 +515,7 @@ mod tests {
             prometheus: PromClient::new(prometheus_url, timeout).unwrap(),
             prometheus_timeout: timeout,
             max_gap_steps: 2,
+            max_push_age: Duration::from_secs(10),
             metrics: Metrics::register(&mut registry),
             readiness: readiness.clone(),
         });
@@ -552,6 +675,55 @@ mod tests {
             "{error}"
         );
         drop(silent);
+    }
+
+    #[test]
+    fn a_refresh_keeps_the_gauges_of_instances_still_scored_and_drops_the_rest() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let encoded = || {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+            text
+        };
+        metrics.set_scores(&[("a".into(), 0.5), ("b".into(), 0.7)]);
+        // A handle on a's series, as a scrape in progress would hold it: a round that
+        // re-creates the series (clear, then set) would leave it behind.
+        let a = metrics
+            .score
+            .get_or_create(&Metrics::score_labels("a"))
+            .clone();
+        metrics.set_scores(&[("a".into(), 0.9)]);
+        assert_eq!(a.get(), 0.9, "a's series was replaced, not updated");
+        let text = encoded();
+        assert!(
+            text.contains("etcd_dr_anomaly_score{instance=\"a\"} 0.9"),
+            "{text}"
+        );
+        assert!(!text.contains("instance=\"b\""), "{text}");
+        metrics.set_scores(&[]);
+        assert!(!encoded().contains("instance=\"a\""));
+    }
+
+    #[test]
+    fn refusals_map_to_the_contract_statuses() {
+        let stale = Refusal::StaleCollector("instance x: last push 60s ago".into());
+        let error = stale.into_api_error();
+        assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            error
+                .to_string()
+                .starts_with("collector unavailable: instance x")
+        );
+        for refusal in [
+            Refusal::Window("too few points".into()),
+            Refusal::StepMismatch("every 30s".into()),
+        ] {
+            assert_eq!(
+                refusal.into_api_error().status(),
+                StatusCode::UNPROCESSABLE_ENTITY
+            );
+        }
     }
 
     #[tokio::test]

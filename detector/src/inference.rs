@@ -351,6 +351,48 @@ mod tests {
         }
     }
 
+    /// The shipped weights, on etcd-shaped windows: what ci/check-detector-reference.sh
+    /// compares with numpy goes through the fused forward, and this ties it to candle.
+    #[test]
+    fn fused_forward_agrees_with_candle_on_the_shipped_model() {
+        use crate::dataset::Dataset;
+        use crate::synth::{SynthOptions, generate};
+        let bundle = ModelBundle::default_model().unwrap();
+        let meta = &bundle.meta;
+        let (w, f) = (meta.window, meta.features.len());
+        let candle = Autoencoder::from_safetensors(&meta.architecture, &bundle.weights).unwrap();
+        let fused = FusedModel::from_safetensors(&meta.architecture, w, &bundle.weights).unwrap();
+        let data = Dataset::parse(&generate(&SynthOptions {
+            rows: 1500,
+            step_seconds: meta.step_seconds,
+            seed: 9,
+            incidents: 3,
+        }))
+        .unwrap()
+        .select_features(&meta.feature_names())
+        .unwrap();
+        let starts = data.window_starts(w, meta.step_seconds);
+        let windows: Vec<Vec<f32>> = starts
+            .iter()
+            .step_by((starts.len() / 12).max(1))
+            .filter_map(|&s| {
+                let mask = data.window_mask(s, w);
+                scoring::prepare(&data.window_values(s, w), &mask, &meta.normalisation)
+            })
+            .collect();
+        assert!(windows.len() >= 10);
+        let expected = candle.reconstruct(&windows, w, f).unwrap();
+        for (x, want) in windows.iter().zip(&expected) {
+            let got = fused.reconstruct(x);
+            let worst = got
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(worst < 1e-4, "fused and candle differ by {worst}");
+        }
+    }
+
     #[test]
     fn fast_exp_tanh_and_sigmoid_match_the_library() {
         for i in -2000..=2000 {

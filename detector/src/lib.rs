@@ -7,6 +7,7 @@ pub mod dataset;
 pub mod eval;
 pub mod export;
 pub mod features;
+pub mod freshness;
 pub mod http;
 pub mod inference;
 pub mod model;

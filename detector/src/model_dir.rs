@@ -28,6 +28,10 @@ pub struct TrainingMetrics {
     pub validation_loss: f64,
     /// AUC on the labelled validation windows; absent without both classes.
     pub validation_auc: Option<f64>,
+    /// How many windows the threshold was picked from (0 in models saved before it was
+    /// recorded).
+    #[serde(default)]
+    pub threshold_windows: usize,
     pub seconds: f64,
 }
 
@@ -43,7 +47,9 @@ pub struct ModelMeta {
     pub architecture: Architecture,
     pub normalisation: Normalisation,
     pub threshold: f64,
-    /// `youden_j` or `normal_quantile`.
+    /// `youden_j` (labelled validation windows), `normal_quantile` (a high quantile of
+    /// held-out normal windows' errors) or `training_quantile` (no held-out window: the
+    /// training windows' errors, which are lower than unseen ones, so it alarms early).
     pub threshold_method: String,
     pub training: TrainingMetrics,
 }
@@ -87,6 +93,24 @@ impl ModelMeta {
             self.normalisation.std.iter().all(|s| *s > 0.0),
             "normalisation has a non-positive std"
         );
+        let floors = &self.normalisation.std_floor;
+        if !floors.is_empty() {
+            ensure!(
+                floors.len() == f,
+                "normalisation has {} std floors for {f} features",
+                floors.len()
+            );
+            // The stored std is what serving divides by; a floor above it means the file
+            // was edited by hand and no longer says what the model learned with.
+            if let Some(j) = (0..f).find(|&j| self.normalisation.std[j] < floors[j]) {
+                bail!(
+                    "feature `{}`: std {} is below its floor {}",
+                    self.features[j].name,
+                    self.normalisation.std[j],
+                    floors[j]
+                );
+            }
+        }
         ensure!(self.threshold.is_finite(), "threshold is not finite");
         Ok(())
     }
@@ -193,6 +217,7 @@ pub(crate) mod tests {
             normalisation: Normalisation {
                 mean: vec![0.5; n_features],
                 std: vec![2.0; n_features],
+                std_floor: vec![1.0; n_features],
             },
             threshold: 1.0,
             threshold_method: "youden_j".into(),
@@ -207,6 +232,7 @@ pub(crate) mod tests {
                 train_loss: 0.0,
                 validation_loss: 0.0,
                 validation_auc: None,
+                threshold_windows: 0,
                 seconds: 0.0,
             },
         }
@@ -227,6 +253,23 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_model_json_from_before_floors_and_threshold_windows_loads() {
+        let mut value = serde_json::to_value(meta(3, 4, 5)).unwrap();
+        value["normalisation"]
+            .as_object_mut()
+            .unwrap()
+            .remove("std_floor");
+        value["training"]
+            .as_object_mut()
+            .unwrap()
+            .remove("threshold_windows");
+        let old: ModelMeta = serde_json::from_value(value).unwrap();
+        old.validate().unwrap();
+        assert!(old.normalisation.std_floor.is_empty());
+        assert_eq!(old.training.threshold_windows, 0);
+    }
+
+    #[test]
     fn inconsistent_meta_is_refused_with_a_reason() {
         let mut m = meta(3, 4, 5);
         m.architecture.n_features = 4;
@@ -241,6 +284,14 @@ pub(crate) mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("hidden size is 0")
+        );
+        let mut m = meta(3, 4, 5);
+        m.normalisation.std_floor[1] = 3.0;
+        assert!(
+            m.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("below its floor")
         );
         let mut m = meta(3, 4, 5);
         m.architecture.kind = "transformer".into();

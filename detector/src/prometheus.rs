@@ -1,13 +1,17 @@
 //! Reading the model's feature queries from the Prometheus HTTP API (`query_range`), and
 //! turning the answers into one complete window per etcd instance: short gaps are filled
 //! explicitly (interpolated inside, carried at the edges), longer ones refuse the window
-//! with a message that names the instance, the feature and the missing time span.
+//! with a message that names the instance, the feature and the missing time span. A
+//! latency quantile that is NaN or absent (no requests in its rate window) is 0; an
+//! infinite value refuses the window.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use dr_common::reqwest_error::describe;
 use serde::Deserialize;
 
+use crate::freshness;
 use crate::model_dir::ModelMeta;
 
 /// Why Prometheus gave no usable answer.
@@ -25,7 +29,8 @@ pub enum PromError {
     },
 }
 
-/// One series of a range query: its labels and `(timestamp, value)` points.
+/// One series of a range query: its labels and `(timestamp, value)` points. Values are as
+/// Prometheus sent them, NaN and +-Inf included: what they mean depends on the feature.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Series {
     pub labels: BTreeMap<String, String>,
@@ -76,8 +81,7 @@ impl PromClient {
         &self.base
     }
 
-    /// `GET /api/v1/query_range`. Values Prometheus reports as NaN (for example a latency
-    /// quantile with no observations) are left out, so they count as gaps.
+    /// `GET /api/v1/query_range`.
     pub async fn query_range(
         &self,
         query: &str,
@@ -85,64 +89,52 @@ impl PromClient {
         end: f64,
         step_seconds: f64,
     ) -> Result<Vec<Series>, PromError> {
-        let url = format!("{}/api/v1/query_range", self.base);
+        self.get_matrix(
+            "query_range",
+            query,
+            &[
+                ("start", format!("{start:.3}")),
+                ("end", format!("{end:.3}")),
+                ("step", format!("{step_seconds}")),
+            ],
+        )
+        .await
+    }
+
+    /// `GET /api/v1/query` of a range selector (`metric[5m]`) at `time`: its raw samples.
+    pub async fn raw_samples(&self, query: &str, time: f64) -> Result<Vec<Series>, PromError> {
+        self.get_matrix("query", query, &[("time", format!("{time:.3}"))])
+            .await
+    }
+
+    async fn get_matrix(
+        &self,
+        endpoint: &str,
+        query: &str,
+        params: &[(&str, String)],
+    ) -> Result<Vec<Series>, PromError> {
+        let url = format!("{}/api/v1/{endpoint}", self.base);
         let unreachable = |err: reqwest::Error| PromError::Unreachable {
             url: self.base.clone(),
-            message: describe(&err),
+            message: describe(&err.without_url()).detail().to_string(),
         };
         let refused = |message: String| PromError::Query {
             url: self.base.clone(),
             query: query.to_string(),
             message,
         };
+        let mut all_params = vec![("query", query.to_string())];
+        all_params.extend(params.iter().map(|(k, v)| (*k, v.clone())));
         let response = self
             .http
             .get(&url)
-            .query(&[
-                ("query", query.to_string()),
-                ("start", format!("{start:.3}")),
-                ("end", format!("{end:.3}")),
-                ("step", format!("{step_seconds}")),
-            ])
+            .query(&all_params)
             .send()
             .await
-            .map_err(|err| unreachable(err.without_url()))?;
+            .map_err(unreachable)?;
         let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|err| unreachable(err.without_url()))?;
-        let parsed: ApiResponse = serde_json::from_slice(&body).map_err(|err| {
-            refused(format!(
-                "HTTP {status}, not a Prometheus API answer ({err}): {}",
-                String::from_utf8_lossy(&body[..body.len().min(200)])
-            ))
-        })?;
-        if parsed.status != "success" {
-            return Err(refused(
-                parsed.error.unwrap_or_else(|| format!("HTTP {status}")),
-            ));
-        }
-        let data = parsed
-            .data
-            .ok_or_else(|| refused("a success without data".to_string()))?;
-        Ok(data
-            .result
-            .into_iter()
-            .map(|s| Series {
-                labels: s.metric,
-                points: s
-                    .values
-                    .into_iter()
-                    .filter_map(|(t, v)| {
-                        v.parse::<f64>()
-                            .ok()
-                            .filter(|v| v.is_finite())
-                            .map(|v| (t, v))
-                    })
-                    .collect(),
-            })
-            .collect())
+        let body = response.bytes().await.map_err(unreachable)?;
+        parse_matrix(&body, status).map_err(refused)
     }
 
     /// The last window of every feature (and the mask) for every instance found.
@@ -156,10 +148,18 @@ impl PromClient {
             queries.push(mask.query.clone());
         }
         let mut tasks = tokio::task::JoinSet::new();
+        let n_queries = queries.len();
         for (index, query) in queries.into_iter().enumerate() {
             let client = self.clone();
             tasks.spawn(async move { (index, client.query_range(&query, start, end, step).await) });
         }
+        // The Pushgateway's push times, for a dead collector and the push cadence.
+        let pushes = format!(
+            "push_time_seconds[{}s]",
+            freshness::history_seconds(step) as u64
+        );
+        let client = self.clone();
+        tasks.spawn(async move { (n_queries, client.raw_samples(&pushes, end).await) });
         let mut answers: Vec<Option<Vec<Series>>> = vec![None; tasks.len()];
         while let Some(joined) = tasks.join_next().await {
             let (index, answer) = joined.map_err(|err| PromError::Unreachable {
@@ -170,6 +170,7 @@ impl PromClient {
         }
         let mut answers: Vec<Vec<Series>> =
             answers.into_iter().map(Option::unwrap_or_default).collect();
+        let pushes = answers.pop().unwrap_or_default();
         let mask = if meta.mask.is_some() {
             answers.pop().unwrap_or_default()
         } else {
@@ -181,23 +182,59 @@ impl PromClient {
             end,
             features,
             mask,
+            pushes,
         })
+    }
+
+    /// The raw `up` samples of `instance` before `end`: how often Prometheus scrapes it
+    /// when it scrapes etcd directly.
+    pub async fn up_samples(
+        &self,
+        instance: &str,
+        end: f64,
+        step_seconds: f64,
+    ) -> Result<Vec<Series>, PromError> {
+        let query = format!(
+            "up{{instance={}}}[{}s]",
+            promql_string(instance),
+            freshness::history_seconds(step_seconds) as u64
+        );
+        self.raw_samples(&query, end).await
     }
 }
 
-/// A transport error with its causes (reqwest's own text hides "connection refused"),
-/// without the long query URL.
-fn describe(err: &reqwest::Error) -> String {
-    if err.is_timeout() {
-        return "timed out".to_string();
+/// The series of a Prometheus API answer whose result is a matrix, or why it is not one.
+fn parse_matrix(body: &[u8], status: reqwest::StatusCode) -> Result<Vec<Series>, String> {
+    let parsed: ApiResponse = serde_json::from_slice(body).map_err(|err| {
+        format!(
+            "HTTP {status}, not a Prometheus API answer ({err}): {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        )
+    })?;
+    if parsed.status != "success" {
+        return Err(parsed.error.unwrap_or_else(|| format!("HTTP {status}")));
     }
-    let mut parts = vec![err.to_string()];
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        parts.push(cause.to_string());
-        source = cause.source();
-    }
-    parts.join(": ")
+    let data = parsed
+        .data
+        .ok_or_else(|| "a success without data".to_string())?;
+    Ok(data
+        .result
+        .into_iter()
+        .map(|s| Series {
+            labels: s.metric,
+            // Prometheus writes NaN and +-Inf as "NaN", "+Inf", "-Inf", which parse.
+            points: s
+                .values
+                .into_iter()
+                .filter_map(|(t, v)| v.parse::<f64>().ok().map(|v| (t, v)))
+                .collect(),
+        })
+        .collect())
+}
+
+/// `text` as a PromQL double-quoted string.
+fn promql_string(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 /// The raw answers for one window.
@@ -208,6 +245,18 @@ pub struct Fetched {
     /// Per feature, in the model's order.
     pub features: Vec<Vec<Series>>,
     pub mask: Vec<Series>,
+    /// Raw `push_time_seconds` samples of the recent past (empty without a Pushgateway).
+    pub pushes: Vec<Series>,
+}
+
+impl Fetched {
+    /// The `push_time_seconds` series of `instance` (one per job that pushes it).
+    pub fn pushes_of(&self, instance: &str) -> Vec<&Series> {
+        self.pushes
+            .iter()
+            .filter(|s| instance_of(s) == instance)
+            .collect()
+    }
 }
 
 /// A complete window for one instance.
@@ -313,15 +362,38 @@ pub fn assemble(
         let mut filled_points = 0;
         let mut problems = Vec::new();
         for (spec, series) in meta.features.iter().zip(&fetched.features) {
-            let mut grid = vec![None; w];
+            let mut grid: Vec<Option<f64>> = vec![None; w];
             for s in series.iter().filter(|s| instance_of(s) == instance) {
                 for (cell, v) in grid
                     .iter_mut()
                     .zip(to_grid(&s.points, fetched.start, step, w))
                 {
-                    if cell.is_none() {
+                    if cell.is_none_or(f64::is_nan) && v.is_some() {
                         *cell = v;
                     }
+                }
+            }
+            if let Some(k) = grid.iter().position(|v| v.is_some_and(f64::is_infinite)) {
+                let sign = if grid[k].is_some_and(|v| v > 0.0) {
+                    "+"
+                } else {
+                    "-"
+                };
+                problems.push(format!(
+                    "feature `{}` is {sign}Inf at {}, which cannot be scored",
+                    spec.name,
+                    fetched.start + k as f64 * step,
+                ));
+                columns.push(grid);
+                continue;
+            }
+            // No requests in a rate window: the quantile is NaN or missing, the latency 0.
+            let zero_when_missing = spec.is_latency_quantile();
+            for cell in &mut grid {
+                match cell {
+                    Some(v) if v.is_nan() => *cell = zero_when_missing.then_some(0.0),
+                    None if zero_when_missing => *cell = Some(0.0),
+                    _ => {}
                 }
             }
             match fill_gaps(&mut grid, max_gap) {
@@ -411,6 +483,7 @@ mod tests {
                 vec![full("a"), series("b", &[(10.0, 1.0)])],
             ],
             mask: vec![series("a", &[(12.0, 1.0)])],
+            pushes: Vec::new(),
         };
         let result = assemble(&m, &fetched, 1);
         assert_eq!(result.len(), 2);
@@ -424,5 +497,67 @@ mod tests {
             "{b}"
         );
         assert!(b.contains(&m.features[1].name), "{b}");
+    }
+
+    #[test]
+    fn nan_and_infinities_reach_the_caller() {
+        let body = br#"{"status":"success","data":{"resultType":"matrix","result":[
+            {"metric":{"instance":"a"},"values":[[10,"NaN"],[12,"+Inf"],[14,"0.5"],[16,"x"]]}]}}"#;
+        let series = parse_matrix(body, reqwest::StatusCode::OK).unwrap();
+        let points = &series[0].points;
+        assert_eq!(points.len(), 3, "{points:?}");
+        assert!(points[0].1.is_nan());
+        assert_eq!(points[1].1, f64::INFINITY);
+        let refused = br#"{"status":"error","error":"parse error at char 3"}"#;
+        let err = parse_matrix(refused, reqwest::StatusCode::BAD_REQUEST).unwrap_err();
+        assert!(err.contains("parse error"), "{err}");
+    }
+
+    #[test]
+    fn an_idle_member_has_zero_latency_but_an_infinite_one_is_refused() {
+        // Features 0..6 of the catalogue; the sixth (index 5) is wal_fsync_p99.
+        let m = meta(6, 4, 4);
+        assert!(m.features[5].is_latency_quantile());
+        let full = |i: &str| series(i, &[(10.0, 1.0), (12.0, 2.0), (14.0, 3.0), (16.0, 4.0)]);
+        let mut features: Vec<Vec<Series>> = (0..5).map(|_| vec![full("a"), full("b")]).collect();
+        features.push(vec![
+            // No requests: NaN twice, and a step Prometheus left out.
+            series("a", &[(10.0, f64::NAN), (12.0, 0.004), (16.0, f64::NAN)]),
+            series("b", &[(10.0, 0.004), (12.0, f64::INFINITY)]),
+        ]);
+        let fetched = Fetched {
+            start: 10.0,
+            end: 16.0,
+            features,
+            mask: Vec::new(),
+            pushes: Vec::new(),
+        };
+        let result = assemble(&m, &fetched, 0);
+        let a = result[0].1.as_ref().unwrap();
+        let fsync: Vec<f64> = a.values.chunks(6).map(|row| row[5]).collect();
+        assert_eq!(fsync, [0.0, 0.004, 0.0, 0.0]);
+        assert_eq!(a.filled_points, 0, "zeros are values, not filled gaps");
+        let b = result[1].1.as_ref().unwrap_err();
+        assert!(
+            b.contains("wal_fsync_p99") && b.contains("+Inf at 12"),
+            "{b}"
+        );
+        // Any other feature's NaN is a gap, as before.
+        let mut fetched = fetched;
+        fetched.features[0][0] = series(
+            "a",
+            &[(10.0, f64::NAN), (12.0, 1.0), (14.0, 1.0), (16.0, 1.0)],
+        );
+        let a = assemble(&m, &fetched, 0).remove(0).1.unwrap_err();
+        assert!(
+            a.contains("db_size_over_quota") && a.contains("3 of 4"),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn instance_names_are_quoted_for_promql() {
+        assert_eq!(promql_string("10.0.0.1:2381"), r#""10.0.0.1:2381""#);
+        assert_eq!(promql_string(r#"a"b\c"#), r#""a\"b\\c""#);
     }
 }

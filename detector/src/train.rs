@@ -2,8 +2,11 @@
 //! (every fourth block validates), the model learns to reconstruct normal training
 //! windows, early stopping watches the normal validation windows, and the threshold comes
 //! from the labelled validation windows (Youden's J) or, without labels, from a high
-//! quantile of normal validation errors.
+//! quantile of held-out normal windows' errors. Data too short for a validation block
+//! holds out its last normal windows for that instead; only without any held-out window
+//! does the threshold come from the training windows, and model.json says so.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
@@ -34,6 +37,9 @@ pub struct TrainOptions {
     pub normal_quantile: f64,
     /// Queries per feature; `None`: the built-in catalogue, at the data's step.
     pub features: Option<Vec<FeatureSpec>>,
+    /// Normalisation std floors by feature name, in the feature's units; features not
+    /// named here take the catalogue's (`features::std_floor`).
+    pub std_floors: BTreeMap<String, f64>,
 }
 
 impl Default for TrainOptions {
@@ -49,6 +55,7 @@ impl Default for TrainOptions {
             max_train_windows: 4096,
             normal_quantile: 0.995,
             features: None,
+            std_floors: BTreeMap::new(),
         }
     }
 }
@@ -88,6 +95,37 @@ fn split_windows(starts: &[usize], window: usize) -> Split {
         }
     }
     split
+}
+
+/// Threshold methods, as model.json records them.
+pub const YOUDEN_J: &str = "youden_j";
+pub const NORMAL_QUANTILE: &str = "normal_quantile";
+pub const TRAINING_QUANTILE: &str = "training_quantile";
+
+/// What the train summary says about a threshold method that needs a caveat.
+pub fn threshold_warning(method: &str) -> Option<&'static str> {
+    (method == TRAINING_QUANTILE).then_some(
+        "no held-out normal windows: the threshold is a quantile of the training windows' own \
+         errors, which are lower than on unseen data, so expect false alarms; train on more \
+         data (a validation block needs 40 windows' worth of rows)",
+    )
+}
+
+/// The last quarter (by time) of `train`, for picking a threshold when the data is too
+/// short for a validation block, and the training windows that do not overlap it.
+fn hold_out_tail(train: &[usize], window: usize) -> (Vec<usize>, Vec<usize>) {
+    let held = train.len() / 4;
+    if held == 0 {
+        return (train.to_vec(), Vec::new());
+    }
+    let held_out = train[train.len() - held..].to_vec();
+    let first = held_out[0];
+    let kept = train
+        .iter()
+        .copied()
+        .filter(|&s| s + window <= first)
+        .collect();
+    (kept, held_out)
 }
 
 fn batch_tensor(windows: &[&Vec<f32>], window: usize, f: usize) -> candle_core::Result<Tensor> {
@@ -155,6 +193,22 @@ pub fn train(
         .copied()
         .filter(|&s| is_normal(s))
         .collect();
+    let val_normal: Vec<usize> = split
+        .validation
+        .iter()
+        .copied()
+        .filter(|&s| is_normal(s))
+        .collect();
+    // Without normal validation windows, a threshold from the training windows would be
+    // optimistic (they are what the model fitted): hold some out for it instead.
+    let mut held_out = Vec::new();
+    if val_normal.is_empty() {
+        let (kept, tail) = hold_out_tail(&train_starts, w);
+        if !kept.is_empty() {
+            train_starts = kept;
+            held_out = tail;
+        }
+    }
     if train_starts.len() > opts.max_train_windows {
         let stride = train_starts.len().div_ceil(opts.max_train_windows);
         train_starts = train_starts.into_iter().step_by(stride).collect();
@@ -163,25 +217,28 @@ pub fn train(
         !train_starts.is_empty(),
         "no normal training windows: the data needs stretches of {w} unlabelled, unmasked steps"
     );
-    let val_normal: Vec<usize> = split
-        .validation
-        .iter()
-        .copied()
-        .filter(|&s| is_normal(s))
-        .collect();
 
     // Normalisation from the normal training rows only.
     let mut normal_rows = vec![false; data.len()];
     for &s in &train_starts {
         normal_rows[s..s + w].iter_mut().for_each(|r| *r = true);
     }
+    let floors: Vec<Option<f64>> = names
+        .iter()
+        .map(|name| {
+            opts.std_floors
+                .get(name)
+                .copied()
+                .or_else(|| features::std_floor(name, step))
+        })
+        .collect();
     let norm = Normalisation::fit(
         data.rows
             .iter()
             .zip(&normal_rows)
             .filter(|(_, keep)| **keep)
             .map(|(row, _)| row.as_slice()),
-        f,
+        &floors,
     );
     let prepare = |s: usize| norm.apply(&data.window_values(s, w));
     let train_x: Vec<Vec<f32>> = train_starts.iter().map(|&s| prepare(s)).collect();
@@ -272,6 +329,7 @@ pub fn train(
             train_loss,
             validation_loss,
             validation_auc: None,
+            threshold_windows: 0,
             seconds: 0.0,
         },
     };
@@ -281,8 +339,8 @@ pub fn train(
         source: "training".into(),
     })?;
     let (scores, labels) = score_windows(&scorer, &data, &split.validation);
-    let (threshold, method) = match roc::best_youden(&scores, &labels) {
-        Some(point) => (point.threshold, "youden_j"),
+    let (threshold, method, threshold_windows) = match roc::best_youden(&scores, &labels) {
+        Some(point) => (point.threshold, YOUDEN_J, scores.len()),
         None => {
             let mut normal: Vec<f64> = scores
                 .iter()
@@ -291,17 +349,24 @@ pub fn train(
                 .map(|(s, _)| *s)
                 .collect();
             if normal.is_empty() {
-                // No validation windows at all: the training windows' errors will do.
-                normal = score_windows(&scorer, &data, &train_starts).0;
+                normal = score_windows(&scorer, &data, &held_out).0;
             }
+            let method = if normal.is_empty() {
+                // Nothing was held out (too little data): all that is left.
+                normal = score_windows(&scorer, &data, &train_starts).0;
+                TRAINING_QUANTILE
+            } else {
+                NORMAL_QUANTILE
+            };
             let threshold = roc::quantile(&normal, opts.normal_quantile)
                 .context("no windows to pick a threshold from")?;
-            (threshold, "normal_quantile")
+            (threshold, method, normal.len())
         }
     };
     let mut bundle = scorer.bundle;
     bundle.meta.threshold = threshold;
     bundle.meta.threshold_method = method.into();
+    bundle.meta.training.threshold_windows = threshold_windows;
     bundle.meta.training.validation_anomalous_windows = labels.iter().filter(|&&l| l).count();
     bundle.meta.training.validation_auc = roc::auc(&scores, &labels);
     bundle.meta.training.seconds = started.elapsed().as_secs_f64();
@@ -405,5 +470,79 @@ mod tests {
         let data = Dataset::parse("timestamp,wal_fsync_p99,label\n0,1,0\n2,1,0\n").unwrap();
         let err = train(&data, &quick(), &mut |_| {}).unwrap_err().to_string();
         assert!(err.contains("10 consecutive steps"), "{err}");
+    }
+
+    /// Unlabelled synthetic rows from before the first scheduled defrag (row 700), so
+    /// every window is normal.
+    fn short_normal_data(rows: usize) -> Dataset {
+        let csv = generate(&SynthOptions {
+            rows,
+            step_seconds: 2.0,
+            seed: 5,
+            incidents: 0,
+        });
+        Dataset {
+            labels: None,
+            ..Dataset::parse(&csv).unwrap()
+        }
+    }
+
+    #[test]
+    fn data_too_short_to_validate_takes_the_threshold_from_its_held_out_tail() {
+        // Window 10: validation blocks are every fourth 100 rows; 300 rows have none.
+        let data = short_normal_data(300);
+        let bundle = train(&data, &quick(), &mut |_| {}).unwrap();
+        let meta = &bundle.meta;
+        assert_eq!(meta.threshold_method, NORMAL_QUANTILE);
+        assert_eq!(meta.training.validation_windows, 0);
+        // The last quarter of the normal windows, by time, never trained on.
+        let all = split_windows(&data.window_starts(10, 2.0), 10).train;
+        let tail = &all[all.len() - all.len() / 4..];
+        assert_eq!(meta.training.threshold_windows, tail.len());
+        assert!(
+            meta.training.train_windows + tail.len() < all.len(),
+            "windows overlapping the tail are not trained on either"
+        );
+        let scorer = Scorer::new(bundle.clone()).unwrap();
+        let tail_scores = score_windows(&scorer, &data, tail).0;
+        let expected = roc::quantile(&tail_scores, quick().normal_quantile).unwrap();
+        assert_eq!(meta.threshold, expected);
+        assert_eq!(threshold_warning(&meta.threshold_method), None);
+    }
+
+    #[test]
+    fn without_any_held_out_window_model_json_says_the_threshold_is_optimistic() {
+        // 12 rows, window 10: three windows, too few to hold one out.
+        let data = short_normal_data(12);
+        let bundle = train(&data, &quick(), &mut |_| {}).unwrap();
+        assert_eq!(bundle.meta.threshold_method, TRAINING_QUANTILE);
+        assert_eq!(bundle.meta.training.threshold_windows, 3);
+        let warning = threshold_warning(&bundle.meta.threshold_method).unwrap();
+        assert!(warning.contains("no held-out"), "{warning}");
+    }
+
+    #[test]
+    fn a_feature_that_never_moved_keeps_its_floor() {
+        // Short normal data has no failed proposal: its std is the floor, one proposal
+        // per 8 s rate window (1/8 per second at a 2 s step).
+        let data = short_normal_data(300);
+        let bundle = train(&data, &quick(), &mut |_| {}).unwrap();
+        let norm = &bundle.meta.normalisation;
+        let j = bundle
+            .meta
+            .features
+            .iter()
+            .position(|f| f.name == "failed_proposals")
+            .unwrap();
+        assert_eq!(norm.std[j], 0.125);
+        assert_eq!(norm.std_floor[j], 0.125);
+        assert_eq!(norm.std_floor.len(), bundle.meta.features.len());
+        // An override by name wins over the catalogue.
+        let opts = TrainOptions {
+            std_floors: [("failed_proposals".to_string(), 0.5)].into(),
+            ..quick()
+        };
+        let bundle = train(&data, &opts, &mut |_| {}).unwrap();
+        assert_eq!(bundle.meta.normalisation.std[j], 0.5);
     }
 }

@@ -1,0 +1,304 @@
+//! The `dr-detector` binary as an operator runs it: `--version`, bad flags, `train` then
+//! `eval` on small labelled CSVs (the printed metrics recomputed here from the scores),
+//! `train` on too little data, and `serve` draining an in-flight request on SIGTERM.
+#![allow(clippy::unwrap_used)] // a test that cannot set up should fail loudly
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use dr_detector::dataset::Dataset;
+use dr_detector::inference::Scorer;
+use dr_detector::model_dir::ModelBundle;
+use dr_detector::synth::{SynthOptions, generate};
+use dr_testkit::{ChildGuard, Workdir, free_port, http_get};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dr-detector");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn stdout_json(output: &Output) -> Value {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn write_synth(path: &Path, rows: usize, seed: u64, incidents: usize) {
+    let csv = generate(&SynthOptions {
+        rows,
+        step_seconds: 2.0,
+        seed,
+        incidents,
+    });
+    std::fs::write(path, csv).unwrap();
+}
+
+fn f64_of(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+#[test]
+fn version_prints_the_version() {
+    let output = run(&["--version"]);
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!("dr-detector {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn bad_flags_exit_non_zero_with_a_message() {
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &[
+                "serve",
+                "--prometheus-url",
+                "http://p:9090",
+                "--no-such-flag",
+            ],
+            "--no-such-flag",
+        ),
+        (&["serve"], "--prometheus-url"),
+        (
+            &[
+                "serve",
+                "--prometheus-url",
+                "http://p:9090",
+                "--refresh",
+                "soon",
+            ],
+            "--refresh",
+        ),
+    ];
+    for (args, needle) in cases {
+        let output = run(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "{args:?}");
+    }
+}
+
+/// The area under the ROC curve by counting pairs (ties half): a second way to the number
+/// `eval` prints.
+fn pairwise_auc(scored: &[(f64, bool)]) -> f64 {
+    let (mut wins, mut pairs) = (0.0, 0.0);
+    for &(p, _) in scored.iter().filter(|(_, l)| *l) {
+        for &(n, _) in scored.iter().filter(|(_, l)| !*l) {
+            pairs += 1.0;
+            wins += if p > n {
+                1.0
+            } else if p == n {
+                0.5
+            } else {
+                0.0
+            };
+        }
+    }
+    wins / pairs
+}
+
+#[test]
+fn train_then_eval_print_metrics_that_match_the_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train_csv, eval_csv) = (dir.path().join("train.csv"), dir.path().join("eval.csv"));
+    let model_dir = dir.path().join("model");
+    write_synth(&train_csv, 900, 3, 4);
+    write_synth(&eval_csv, 900, 11, 4);
+    let summary = stdout_json(&run(&[
+        "train",
+        "--data",
+        train_csv.to_str().unwrap(),
+        "--out",
+        model_dir.to_str().unwrap(),
+        "--window",
+        "10",
+        "--hidden",
+        "8",
+        "--epochs",
+        "3",
+        "--max-train-windows",
+        "256",
+    ]));
+    assert_eq!(summary["threshold_method"], "youden_j", "{summary}");
+    assert!(summary["threshold_warning"].is_null(), "{summary}");
+    assert_eq!(summary["window"], 10);
+    assert_eq!(summary["step_seconds"], 2.0);
+    assert_eq!(summary["std_floor"].as_array().unwrap().len(), 9);
+    assert!(summary["threshold_windows"].as_u64().unwrap() > 0);
+
+    let report = stdout_json(&run(&[
+        "eval",
+        "--model",
+        model_dir.to_str().unwrap(),
+        "--data",
+        eval_csv.to_str().unwrap(),
+    ]));
+
+    // The same windows scored here, through the library.
+    let bundle = ModelBundle::load(&model_dir).unwrap();
+    let scorer = Scorer::new(bundle).unwrap();
+    let meta = &scorer.bundle.meta;
+    let data = Dataset::read(&eval_csv)
+        .unwrap()
+        .select_features(&meta.feature_names())
+        .unwrap();
+    let w = meta.window;
+    let scored: Vec<(f64, bool)> = data
+        .window_starts(w, 2.0)
+        .into_iter()
+        .filter_map(|s| {
+            let score = scorer
+                .score(&data.window_values(s, w), &data.window_mask(s, w))
+                .ok()?;
+            Some((score.score, data.label_any(s, w) == Some(true)))
+        })
+        .collect();
+    let count = |flagged: bool, label: bool| {
+        scored
+            .iter()
+            .filter(|(s, l)| (*s > meta.threshold) == flagged && *l == label)
+            .count()
+    };
+    let (tp, fp, fneg) = (count(true, true), count(true, false), count(false, true));
+    let positives = tp + fneg;
+
+    assert_eq!(report["windows"], scored.len(), "{report}");
+    assert_eq!(report["anomalous_windows"], positives, "{report}");
+    assert_eq!(f64_of(&report["threshold"]), meta.threshold);
+    let confusion = &report["confusion"];
+    assert_eq!(confusion["true_positives"], tp, "{report}");
+    assert_eq!(confusion["false_positives"], fp, "{report}");
+    assert_eq!(confusion["false_negatives"], fneg, "{report}");
+    assert_eq!(confusion["true_negatives"], count(false, false), "{report}");
+    let precision = tp as f64 / (tp + fp) as f64;
+    let recall = tp as f64 / positives as f64;
+    let f1 = 2.0 * precision * recall / (precision + recall);
+    for (field, expected) in [("precision", precision), ("recall", recall), ("f1", f1)] {
+        let got = f64_of(&report[field]);
+        assert!(
+            (got - expected).abs() < 1e-12,
+            "{field}: {got} vs {expected}"
+        );
+    }
+    let auc = f64_of(&report["auc"]);
+    assert!((auc - pairwise_auc(&scored)).abs() < 1e-9, "{auc}");
+    // Sane for a model of this data: it separates incidents well.
+    assert!(auc > 0.8 && recall > 0.5, "{report}");
+    // Youden's J at the reported best threshold is what it says, and no worse than at
+    // the model's own threshold.
+    let best = &report["best_j"];
+    let at = |threshold: f64| {
+        let flagged = |label: bool| {
+            scored
+                .iter()
+                .filter(|(s, l)| *s > threshold && *l == label)
+                .count() as f64
+        };
+        let negatives = (scored.len() - positives) as f64;
+        flagged(true) / positives as f64 - flagged(false) / negatives
+    };
+    let j = at(f64_of(&best["threshold"]));
+    assert!((j - f64_of(&best["youden_j"])).abs() < 1e-12, "{best}");
+    assert!(j >= at(meta.threshold), "{best}");
+}
+
+#[test]
+fn train_on_too_little_data_says_its_threshold_is_optimistic() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("short.csv");
+    let model_dir = dir.path().join("model");
+    // Twelve normal rows, window 10: three windows, none to hold out.
+    write_synth(&csv, 12, 5, 0);
+    let summary = stdout_json(&run(&[
+        "train",
+        "--data",
+        csv.to_str().unwrap(),
+        "--out",
+        model_dir.to_str().unwrap(),
+        "--window",
+        "10",
+        "--hidden",
+        "4",
+        "--epochs",
+        "1",
+    ]));
+    assert_eq!(
+        summary["threshold_method"], "training_quantile",
+        "{summary}"
+    );
+    let warning = summary["threshold_warning"].as_str().unwrap();
+    assert!(warning.contains("no held-out"), "{warning}");
+    let saved = ModelBundle::load(&model_dir).unwrap();
+    assert_eq!(saved.meta.threshold_method, "training_quantile");
+}
+
+#[test]
+fn serve_drains_an_in_flight_request_on_sigterm_and_exits_0() {
+    // A Prometheus that accepts (the kernel backlog does) and never answers: a /score
+    // request is then in flight for the whole --prometheus-timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let prometheus = format!("http://{}", silent.local_addr().unwrap());
+    let workdir = Workdir::temp("detector-serve").unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--prometheus-url",
+        &prometheus,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--prometheus-timeout",
+        "2s",
+        "--refresh",
+        "1h",
+    ])
+    .env_remove("RUST_LOG");
+    let mut guard = ChildGuard::spawn(
+        "dr-detector",
+        cmd,
+        &workdir.path().join("detector.log"),
+        false,
+    )
+    .unwrap();
+    guard
+        .wait_http_ok(&format!("{base}/healthz"), Duration::from_secs(30))
+        .unwrap();
+
+    let in_flight = std::thread::spawn({
+        let url = format!("{base}/score");
+        move || http_get(&url)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let status = guard.stop().unwrap().expect("the detector was running");
+    assert!(
+        status.success(),
+        "SIGTERM should drain and exit 0, got {status:?}: {}",
+        guard.log_tail(20)
+    );
+    // The request that was in flight got its answer (Prometheus timed out), not a reset.
+    let (code, body) = in_flight.join().unwrap().unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("prometheus unavailable") && body.contains(&prometheus),
+        "{body}"
+    );
+    assert!(
+        guard.log_tail(5).contains("drained"),
+        "{}",
+        guard.log_tail(20)
+    );
+    drop(silent);
+}
