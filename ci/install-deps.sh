@@ -2,13 +2,16 @@
 # Installs what the tests need on a fresh machine (Rust, Python 3.11, gcc and git are
 # assumed): the real servers from Debian, protoc for etcd-client, shellcheck, and a Python
 # venv under target/ for the Python-side checks. Installs only what is missing.
+#   ci/install-deps.sh [--debian-only]     (--debian-only: the servers and tools, no venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+debian_only=0
+[[ ${1:-} == --debian-only ]] && debian_only=1
 
 debian_packages=(
   etcd-server etcd-client                       # etcd 3.4 and etcdctl
   prometheus prometheus-pushgateway prometheus-alertmanager
-  protobuf-compiler                             # etcd-client compiles etcd's protobufs
+  protobuf-compiler libprotobuf-dev             # etcd-client compiles etcd's protobufs (and imports google/protobuf/*.proto)
   shellcheck
   groovy                                        # parses the Jenkinsfile
   curl procps                                   # tests: https checks, kill(1) by PID
@@ -28,6 +31,8 @@ fi
 
 # Debian's packages would start their services under systemd; no test wants those, and on
 # machines without systemd nothing was started. Tests start their own, on free ports.
+
+((debian_only)) && exit 0
 
 venv=${DR_VENV:-target/venv}
 if [[ ! -x $venv/bin/python ]]; then

@@ -47,17 +47,18 @@ enum Cmd {
         #[arg(long, env = "DR_STACK_DIR")]
         dir: PathBuf,
     },
-    /// Stop etcd member N (0-based), keeping its data dir.
+    /// Stop etcd member N (0-based, or its name: etcd-N), keeping its data dir.
     StopMember {
         #[arg(long, env = "DR_STACK_DIR")]
         dir: PathBuf,
-        n: usize,
+        n: String,
     },
-    /// Restart etcd member N with its data dir (`--initial-cluster-state existing`).
+    /// Restart etcd member N (0-based, or its name) with its data dir
+    /// (`--initial-cluster-state existing`).
     StartMember {
         #[arg(long, env = "DR_STACK_DIR")]
         dir: PathBuf,
-        n: usize,
+        n: String,
     },
     /// Wait until every running etcd member reports healthy.
     WaitHealthy {
@@ -158,8 +159,8 @@ fn run(cli: Cli) -> Result<()> {
             print!("{s}");
             Ok(())
         }
-        Cmd::StopMember { dir, n } => stop_member(&canonical(&dir)?, n),
-        Cmd::StartMember { dir, n } => start_member(&canonical(&dir)?, n),
+        Cmd::StopMember { dir, n } => stop_member(&canonical(&dir)?, &n),
+        Cmd::StartMember { dir, n } => start_member(&canonical(&dir)?, &n),
         Cmd::WaitHealthy { dir, timeout } => {
             wait_healthy(&canonical(&dir)?, Duration::from_secs(timeout))
         }
@@ -516,16 +517,19 @@ fn down(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn member_state(state: &State, n: usize) -> Result<&MemberState> {
-    state.etcd_members.get(n).with_context(|| {
-        format!(
-            "no etcd member {n} (the stack has {})",
-            state.etcd_members.len()
-        )
+/// Member `n` by index or by name: restore templates know members by name.
+fn member_state<'a>(state: &'a State, n: &str) -> Result<&'a MemberState> {
+    let found = match n.parse::<usize>() {
+        Ok(i) => state.etcd_members.get(i),
+        Err(_) => state.etcd_members.iter().find(|m| m.name == n),
+    };
+    found.with_context(|| {
+        let names: Vec<&str> = state.etcd_members.iter().map(|m| m.name.as_str()).collect();
+        format!("no etcd member {n} (the stack has {})", names.join(", "))
     })
 }
 
-fn stop_member(dir: &Path, n: usize) -> Result<()> {
+fn stop_member(dir: &Path, n: &str) -> Result<()> {
     let state = read_state(dir)?;
     let name = &member_state(&state, n)?.name;
     let mut entries = read_pids(dir)?;
@@ -539,7 +543,7 @@ fn stop_member(dir: &Path, n: usize) -> Result<()> {
     write_pids(dir, &entries)
 }
 
-fn start_member(dir: &Path, n: usize) -> Result<()> {
+fn start_member(dir: &Path, n: &str) -> Result<()> {
     let state = read_state(dir)?;
     let m = member_state(&state, n)?;
     let mut entries = read_pids(dir)?;

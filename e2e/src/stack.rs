@@ -1,0 +1,335 @@
+//! The stack one scenario runs on: etcd, Pushgateway, Alertmanager and Prometheus from
+//! the harness, then the four etcd-dr binaries, all on loopback in the scenario's
+//! directory. Dropping it stops exactly these processes (the harness' guards).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use dr_testkit::{
+    Alertmanager, AlertmanagerOptions, ChildGuard, EtcdCluster, EtcdOptions, EtcdVersion,
+    Prometheus, PrometheusOptions, Pushgateway, PushgatewayOptions, Workdir, etcdctl_binary,
+    free_port, http_get,
+};
+
+pub const ALERT_NAME: &str = "EtcdAnomalyScoreHigh";
+/// The cluster token the harness starts etcd with (3.6 restores must keep it: see the
+/// remediator's README on etcdctl 3.4 and etcd 3.6).
+const HARNESS_CLUSTER_TOKEN: &str = "dr-testkit";
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct StackOptions<'a> {
+    pub dir: &'a Path,
+    pub bin_dir: &'a Path,
+    pub version: EtcdVersion,
+    pub members: usize,
+    pub quota_bytes: u64,
+    pub step: Duration,
+    pub model: Option<&'a Path>,
+    /// Start the detector and the remediator (and the alert rule): the closed loop.
+    /// Without, only the collector feeds Prometheus (recording a dataset).
+    pub close_loop: bool,
+}
+
+pub struct Stack {
+    // Field order is drop order: the services go before the servers they talk to.
+    pub loadgen: Option<ChildGuard>,
+    pub services: Vec<ChildGuard>,
+    pub prometheus: Prometheus,
+    pub alertmanager: Alertmanager,
+    pub pushgateway: Pushgateway,
+    pub etcd: EtcdCluster,
+    pub detector_url: String,
+    pub remediator_url: String,
+    pub snapshot_dir: PathBuf,
+    /// Where the remediator's restore commands and the drill meet (see `restore_flags`).
+    pub markers: PathBuf,
+    pub bin_dir: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Stack {
+    pub fn start(o: &StackOptions) -> Result<Self> {
+        let sub = |name: &str| Workdir::fixed(o.dir.join(name));
+        let etcd = EtcdCluster::start(EtcdOptions {
+            version: o.version,
+            members: o.members,
+            quota_backend_bytes: Some(o.quota_bytes),
+            workdir: Some(sub("etcd")?),
+            ..EtcdOptions::default()
+        })?;
+        let pushgateway = Pushgateway::start_with(PushgatewayOptions {
+            workdir: Some(sub("pushgateway")?),
+            ..PushgatewayOptions::default()
+        })?;
+        let [collector_port, detector_port, remediator_port] =
+            [free_port(), free_port(), free_port()];
+        let token_file = o.dir.join("webhook-token");
+        fs::write(&token_file, "drill-token-not-secret\n").context("writing the token")?;
+        let alertmanager = Alertmanager::start_with(AlertmanagerOptions {
+            config_yaml: alertmanager_config(remediator_port, &token_file),
+            workdir: Some(sub("alertmanager")?),
+            ..AlertmanagerOptions::default()
+        })?;
+        let step = o.step.as_secs().max(1);
+        let prometheus = Prometheus::start_with(PrometheusOptions {
+            scrape_configs: scrape_configs(
+                &pushgateway.addr(),
+                &[collector_port, detector_port, remediator_port],
+            ),
+            rule_files: if o.close_loop {
+                vec![("etcd-dr.yml".into(), rules(step))]
+            } else {
+                Vec::new()
+            },
+            scrape_interval: Duration::from_secs(step),
+            evaluation_interval: Duration::from_secs(step),
+            alertmanager_url: Some(alertmanager.url()),
+            workdir: Some(sub("prometheus")?),
+            ..PrometheusOptions::default()
+        })?;
+
+        let mut stack = Self {
+            loadgen: None,
+            services: Vec::new(),
+            prometheus,
+            alertmanager,
+            pushgateway,
+            etcd,
+            detector_url: format!("http://127.0.0.1:{detector_port}"),
+            remediator_url: format!("http://127.0.0.1:{remediator_port}"),
+            snapshot_dir: o.dir.join("snapshots"),
+            markers: o.dir.join("restore-markers"),
+            bin_dir: o.bin_dir.to_path_buf(),
+            dir: o.dir.to_path_buf(),
+        };
+        fs::create_dir_all(&stack.snapshot_dir)?;
+        fs::create_dir_all(&stack.markers)?;
+        let interval = format!("{step}s");
+
+        let mut collector = vec!["--pushgateway-url".to_owned(), stack.pushgateway.url()];
+        // Instances named after the members, so scores and alerts say which one.
+        for (m, url) in stack.etcd.members().iter().zip(stack.etcd.metrics_urls()) {
+            collector.extend(["--etcd-metrics-url".to_owned(), format!("{url}/metrics")]);
+            collector.extend(["--instance".to_owned(), m.name.clone()]);
+        }
+        collector.extend(["--interval".into(), interval.clone()]);
+        // A scrape and push must fit in the interval.
+        collector.extend(["--timeout".into(), format!("{}ms", step * 800)]);
+        collector.extend(["--listen".into(), format!("127.0.0.1:{collector_port}")]);
+        stack.spawn_service("dr-collector", &collector, collector_port)?;
+        if !o.close_loop {
+            return Ok(stack);
+        }
+
+        let mut detector = vec![
+            "serve".to_owned(),
+            "--prometheus-url".into(),
+            stack.prometheus.url(),
+            "--refresh".into(),
+            interval,
+            "--listen".into(),
+            format!("127.0.0.1:{detector_port}"),
+        ];
+        if let Some(model) = o.model {
+            detector.extend(["--model".into(), model.display().to_string()]);
+        }
+        stack.spawn_service("dr-detector", &detector, detector_port)?;
+
+        let mut remediator = vec![
+            "--etcd-endpoints".to_owned(),
+            stack.etcd.client_endpoints().join(","),
+            "--snapshot-dir".into(),
+            stack.snapshot_dir.display().to_string(),
+            "--detector-url".into(),
+            stack.detector_url.clone(),
+            "--webhook-token-file".into(),
+            token_file.display().to_string(),
+            "--alert-name".into(),
+            ALERT_NAME.into(),
+            "--etcd-quota-bytes".into(),
+            o.quota_bytes.to_string(),
+            "--health-wait".into(),
+            "3s".into(),
+            "--cooldown".into(),
+            "2m".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{remediator_port}"),
+        ];
+        remediator.extend(restore_flags(&stack, o.version)?);
+        stack.spawn_service("dr-remediator", &remediator, remediator_port)?;
+        Ok(stack)
+    }
+
+    fn spawn_service(&mut self, name: &str, args: &[String], port: u16) -> Result<()> {
+        let mut cmd = Command::new(self.bin_dir.join(name));
+        cmd.args(args).current_dir(&self.dir);
+        let log = self.dir.join(format!("{name}.log"));
+        let guard = ChildGuard::spawn(name, cmd, &log, false)?;
+        let healthz = format!("http://127.0.0.1:{port}/healthz");
+        guard.wait_until("answering /healthz", READY_TIMEOUT, || {
+            Ok(http_get(&healthz)?.0 == 200)
+        })?;
+        self.services.push(guard);
+        Ok(())
+    }
+
+    /// Steady Kubernetes-like traffic at `rate` ops/s (the normal the model knows),
+    /// replacing any running steady load.
+    pub fn start_steady_load(&mut self, rate: u32, seed: u64) -> Result<()> {
+        if let Some(mut old) = self.loadgen.take() {
+            old.stop()?;
+        }
+        let rate = rate.to_string();
+        let seed = seed.to_string();
+        let cmd = self.loadgen_command(&[
+            "steady",
+            "--rate",
+            &rate,
+            "--keys",
+            "500",
+            "--duration",
+            "60m",
+            "--seed",
+            &seed,
+        ]);
+        self.loadgen = Some(ChildGuard::spawn(
+            "dr-loadgen steady",
+            cmd,
+            &self.dir.join("loadgen-steady.log"),
+            false,
+        )?);
+        Ok(())
+    }
+
+    /// A dr-loadgen command against this stack's etcd, summary as JSON on stdout.
+    pub fn loadgen_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(self.bin_dir.join("dr-loadgen"));
+        cmd.arg("--endpoints")
+            .arg(self.etcd.client_endpoints().join(","))
+            .arg("--json")
+            .args(args)
+            .current_dir(&self.dir);
+        cmd
+    }
+
+    /// The remediator's audit log, oldest first.
+    pub fn audit_events(&self) -> Result<Vec<serde_json::Value>> {
+        let path = self.snapshot_dir.join("audit.jsonl");
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+        };
+        text.lines()
+            .map(|line| serde_json::from_str(line).context("a bad audit line"))
+            .collect()
+    }
+
+    /// Snapshot files the remediator kept.
+    pub fn snapshots(&self) -> Result<Vec<PathBuf>> {
+        let mut found = Vec::new();
+        for entry in fs::read_dir(&self.snapshot_dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "db") {
+                found.push(path);
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// The restore procedure for the harness' members: etcdctl restores; stopping and
+/// starting a member is handed to the drill (which owns the processes, as systemd or the
+/// kubelet would) through marker files, bounded to 30 s.
+fn restore_flags(stack: &Stack, version: EtcdVersion) -> Result<Vec<String>> {
+    let etcdctl = etcdctl_binary()?;
+    let m = stack.markers.display();
+    let token = match version {
+        EtcdVersion::V3_4 => "{cluster_token}",
+        EtcdVersion::V3_6 => HARNESS_CLUSTER_TOKEN,
+    };
+    Ok(vec![
+        "--restore-mode".into(),
+        "command".into(),
+        "--restore-stop-cmd".into(),
+        format!(
+            "touch {m}/stop-{{member}}; for i in $(seq 300); do \
+             [ -e {m}/stopped-{{member}} ] && exit 0; sleep 0.1; done; exit 1"
+        ),
+        "--restore-cmd".into(),
+        format!(
+            "ETCDCTL_API=3 {} snapshot restore {{snapshot}} --name {{member}} \
+             --initial-cluster {{initial_cluster}} --initial-advertise-peer-urls {{peer_url}} \
+             --initial-cluster-token {token} --data-dir {{new_data_dir}}",
+            etcdctl.display()
+        ),
+        "--restore-swap-cmd".into(),
+        "mv {data_dir} {old_data_dir} && mv {new_data_dir} {data_dir}".into(),
+        "--restore-start-cmd".into(),
+        format!("touch {m}/start-{{member}}"),
+        "--member-data-dir".into(),
+        format!("{}/{{member}}.data", stack.etcd.workdir().display()),
+        "--restore-timeout".into(),
+        "60s".into(),
+    ])
+}
+
+fn alertmanager_config(remediator_port: u16, token_file: &Path) -> String {
+    format!(
+        "route:
+  receiver: remediator
+  group_by: [alertname]
+  group_wait: 1s
+  group_interval: 1s
+  repeat_interval: 1h
+receivers:
+  - name: remediator
+    webhook_configs:
+      - url: http://127.0.0.1:{remediator_port}/webhook
+        send_resolved: true
+        http_config:
+          authorization:
+            type: Bearer
+            credentials_file: {}
+",
+        token_file.display()
+    )
+}
+
+fn scrape_configs(pushgateway: &str, service_ports: &[u16]) -> String {
+    let services: Vec<String> = service_ports
+        .iter()
+        .map(|p| format!("'127.0.0.1:{p}'"))
+        .collect();
+    format!(
+        "- job_name: pushgateway
+  honor_labels: true
+  static_configs:
+    - targets: ['{pushgateway}']
+- job_name: etcd-dr
+  honor_labels: true
+  static_configs:
+    - targets: [{}]
+",
+        services.join(", ")
+    )
+}
+
+/// The chart's anomaly rule, with a `for` of two steps.
+fn rules(step_seconds: u64) -> String {
+    format!(
+        "groups:
+  - name: etcd-dr
+    rules:
+      - alert: {ALERT_NAME}
+        expr: max by (instance) (etcd_dr_anomaly_score) > on () group_left max(etcd_dr_anomaly_threshold)
+        for: {}s
+        labels:
+          severity: critical
+",
+        2 * step_seconds
+    )
+}
