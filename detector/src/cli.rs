@@ -142,6 +142,11 @@ pub struct TrainArgs {
     pub batch_size: usize,
     #[arg(long, default_value_t = 3e-3, env = "DR_DETECTOR_LEARNING_RATE")]
     pub learning_rate: f64,
+    /// The threshold maximises Youden's J among ROC points that flag at most this share
+    /// of the normal validation windows: a needless repair costs more than a later one.
+    /// 1 gives plain Youden's J.
+    #[arg(long, default_value_t = 0.02, value_parser = fraction, env = "DR_DETECTOR_MAX_FPR")]
+    pub max_fpr: f64,
     /// Epochs without a better validation loss before stopping.
     #[arg(long, default_value_t = 5, env = "DR_DETECTOR_PATIENCE")]
     pub patience: usize,
@@ -254,6 +259,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         seed: args.seed,
         batch_size: args.batch_size,
         learning_rate: args.learning_rate,
+        max_fpr: args.max_fpr,
         patience: args.patience,
         max_train_windows: args.max_train_windows,
         features,
@@ -474,6 +480,13 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
         exported.skipped_steps
     );
     Ok(())
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s}: want a fraction between 0 and 1")),
+    }
 }
 
 #[cfg(test)]

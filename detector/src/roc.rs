@@ -44,6 +44,13 @@ pub struct YoudenPoint {
 /// among equal J the highest threshold (fewest false alarms) wins. `None` when one class
 /// is absent.
 pub fn best_youden(scores: &[f64], labels: &[bool]) -> Option<YoudenPoint> {
+    best_youden_within(scores, labels, 1.0)
+}
+
+/// [`best_youden`] among the ROC points whose false-positive rate is at most `max_fpr`:
+/// a needless repair costs more than a later one, so the operating point may not flag
+/// more than that share of normal windows. `None` also when no point qualifies.
+pub fn best_youden_within(scores: &[f64], labels: &[bool], max_fpr: f64) -> Option<YoudenPoint> {
     let positives = labels.iter().filter(|&&l| l).count() as f64;
     let negatives = labels.len() as f64 - positives;
     if positives == 0.0 || negatives == 0.0 {
@@ -75,7 +82,7 @@ pub fn best_youden(scores: &[f64], labels: &[bool]) -> Option<YoudenPoint> {
             tpr: tp / positives,
             fpr: fp / negatives,
         };
-        if best.is_none_or(|b| point.youden_j > b.youden_j) {
+        if point.fpr <= max_fpr && best.is_none_or(|b| point.youden_j > b.youden_j) {
             best = Some(point);
         }
     }
@@ -196,5 +203,21 @@ mod tests {
         assert_eq!(quantile(&v, 1.0), Some(4.0));
         assert_eq!(quantile(&v, 0.5), Some(2.5));
         assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn a_false_positive_cap_moves_the_threshold_up() {
+        // Positives 5..=9 mostly above the negatives 0..=9, with two negatives high.
+        let scores = [9.0, 8.5, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.5, 0.2];
+        let labels = [
+            false, true, true, false, true, true, false, false, false, false, true, false,
+        ];
+        let free = best_youden(&scores, &labels).unwrap();
+        let capped = best_youden_within(&scores, &labels, 0.15).unwrap();
+        assert!(capped.fpr <= 0.15, "{capped:?}");
+        assert!(free.fpr > 0.15, "{free:?}");
+        assert!(capped.threshold > free.threshold);
+        assert!(capped.youden_j <= free.youden_j);
+        assert!(best_youden_within(&scores, &labels, 0.0).is_none_or(|p| p.fpr == 0.0));
     }
 }

@@ -35,6 +35,9 @@ pub struct TrainOptions {
     pub max_train_windows: usize,
     /// The quantile of normal validation errors used as threshold without labels.
     pub normal_quantile: f64,
+    /// With labels: the threshold maximises Youden's J among ROC points whose
+    /// false-positive rate is at most this (1: plain Youden's J).
+    pub max_fpr: f64,
     /// Queries per feature; `None`: the built-in catalogue, at the data's step.
     pub features: Option<Vec<FeatureSpec>>,
     /// Normalisation std floors by feature name, in the feature's units; features not
@@ -54,6 +57,7 @@ impl Default for TrainOptions {
             patience: 5,
             max_train_windows: 4096,
             normal_quantile: 0.995,
+            max_fpr: 1.0,
             features: None,
             std_floors: BTreeMap::new(),
         }
@@ -330,6 +334,7 @@ pub fn train(
             validation_loss,
             validation_auc: None,
             threshold_windows: 0,
+            threshold_max_fpr: None,
             seconds: 0.0,
         },
     };
@@ -339,34 +344,36 @@ pub fn train(
         source: "training".into(),
     })?;
     let (scores, labels) = score_windows(&scorer, &data, &split.validation);
-    let (threshold, method, threshold_windows) = match roc::best_youden(&scores, &labels) {
-        Some(point) => (point.threshold, YOUDEN_J, scores.len()),
-        None => {
-            let mut normal: Vec<f64> = scores
-                .iter()
-                .zip(&labels)
-                .filter(|(_, l)| !**l)
-                .map(|(s, _)| *s)
-                .collect();
-            if normal.is_empty() {
-                normal = score_windows(&scorer, &data, &held_out).0;
+    let (threshold, method, threshold_windows) =
+        match roc::best_youden_within(&scores, &labels, opts.max_fpr) {
+            Some(point) => (point.threshold, YOUDEN_J, scores.len()),
+            None => {
+                let mut normal: Vec<f64> = scores
+                    .iter()
+                    .zip(&labels)
+                    .filter(|(_, l)| !**l)
+                    .map(|(s, _)| *s)
+                    .collect();
+                if normal.is_empty() {
+                    normal = score_windows(&scorer, &data, &held_out).0;
+                }
+                let method = if normal.is_empty() {
+                    // Nothing was held out (too little data): all that is left.
+                    normal = score_windows(&scorer, &data, &train_starts).0;
+                    TRAINING_QUANTILE
+                } else {
+                    NORMAL_QUANTILE
+                };
+                let threshold = roc::quantile(&normal, opts.normal_quantile)
+                    .context("no windows to pick a threshold from")?;
+                (threshold, method, normal.len())
             }
-            let method = if normal.is_empty() {
-                // Nothing was held out (too little data): all that is left.
-                normal = score_windows(&scorer, &data, &train_starts).0;
-                TRAINING_QUANTILE
-            } else {
-                NORMAL_QUANTILE
-            };
-            let threshold = roc::quantile(&normal, opts.normal_quantile)
-                .context("no windows to pick a threshold from")?;
-            (threshold, method, normal.len())
-        }
-    };
+        };
     let mut bundle = scorer.bundle;
     bundle.meta.threshold = threshold;
     bundle.meta.threshold_method = method.into();
     bundle.meta.training.threshold_windows = threshold_windows;
+    bundle.meta.training.threshold_max_fpr = (method == YOUDEN_J).then_some(opts.max_fpr);
     bundle.meta.training.validation_anomalous_windows = labels.iter().filter(|&&l| l).count();
     bundle.meta.training.validation_auc = roc::auc(&scores, &labels);
     bundle.meta.training.seconds = started.elapsed().as_secs_f64();

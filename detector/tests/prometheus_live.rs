@@ -76,6 +76,7 @@ fn model_with(features: Vec<FeatureSpec>) -> ModelBundle {
             validation_loss: 0.0,
             validation_auc: None,
             threshold_windows: 0,
+            threshold_max_fpr: None,
             seconds: 0.0,
         },
     };
