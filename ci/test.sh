@@ -19,7 +19,13 @@ bash ci/unit.sh
 step "detector: numpy reference forward pass agrees with dr-detector"
 bash ci/check-detector-reference.sh
 
+step "notebook: runs headless, numpy agrees with dr-detector"
+bash ci/check-notebook.sh
+
 step "images: build, --version in each container"
 bash ci/check-images.sh
+
+step "the DR drill on the real stack: nospace and restore"
+bash e2e/drill.sh --scenario nospace,restore
 
 step "all green in $((SECONDS - started))s"

@@ -138,7 +138,7 @@ pub fn run(args: Args) -> Result<()> {
         quota_bytes: args.quota_mib * 1024 * 1024,
         step: args.step,
         model: None,
-        close_loop: false,
+        alert_rule: false,
     })?;
     let client = rt.block_on(crate::keys::connect(&stack.etcd.client_endpoints()))?;
     let total = Duration::from_secs_f64(args.steps as f64 * args.step.as_secs_f64());

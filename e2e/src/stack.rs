@@ -28,9 +28,9 @@ pub struct StackOptions<'a> {
     pub quota_bytes: u64,
     pub step: Duration,
     pub model: Option<&'a Path>,
-    /// Start the detector and the remediator (and the alert rule): the closed loop.
-    /// Without, only the collector feeds Prometheus (recording a dataset).
-    pub close_loop: bool,
+    /// Load the anomaly alert rule (for a later `close_loop`); without, Prometheus only
+    /// records (a dataset).
+    pub alert_rule: bool,
 }
 
 pub struct Stack {
@@ -48,6 +48,18 @@ pub struct Stack {
     pub markers: PathBuf,
     pub bin_dir: PathBuf,
     pub dir: PathBuf,
+    pending: Option<PendingLoop>,
+}
+
+/// What `close_loop` needs from `start`.
+struct PendingLoop {
+    detector_port: u16,
+    remediator_port: u16,
+    token_file: PathBuf,
+    interval: String,
+    model: Option<PathBuf>,
+    quota_bytes: u64,
+    version: EtcdVersion,
 }
 
 impl Stack {
@@ -79,7 +91,7 @@ impl Stack {
                 &pushgateway.addr(),
                 &[collector_port, detector_port, remediator_port],
             ),
-            rule_files: if o.close_loop {
+            rule_files: if o.alert_rule {
                 vec![("etcd-dr.yml".into(), rules(step))]
             } else {
                 Vec::new()
@@ -104,6 +116,7 @@ impl Stack {
             markers: o.dir.join("restore-markers"),
             bin_dir: o.bin_dir.to_path_buf(),
             dir: o.dir.to_path_buf(),
+            pending: None,
         };
         fs::create_dir_all(&stack.snapshot_dir)?;
         fs::create_dir_all(&stack.markers)?;
@@ -120,47 +133,61 @@ impl Stack {
         collector.extend(["--timeout".into(), format!("{}ms", step * 800)]);
         collector.extend(["--listen".into(), format!("127.0.0.1:{collector_port}")]);
         stack.spawn_service("dr-collector", &collector, collector_port)?;
-        if !o.close_loop {
-            return Ok(stack);
-        }
+        stack.pending = Some(PendingLoop {
+            detector_port,
+            remediator_port,
+            token_file,
+            interval,
+            model: o.model.map(Path::to_path_buf),
+            quota_bytes: o.quota_bytes,
+            version: o.version,
+        });
+        Ok(stack)
+    }
+
+    /// Starts the detector and the remediator: from now on an alert leads to a repair.
+    /// Separate from `start` so that the cluster's start-up (elections, the first writes)
+    /// is out of the detector's window before it scores.
+    pub fn close_loop(&mut self) -> Result<()> {
+        let p = self.pending.take().context("the loop is closed already")?;
 
         let mut detector = vec![
             "serve".to_owned(),
             "--prometheus-url".into(),
-            stack.prometheus.url(),
+            self.prometheus.url(),
             "--refresh".into(),
-            interval,
+            p.interval.clone(),
             "--listen".into(),
-            format!("127.0.0.1:{detector_port}"),
+            format!("127.0.0.1:{}", p.detector_port),
         ];
-        if let Some(model) = o.model {
+        if let Some(model) = &p.model {
             detector.extend(["--model".into(), model.display().to_string()]);
         }
-        stack.spawn_service("dr-detector", &detector, detector_port)?;
+        self.spawn_service("dr-detector", &detector, p.detector_port)?;
 
         let mut remediator = vec![
             "--etcd-endpoints".to_owned(),
-            stack.etcd.client_endpoints().join(","),
+            self.etcd.client_endpoints().join(","),
             "--snapshot-dir".into(),
-            stack.snapshot_dir.display().to_string(),
+            self.snapshot_dir.display().to_string(),
             "--detector-url".into(),
-            stack.detector_url.clone(),
+            self.detector_url.clone(),
             "--webhook-token-file".into(),
-            token_file.display().to_string(),
+            p.token_file.display().to_string(),
             "--alert-name".into(),
             ALERT_NAME.into(),
             "--etcd-quota-bytes".into(),
-            o.quota_bytes.to_string(),
+            p.quota_bytes.to_string(),
             "--health-wait".into(),
             "3s".into(),
             "--cooldown".into(),
             "2m".into(),
             "--listen".into(),
-            format!("127.0.0.1:{remediator_port}"),
+            format!("127.0.0.1:{}", p.remediator_port),
         ];
-        remediator.extend(restore_flags(&stack, o.version)?);
-        stack.spawn_service("dr-remediator", &remediator, remediator_port)?;
-        Ok(stack)
+        remediator.extend(restore_flags(self, p.version)?);
+        self.spawn_service("dr-remediator", &remediator, p.remediator_port)?;
+        Ok(())
     }
 
     fn spawn_service(&mut self, name: &str, args: &[String], port: u16) -> Result<()> {
@@ -318,7 +345,8 @@ fn scrape_configs(pushgateway: &str, service_ports: &[u16]) -> String {
     )
 }
 
-/// The chart's anomaly rule, with a `for` of two steps.
+/// The chart's anomaly rule, with a `for` of five steps (five minutes at production's
+/// 60 s): one noisy step must not start a repair.
 fn rules(step_seconds: u64) -> String {
     format!(
         "groups:
@@ -330,6 +358,6 @@ fn rules(step_seconds: u64) -> String {
         labels:
           severity: critical
 ",
-        2 * step_seconds
+        5 * step_seconds
     )
 }
