@@ -298,7 +298,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         "std_floor": bundle.meta.normalisation.std_floor,
         "seconds": t.seconds,
     });
-    println!("{}", serde_json::to_string_pretty(&summary)?);
+    print_stdout(&serde_json::to_string_pretty(&summary)?)?;
     Ok(())
 }
 
@@ -322,7 +322,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let scorer = load_model(args.model.as_deref())?;
     let data = Dataset::read(&args.data)?;
     let report = crate::eval::evaluate(&scorer, &data)?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    print_stdout(&serde_json::to_string_pretty(&report)?)?;
     Ok(())
 }
 
@@ -371,10 +371,9 @@ fn score(args: ScoreArgs) -> anyhow::Result<()> {
             "feature_shares": scored.feature_shares,
         }));
     }
-    println!(
-        "{}",
-        serde_json::to_string(&json!({ "model": scorer.bundle.source, "windows": windows }))?
-    );
+    print_stdout(&serde_json::to_string(
+        &json!({ "model": scorer.bundle.source, "windows": windows }),
+    )?)?;
     Ok(())
 }
 
@@ -480,6 +479,18 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
         exported.skipped_steps
     );
     Ok(())
+}
+
+/// One line on stdout. A reader that went away (`| head`) is not an error worth a
+/// panic, which `println!` would give: the output was simply not wanted.
+fn print_stdout(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(err).context("writing to stdout")
+        }
+        _ => Ok(()),
+    }
 }
 
 fn fraction(s: &str) -> Result<f64, String> {

@@ -302,3 +302,22 @@ fn serve_drains_an_in_flight_request_on_sigterm_and_exits_0() {
     );
     drop(silent);
 }
+
+/// `dr-detector score ... | head -c 1`: the reader goes away before the output is
+/// written. That is the reader's choice, not a crash (println! would panic, exit 101).
+#[test]
+fn a_reader_that_goes_away_is_not_a_panic() {
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/etcd-dataset.csv");
+    let mut child = Command::new(BIN)
+        .args(["score", "--data", data, "--count", "64"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end at once: every write the child makes hits a broken pipe.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+}

@@ -32,8 +32,39 @@ pub fn check() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sleeps in slices short enough that an interrupt is honoured within 100 ms.
 pub fn sleep(duration: std::time::Duration) -> anyhow::Result<()> {
-    check()?;
-    std::thread::sleep(duration);
-    check()
+    const SLICE: std::time::Duration = std::time::Duration::from_millis(100);
+    let until = std::time::Instant::now() + duration;
+    loop {
+        check()?;
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        std::thread::sleep(left.min(SLICE));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn sleep_wakes_for_an_interrupt() {
+        let started = Instant::now();
+        let waker = std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_millis(200));
+            super::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let slept = super::sleep(Duration::from_secs(30));
+        waker.join().unwrap();
+        super::INTERRUPTED.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert!(slept.is_err(), "an interrupted sleep must say so");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
 }

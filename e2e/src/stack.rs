@@ -182,6 +182,10 @@ impl Stack {
             "3s".into(),
             "--cooldown".into(),
             "2m".into(),
+            // Loopback answers in milliseconds; a dead member should cost seconds, not
+            // the default 5 s per call, when the health check decides on a restore.
+            "--etcd-timeout".into(),
+            "2s".into(),
             "--listen".into(),
             format!("127.0.0.1:{}", p.remediator_port),
         ];
