@@ -25,7 +25,7 @@ use etcd_client::{AlarmAction, AlarmOptions, AlarmType, Client, CompactionOption
 use tokio::runtime::Runtime;
 
 use crate::interrupt;
-use crate::stack::{Stack, StackOptions};
+use crate::stack::{SPACE_STORM, Stack, StackOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -358,23 +358,9 @@ impl Recorder<'_> {
 
     /// A storm of overwritten big values until NOSPACE, a while read-only, then the repair.
     fn space(&mut self) -> Result<()> {
-        let mut storm = self.loadgen(
-            "storm",
-            &[
-                "bigkey",
-                "--overwrite",
-                "--keys",
-                "8",
-                "--value-size",
-                "512KiB",
-                "--rate",
-                "12",
-                "--concurrency",
-                "2",
-                "--duration",
-                "60s",
-            ],
-        )?;
+        let mut args = SPACE_STORM.to_vec();
+        args.push("60s");
+        let mut storm = self.loadgen("storm", &args)?;
         Self::wait_exit(&mut storm, Duration::from_secs(65))?;
         let read_only = Duration::from_secs(self.rng.between(5, 20));
         self.normal_quiet(read_only)?;

@@ -15,7 +15,7 @@ use crate::follow::{Follower, get_json, healthy};
 use crate::interrupt;
 use crate::keys::{self, Seeded};
 use crate::report::ScenarioReport;
-use crate::stack::{ALERT_NAME, Stack, StackOptions};
+use crate::stack::{ALERT_NAME, SPACE_STORM, Stack, StackOptions};
 use crate::timeline::Timeline;
 
 const SEEDED_KEYS: usize = 1000;
@@ -221,20 +221,8 @@ fn repair(
 ) -> Result<()> {
     // `restore` stops the storm at 40 MiB, short of NOSPACE: under NOSPACE etcd refuses
     // the lease of the remediator's lock, and a restore never runs without that lock.
-    let mut storm_args = vec![
-        "bigkey",
-        "--overwrite",
-        "--keys",
-        "8",
-        "--value-size",
-        "512KiB",
-        "--rate",
-        "12",
-        "--concurrency",
-        "2",
-        "--duration",
-        "120s",
-    ];
+    let mut storm_args = SPACE_STORM.to_vec();
+    storm_args.push("120s");
     if kind == Kind::Restore {
         storm_args.extend(["--max-bytes", "40MiB"]);
     }

@@ -15,6 +15,22 @@ use dr_testkit::{
 };
 
 pub const ALERT_NAME: &str = "EtcdAnomalyScoreHigh";
+/// The space incident of the dataset and the drill alike (the model learned what this
+/// looks like): 8 keys of 512 KiB rewritten 12 times a second, history that compact +
+/// defrag reclaim. Add `--duration`, and `--max-bytes` to stop short of the quota.
+pub const SPACE_STORM: [&str; 11] = [
+    "bigkey",
+    "--overwrite",
+    "--keys",
+    "8",
+    "--value-size",
+    "512KiB",
+    "--rate",
+    "12",
+    "--concurrency",
+    "2",
+    "--duration",
+];
 /// The cluster token the harness starts etcd with (3.6 restores must keep it: see the
 /// remediator's README on etcdctl 3.4 and etcd 3.6).
 const HARNESS_CLUSTER_TOKEN: &str = "dr-testkit";
