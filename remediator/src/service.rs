@@ -176,8 +176,9 @@ impl App {
                     );
                 }
                 // Under NOSPACE etcd refuses the lease and the lock key; the repair is what
-                // lifts that, so it proceeds unlocked and a restore will not run.
-                Err(err) if view.nospace => {
+                // lifts that, so it proceeds unlocked and a restore will not run. The alarm
+                // may be raised between reading the view and writing the lock key.
+                Err(err) if view.nospace || err.to_string().contains("database space exceeded") => {
                     let _ = self.remediator.audit.record(
                         &action_id,
                         remediation::KIND,
