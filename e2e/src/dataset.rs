@@ -363,7 +363,8 @@ impl Recorder<'_> {
         let mut storm = self.loadgen("storm", &args)?;
         Self::wait_exit(&mut storm, Duration::from_secs(65))?;
         let read_only = Duration::from_secs(self.rng.between(5, 20));
-        self.normal_quiet(read_only)?;
+        // No compaction while the incident lasts: nobody maintains a cluster mid-incident.
+        interrupt::sleep(read_only)?;
         self.compact()?;
         self.defrag_all()?;
         let client = &mut self.client;
@@ -381,11 +382,6 @@ impl Recorder<'_> {
             Ok::<_, etcd_client::Error>(())
         })?;
         Ok(())
-    }
-
-    /// Waits without compacting (an incident in progress is not maintained).
-    fn normal_quiet(&mut self, d: Duration) -> Result<()> {
-        interrupt::sleep(d)
     }
 
     /// The same keys rewritten fast, then compaction: free pages (fragmentation) until
@@ -410,7 +406,7 @@ impl Recorder<'_> {
         Self::wait_exit(&mut churn, Duration::from_secs(40))?;
         self.compact()?;
         let fragmented = Duration::from_secs(self.rng.between(10, 20));
-        self.normal_quiet(fragmented)?;
+        interrupt::sleep(fragmented)?;
         self.defrag_all()
     }
 

@@ -2,10 +2,12 @@
 //! Prometheus' alert, the remediator's audit log, etcd's alarms and health. Each poll
 //! prints what changed on the timeline.
 
-use std::collections::BTreeSet;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use dr_testkit::MarkerAction;
 use etcd_client::{AlarmAction, AlarmOptions, AlarmType, Client};
 use serde_json::Value;
 use tokio::runtime::Runtime;
@@ -16,19 +18,71 @@ use crate::timeline::Timeline;
 
 const ETCD_CALL: Duration = Duration::from_secs(2);
 
-#[derive(Default)]
+/// The remediator's audit log (JSON lines, append-only), read incrementally: a poll
+/// parses only what was appended since the last one.
+pub struct AuditTail {
+    path: PathBuf,
+    offset: u64,
+    pub events: Vec<Value>,
+}
+
+impl AuditTail {
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            offset: 0,
+            events: Vec::new(),
+        }
+    }
+
+    /// Reads the complete lines appended since the last call; returns how many.
+    pub fn refresh(&mut self) -> Result<usize> {
+        let mut file = match std::fs::File::open(&self.path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(err) => {
+                return Err(err).with_context(|| format!("opening {}", self.path.display()));
+            }
+        };
+        file.seek(SeekFrom::Start(self.offset))?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
+        // A line still being written waits for the next poll.
+        let complete = text.rfind('\n').map_or(0, |i| i + 1);
+        let before = self.events.len();
+        for line in text[..complete].lines() {
+            self.events
+                .push(serde_json::from_str(line).context("a bad audit line")?);
+        }
+        self.offset += complete as u64;
+        Ok(self.events.len() - before)
+    }
+}
+
 pub struct Follower {
-    audit_seen: usize,
+    pub audit: AuditTail,
+    /// The detector's last `GET /score`: the JSON, or the status and body of a refusal.
+    pub last_score: std::result::Result<Value, String>,
     above: bool,
     pub peak_score: Option<f64>,
     pub threshold: Option<f64>,
     alert_state: String,
     pub nospace_seen: bool,
-    stopped: BTreeSet<String>,
-    started: BTreeSet<String>,
 }
 
 impl Follower {
+    pub fn new(stack: &Stack) -> Self {
+        Self {
+            audit: AuditTail::new(stack.snapshot_dir.join("audit.jsonl")),
+            last_score: Err("no answer yet".into()),
+            above: false,
+            peak_score: None,
+            threshold: None,
+            alert_state: String::new(),
+            nospace_seen: false,
+        }
+    }
+
     /// One round of observation; prints what changed.
     pub fn poll(
         &mut self,
@@ -39,7 +93,7 @@ impl Follower {
     ) -> Result<()> {
         self.score(stack, tl);
         self.alert(stack, tl);
-        self.audit(stack, tl)?;
+        self.audit(tl)?;
         self.restore_requests(stack, tl)?;
         if !self.nospace_seen && nospace_alarm(rt, client) {
             self.nospace_seen = true;
@@ -49,7 +103,12 @@ impl Follower {
     }
 
     fn score(&mut self, stack: &Stack, tl: &mut Timeline) {
-        let Some(answer) = get_json(&format!("{}/score", stack.detector_url)) else {
+        self.last_score = match dr_testkit::http_get(&format!("{}/score", stack.detector_url)) {
+            Ok((200, body)) => serde_json::from_str(&body).map_err(|e| format!("{e}: {body}")),
+            Ok((status, body)) => Err(format!("{status} {body}")),
+            Err(err) => Err(format!("{err:#}")),
+        };
+        let Ok(answer) = self.last_score.clone() else {
             return;
         };
         let (Some(score), Some(threshold)) =
@@ -97,35 +156,27 @@ impl Follower {
         }
     }
 
-    fn audit(&mut self, stack: &Stack, tl: &mut Timeline) -> Result<()> {
-        let events = stack.audit_events()?;
-        for event in events.iter().skip(self.audit_seen) {
+    fn audit(&mut self, tl: &mut Timeline) -> Result<()> {
+        let new = self.audit.refresh()?;
+        let events = &self.audit.events;
+        for event in &events[events.len() - new..] {
             if let Some(line) = describe(event) {
                 tl.mark(&line);
             }
         }
-        self.audit_seen = events.len();
         Ok(())
     }
 
     /// The remediator's restore commands ask the drill, which owns the etcd processes,
     /// to stop and start members (what systemd or the kubelet does on a node).
     fn restore_requests(&mut self, stack: &mut Stack, tl: &mut Timeline) -> Result<()> {
-        for i in 0..stack.etcd.len() {
-            let name = stack.etcd.member(i).name.clone();
-            if stack.markers.join(format!("stop-{name}")).exists() && !self.stopped.contains(&name)
-            {
-                stack.etcd.stop_member(i)?;
-                std::fs::write(stack.markers.join(format!("stopped-{name}")), b"")?;
-                tl.mark(&format!("restore: {name} stopped"));
-                self.stopped.insert(name.clone());
-            }
-            if stack.markers.join(format!("start-{name}")).exists() && !self.started.contains(&name)
-            {
-                stack.etcd.start_member(i)?;
-                tl.mark(&format!("restore: {name} started on the restored data dir"));
-                self.started.insert(name);
-            }
+        for action in stack.markers.answer(&mut stack.etcd)? {
+            tl.mark(&match action {
+                MarkerAction::Stopped(name) => format!("restore: {name} stopped"),
+                MarkerAction::Started(name) => {
+                    format!("restore: {name} started on the restored data dir")
+                }
+            });
         }
         Ok(())
     }
@@ -180,7 +231,7 @@ fn nospace_alarm(rt: &Runtime, client: &mut Client) -> bool {
     matches!(answer, Ok(Ok(a)) if a.alarms().iter().any(|m| m.alarm() == AlarmType::Nospace))
 }
 
-pub fn get_json(url: &str) -> Option<Value> {
+fn get_json(url: &str) -> Option<Value> {
     match dr_testkit::http_get(url) {
         Ok((200, body)) => serde_json::from_str(&body).ok(),
         _ => None,

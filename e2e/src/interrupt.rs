@@ -3,8 +3,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::bail;
-
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Installs the handlers on `rt`.
@@ -24,10 +22,27 @@ pub fn install(rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The error every wait returns once interrupted; callers tell it from a failure with
+/// [`is_interrupted`].
+#[derive(Debug)]
+pub struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+pub fn is_interrupted(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.is::<Interrupted>())
+}
+
 /// An error once interrupted: call it in every loop.
 pub fn check() -> anyhow::Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted");
+        return Err(Interrupted.into());
     }
     Ok(())
 }
@@ -60,7 +75,10 @@ mod tests {
         let slept = super::sleep(Duration::from_secs(30));
         waker.join().unwrap();
         super::INTERRUPTED.store(false, std::sync::atomic::Ordering::SeqCst);
-        assert!(slept.is_err(), "an interrupted sleep must say so");
+        assert!(
+            slept.as_ref().is_err_and(super::is_interrupted),
+            "an interrupted sleep must say so: {slept:?}"
+        );
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "{:?}",

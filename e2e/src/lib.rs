@@ -54,7 +54,7 @@ pub fn run(mut cli: Cli) -> anyhow::Result<bool> {
         // A scenario that cannot even set up is a failed scenario, not the end of the drill.
         let report = match scenario::run(kind, &cli, &rt) {
             Ok(report) => report,
-            Err(err) if err.to_string() == "interrupted" => return Err(err),
+            Err(err) if interrupt::is_interrupted(&err) => return Err(err),
             Err(err) => {
                 let version = dr_testkit::EtcdVersion::parse(&cli.etcd_version)?;
                 let mut report = ScenarioReport::new(kind.name(), &cli, version);

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tokio::runtime::Runtime;
 
 use crate::cli::Cli;
-use crate::follow::{Follower, get_json, healthy};
+use crate::follow::{Follower, healthy};
 use crate::interrupt;
 use crate::keys::{self, Seeded};
 use crate::report::ScenarioReport;
@@ -53,14 +53,13 @@ pub fn run(kind: Kind, cli: &Cli, rt: &Runtime) -> Result<ScenarioReport> {
     fs::create_dir_all(&dir)?;
     let dir = dir.canonicalize()?;
     let version = EtcdVersion::parse(&cli.etcd_version)?;
-    let quota = cli.quota_mib * 1024 * 1024;
     let mut tl = Timeline::new(kind.name());
     let mut stack = Stack::start(&StackOptions {
         dir: &dir,
         bin_dir: &cli.bin_dir,
         version,
         members: cli.members,
-        quota_bytes: quota,
+        quota_bytes: cli.quota_mib * 1024 * 1024,
         step: cli.step,
         model: cli.model.as_deref(),
         alert_rule: true,
@@ -76,7 +75,7 @@ pub fn run(kind: Kind, cli: &Cli, rt: &Runtime) -> Result<ScenarioReport> {
     let mut client = rt.block_on(keys::connect(&stack.etcd.client_endpoints()))?;
     let seeded = rt.block_on(keys::seed(&mut client, SEEDED_KEYS))?;
     tl.mark(&format!(
-        "seeded {} keys under /drill/seed/ (sha256 {}); steady load 50 ops/s",
+        "seeded {} keys under /drill/seed/ (sha256 {}); steady load {STEADY_RATE} ops/s",
         seeded.count,
         &seeded.sha256[..12]
     ));
@@ -94,53 +93,48 @@ pub fn run(kind: Kind, cli: &Cli, rt: &Runtime) -> Result<ScenarioReport> {
     interrupt::sleep(settle)?;
     stack.close_loop()?;
     tl.mark("detector and remediator started: the loop is closed");
-    let mut follower = Follower::default();
-    warm_up(
-        &mut stack,
-        &mut tl,
+    let mut drill = Drill {
+        kind,
+        cli,
         rt,
-        &mut client,
-        &mut follower,
-        cli.members,
-    )?;
-    if stack
-        .audit_events()?
+        follower: Follower::new(&stack),
+        stack,
+        tl,
+        client,
+        seeded,
+        report,
+    };
+    drill.warm_up()?;
+    if drill
+        .follower
+        .audit
+        .events
         .iter()
         .any(|e| e["kind"] == "remediation")
     {
-        report.fail("false positive: the remediator acted on normal load, before the incident");
+        drill
+            .report
+            .fail("false positive: the remediator acted on normal load, before the incident");
     }
-
     let result = match kind {
-        Kind::Nospace | Kind::Restore => repair(
-            kind,
-            cli,
-            rt,
-            &mut stack,
-            &mut tl,
-            &mut client,
-            &mut follower,
-            &seeded,
-            &mut report,
-        ),
-        Kind::FalseAlarm => false_alarm(
-            rt,
-            &mut stack,
-            &mut tl,
-            &mut client,
-            &mut follower,
-            &seeded,
-            &mut report,
-        ),
+        Kind::Nospace | Kind::Restore => drill.repair(),
+        Kind::FalseAlarm => drill.false_alarm(),
     };
+    let Drill {
+        mut report,
+        mut tl,
+        follower,
+        ..
+    } = drill;
     if let Err(err) = result {
         report.fail(&format!("{err:#}"));
     }
     report.peak_score = follower.peak_score;
     report.threshold = follower.threshold;
-    report.actions = stack
-        .audit_events()?
-        .into_iter()
+    report.actions = follower
+        .audit
+        .events
+        .iter()
         .filter(|e| e["kind"] != "scheduled_snapshot")
         .map(|e| json!({"ts": e["ts"], "kind": e["kind"], "step": e["step"], "phase": e["phase"], "detail": e["detail"]}))
         .collect();
@@ -150,182 +144,272 @@ pub fn run(kind: Kind, cli: &Cli, rt: &Runtime) -> Result<ScenarioReport> {
     Ok(report)
 }
 
-/// Until the detector scores every member and the score has stayed under the threshold
-/// for a while: the model's view of normal.
-fn warm_up(
-    stack: &mut Stack,
-    tl: &mut Timeline,
-    rt: &Runtime,
-    client: &mut Client,
-    follower: &mut Follower,
-    members: usize,
-) -> Result<()> {
-    let deadline = Instant::now() + WARM_UP;
-    let mut calm = 0;
-    let mut last = String::from("no answer yet");
-    let mut scored_once = false;
-    while calm < CALM_POLLS {
-        interrupt::sleep(Duration::from_secs(1))?;
-        follower.poll(stack, tl, rt, client)?;
-        match get_json(&format!("{}/score", stack.detector_url)) {
-            Some(a) => {
-                let instances = a["instances"].as_array().map_or(0, Vec::len);
-                let (score, threshold) = (a["score"].as_f64(), a["threshold"].as_f64());
-                if !scored_once && instances == members {
-                    scored_once = true;
-                    tl.mark(&format!(
-                        "detector scores all {members} members (score {:.2}, threshold {:.2})",
-                        score.unwrap_or(f64::NAN),
-                        threshold.unwrap_or(f64::NAN)
-                    ));
-                }
-                match (score, threshold) {
-                    (Some(s), Some(t)) if instances == members && s <= t => calm += 1,
-                    _ => calm = 0,
-                }
-                last = a.to_string();
-            }
-            None => {
-                calm = 0;
-                if let Ok((status, body)) =
-                    dr_testkit::http_get(&format!("{}/score", stack.detector_url))
-                {
-                    last = format!("{status} {body}");
-                }
-            }
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the detector did not settle under its threshold within {WARM_UP:?} of normal load; last answer: {}",
-                last.chars().take(400).collect::<String>()
-            );
-        }
-    }
-    tl.mark("score steady under the threshold: normal load looks normal");
-    Ok(())
+/// One scenario under way: its stack, its observers and what it has found so far.
+struct Drill<'a> {
+    kind: Kind,
+    cli: &'a Cli,
+    rt: &'a Runtime,
+    stack: Stack,
+    tl: Timeline,
+    client: Client,
+    follower: Follower,
+    seeded: Seeded,
+    report: ScenarioReport,
 }
 
-/// `nospace` and `restore`: a big-value storm fills the quota; the loop must repair it.
-/// In `restore` the cluster is broken again while the remediator waits to check health.
-#[allow(clippy::too_many_arguments)]
-fn repair(
-    kind: Kind,
-    cli: &Cli,
-    rt: &Runtime,
-    stack: &mut Stack,
-    tl: &mut Timeline,
-    client: &mut Client,
-    follower: &mut Follower,
-    seeded: &Seeded,
-    report: &mut ScenarioReport,
-) -> Result<()> {
-    // `restore` stops the storm at 40 MiB, short of NOSPACE: under NOSPACE etcd refuses
-    // the lease of the remediator's lock, and a restore never runs without that lock.
-    let mut storm_args = SPACE_STORM.to_vec();
-    storm_args.push("120s");
-    if kind == Kind::Restore {
-        storm_args.extend(["--max-bytes", "40MiB"]);
+impl Drill<'_> {
+    /// Waits `pause`, then one round of observation.
+    fn observe(&mut self, pause: Duration) -> Result<()> {
+        interrupt::sleep(pause)?;
+        self.follower
+            .poll(&mut self.stack, &mut self.tl, self.rt, &mut self.client)
     }
-    let mut storm = ChildGuard::spawn(
-        "dr-loadgen bigkey",
-        stack.loadgen_command(&storm_args),
-        &stack.dir.join("loadgen-storm.log"),
-        false,
-    )?;
-    let before = stack.audit_events()?.len();
-    tl.incident_started(&format!(
-        "incident: big-value storm, 8 keys of 512 KiB rewritten 12 times/s toward the {} MiB quota{}",
-        cli.quota_mib,
-        if kind == Kind::Restore { " (40 MiB of it)" } else { "" }
-    ));
-    let budget = cli.mttr_budget.as_secs_f64();
-    let hard_deadline = budget + 60.0;
-    let mut storm_reported = false;
-    let mut damaged = false;
-    loop {
-        interrupt::sleep(POLL)?;
-        follower.poll(stack, tl, rt, client)?;
-        if !storm_reported && !storm.is_running() {
-            storm_reported = true;
-            tl.mark(&format!("storm ended: {}", storm_summary(storm.log_path())));
-        }
-        let events: Vec<Value> = stack.audit_events()?.split_off(before);
-        let started_wait = events.iter().any(|e| {
-            e["kind"] == "remediation" && e["step"] == "wait_health" && e["phase"] == "start"
-        });
-        if kind == Kind::Restore && started_wait && !damaged {
-            damaged = true;
-            damage(stack, tl)?;
-        }
-        let finished = events
-            .iter()
-            .any(|e| e["kind"] == "remediation" && e["step"] == "finished");
-        if finished {
-            match healthy(stack, rt, client, seeded) {
-                Ok((checked, lost)) => {
-                    let t = tl.now();
-                    report.mttr_seconds = Some((t * 10.0).round() / 10.0);
-                    report.keys_checked = checked;
-                    report.keys_lost = lost;
-                    tl.mark(&format!(
-                        "etcd healthy: every member healthy, no alarm, writable, {checked} seeded keys intact (MTTR {t:.1}s)"
-                    ));
-                    break;
+
+    /// The remediator's audit events from index `from` on.
+    fn events_since(&self, from: usize) -> &[Value] {
+        &self.follower.audit.events[from.min(self.follower.audit.events.len())..]
+    }
+
+    fn healthy(&mut self) -> std::result::Result<(usize, usize), String> {
+        healthy(&self.stack, self.rt, &mut self.client, &self.seeded)
+    }
+
+    /// Until the detector scores every member and the score has stayed under the
+    /// threshold for a while: the model's view of normal.
+    fn warm_up(&mut self) -> Result<()> {
+        let members = self.cli.members;
+        let deadline = Instant::now() + WARM_UP;
+        let mut calm = 0;
+        let mut scored_once = false;
+        while calm < CALM_POLLS {
+            self.observe(Duration::from_secs(1))?;
+            match &self.follower.last_score {
+                Ok(a) => {
+                    let instances = a["instances"].as_array().map_or(0, Vec::len);
+                    let (score, threshold) = (a["score"].as_f64(), a["threshold"].as_f64());
+                    if !scored_once && instances == members {
+                        scored_once = true;
+                        self.tl.mark(&format!(
+                            "detector scores all {members} members (score {:.2}, threshold {:.2})",
+                            score.unwrap_or(f64::NAN),
+                            threshold.unwrap_or(f64::NAN)
+                        ));
+                    }
+                    match (score, threshold) {
+                        (Some(s), Some(t)) if instances == members && s <= t => calm += 1,
+                        _ => calm = 0,
+                    }
                 }
-                Err(why) if tl.now() > hard_deadline => {
-                    bail!("not healthy {hard_deadline:.0}s after the incident started: {why}");
-                }
-                Err(_) => {}
+                Err(_) => calm = 0,
             }
-        } else if tl.now() > hard_deadline {
-            bail!("no finished remediation {hard_deadline:.0}s after the incident started");
+            if Instant::now() > deadline {
+                let last = match &self.follower.last_score {
+                    Ok(a) => a.to_string(),
+                    Err(e) => e.clone(),
+                };
+                bail!(
+                    "the detector did not settle under its threshold within {WARM_UP:?} of normal load; last answer: {}",
+                    last.chars().take(400).collect::<String>()
+                );
+            }
         }
+        self.tl
+            .mark("score steady under the threshold: normal load looks normal");
+        Ok(())
     }
-    let _ = storm.stop();
-    if kind == Kind::Nospace && !follower.nospace_seen {
-        report.fail("the storm never raised NOSPACE: the incident did not happen");
-    }
-    let events: Vec<Value> = stack.audit_events()?.split_off(before);
-    let ok = |step: &str| {
-        events
-            .iter()
-            .any(|e| e["kind"] == "remediation" && e["step"] == step && e["phase"] == "ok")
-    };
-    let required: &[&str] = match kind {
-        Kind::Nospace => &["snapshot", "compact", "disarm_nospace"],
-        _ => &["snapshot", "compact"],
-    };
-    for step in required {
-        if !ok(step) {
-            report.fail(&format!("no successful `{step}` in the audit log"));
+
+    /// `nospace` and `restore`: a big-value storm fills the quota; the loop must repair
+    /// it. In `restore` the cluster is broken again while the remediator waits to check
+    /// health.
+    fn repair(&mut self) -> Result<()> {
+        let restore = self.kind == Kind::Restore;
+        // `restore` stops the storm at 40 MiB, short of NOSPACE: under NOSPACE etcd
+        // refuses the lease of the remediator's lock, and a restore never runs without it.
+        let mut storm_args = SPACE_STORM.to_vec();
+        storm_args.push("120s");
+        if restore {
+            storm_args.extend(["--max-bytes", "40MiB"]);
         }
-    }
-    let defrags = events
-        .iter()
-        .filter(|e| {
-            e["kind"] == "remediation"
-                && e["phase"] == "ok"
-                && e["step"].as_str().is_some_and(|s| s.starts_with("defrag"))
-        })
-        .count();
-    if defrags != cli.members {
-        report.fail(&format!(
-            "{defrags} members defragmented, want {}",
-            cli.members
+        let mut storm = ChildGuard::spawn(
+            "dr-loadgen bigkey",
+            self.stack.loadgen_command(&storm_args),
+            &self.stack.dir.join("loadgen-storm.log"),
+            false,
+        )?;
+        let before = self.follower.audit.events.len();
+        self.tl.incident_started(&format!(
+            "incident: big-value storm, 8 keys of 512 KiB rewritten 12 times/s toward the {} MiB quota{}",
+            self.cli.quota_mib,
+            if restore { " (40 MiB of it)" } else { "" }
         ));
+        let budget = self.cli.mttr_budget.as_secs_f64();
+        let hard_deadline = budget + 60.0;
+        let mut storm_reported = false;
+        let mut damaged = false;
+        loop {
+            self.observe(POLL)?;
+            if !storm_reported && !storm.is_running() {
+                storm_reported = true;
+                self.tl
+                    .mark(&format!("storm ended: {}", storm_summary(storm.log_path())));
+            }
+            let is = |e: &Value, step: &str| e["kind"] == "remediation" && e["step"] == step;
+            let events = self.events_since(before);
+            let waiting = events
+                .iter()
+                .any(|e| is(e, "wait_health") && e["phase"] == "start");
+            let finished = events.iter().any(|e| is(e, "finished"));
+            if restore && waiting && !damaged {
+                damaged = true;
+                damage(&mut self.stack, &mut self.tl)?;
+            }
+            if finished {
+                match self.healthy() {
+                    Ok((checked, lost)) => {
+                        let t = self.tl.now();
+                        self.report.mttr_seconds = Some((t * 10.0).round() / 10.0);
+                        self.report.keys_checked = checked;
+                        self.report.keys_lost = lost;
+                        self.tl.mark(&format!(
+                            "etcd healthy: every member healthy, no alarm, writable, {checked} seeded keys intact (MTTR {t:.1}s)"
+                        ));
+                        break;
+                    }
+                    Err(why) if self.tl.now() > hard_deadline => {
+                        bail!("not healthy {hard_deadline:.0}s after the incident started: {why}");
+                    }
+                    Err(_) => {}
+                }
+            } else if self.tl.now() > hard_deadline {
+                bail!("no finished remediation {hard_deadline:.0}s after the incident started");
+            }
+        }
+        let _ = storm.stop();
+        self.judge_repair(before, budget);
+        Ok(())
     }
-    if kind == Kind::Restore && !ok("restore_if_unavailable") {
-        report.fail("the remediator did not restore the snapshot");
+
+    /// What the audit log and the checks must show after a repair.
+    fn judge_repair(&mut self, before: usize, budget: f64) {
+        let mut failures = Vec::new();
+        if self.kind == Kind::Nospace && !self.follower.nospace_seen {
+            failures.push("the storm never raised NOSPACE: the incident did not happen".to_owned());
+        }
+        let events = self.events_since(before);
+        let ok = |step: &str| {
+            events
+                .iter()
+                .any(|e| e["kind"] == "remediation" && e["step"] == step && e["phase"] == "ok")
+        };
+        let required: &[&str] = match self.kind {
+            Kind::Nospace => &["snapshot", "compact", "disarm_nospace"],
+            _ => &["snapshot", "compact"],
+        };
+        for step in required {
+            if !ok(step) {
+                failures.push(format!("no successful `{step}` in the audit log"));
+            }
+        }
+        let defrags = events
+            .iter()
+            .filter(|e| {
+                e["kind"] == "remediation"
+                    && e["phase"] == "ok"
+                    && e["step"].as_str().is_some_and(|s| s.starts_with("defrag"))
+            })
+            .count();
+        if defrags != self.cli.members {
+            failures.push(format!(
+                "{defrags} members defragmented, want {}",
+                self.cli.members
+            ));
+        }
+        if self.kind == Kind::Restore && !ok("restore_if_unavailable") {
+            failures.push("the remediator did not restore the snapshot".to_owned());
+        }
+        if let Some(mttr) = self.report.mttr_seconds
+            && mttr > budget
+        {
+            failures.push(format!("MTTR {mttr:.1}s is over the {budget:.0}s budget"));
+        }
+        if self.report.keys_lost > 0 {
+            failures.push(format!("{} seeded keys lost", self.report.keys_lost));
+        }
+        for failure in failures {
+            self.report.fail(&failure);
+        }
     }
-    if let Some(mttr) = report.mttr_seconds
-        && mttr > budget
-    {
-        report.fail(&format!("MTTR {mttr:.1}s is over the {budget:.0}s budget"));
+
+    /// An alert fires that the detector does not back (a static rule misfiring, a person
+    /// testing the route): the remediator must ask, hear no, and touch nothing.
+    fn false_alarm(&mut self) -> Result<()> {
+        let alert = json!([{
+            "labels": {"alertname": ALERT_NAME, "severity": "critical", "instance": "drill-false-alarm"},
+            "annotations": {"summary": "fired by the drill with etcd healthy"},
+        }]);
+        let before = self.follower.audit.events.len();
+        let (status, body) = http_post(
+            &format!("{}/api/v2/alerts", self.stack.alertmanager.url()),
+            "application/json",
+            alert.to_string().as_bytes(),
+        )?;
+        if status != 200 {
+            bail!("Alertmanager refused the alert: {status} {body}");
+        }
+        self.tl.incident_started(
+            "incident: an EtcdAnomalyScoreHigh alert sent to Alertmanager while etcd is healthy",
+        );
+        let skip_reason = |events: &[Value]| {
+            events
+                .iter()
+                .find(|e| e["kind"] == "webhook" && e["phase"] == "skipped")
+                .map(|e| e["detail"].as_str().unwrap_or_default().to_owned())
+        };
+        // After the decision, keep watching a while: nothing may start afterwards either.
+        let mut quiet_until: Option<f64> = None;
+        while quiet_until.is_none_or(|q| self.tl.now() <= q) {
+            self.observe(POLL)?;
+            if quiet_until.is_none() && skip_reason(self.events_since(before)).is_some() {
+                quiet_until = Some(self.tl.now() + 5.0);
+            }
+            if quiet_until.is_none() && self.tl.now() > 60.0 {
+                bail!("the remediator recorded no decision on the webhook within 60s");
+            }
+        }
+        let events = self.events_since(before);
+        let reason = skip_reason(events).unwrap_or_default();
+        let mut failures = Vec::new();
+        if !reason.contains("confirm") {
+            failures.push(format!(
+                "skipped, but not for want of the detector's confirmation: {reason}"
+            ));
+        }
+        if events.iter().any(|e| e["kind"] == "remediation") {
+            failures.push("the remediator started a remediation on a false alarm".to_owned());
+        }
+        let snapshots = self.stack.snapshots()?;
+        if !snapshots.is_empty() {
+            failures.push(format!(
+                "{} snapshot(s) taken on a false alarm",
+                snapshots.len()
+            ));
+        }
+        match self.healthy() {
+            Ok((checked, lost)) => {
+                self.report.keys_checked = checked;
+                self.report.keys_lost = lost;
+                self.tl.mark(&format!(
+                    "nothing touched; etcd healthy, {checked} seeded keys intact"
+                ));
+            }
+            Err(why) => failures.push(format!("etcd not healthy after a false alarm: {why}")),
+        }
+        for failure in failures {
+            self.report.fail(&failure);
+        }
+        self.report.extra = json!({ "skip_reason": reason });
+        Ok(())
     }
-    if report.keys_lost > 0 {
-        report.fail(&format!("{} seeded keys lost", report.keys_lost));
-    }
-    Ok(())
 }
 
 /// The repair is done, but the cluster breaks again: a majority of members die and their
@@ -347,90 +431,6 @@ fn damage(stack: &mut Stack, tl: &mut Timeline) -> Result<()> {
         majority,
         stack.etcd.len()
     ));
-    Ok(())
-}
-
-/// An alert fires that the detector does not back (a static rule misfiring, a person
-/// testing the route): the remediator must ask, hear no, and touch nothing.
-fn false_alarm(
-    rt: &Runtime,
-    stack: &mut Stack,
-    tl: &mut Timeline,
-    client: &mut Client,
-    follower: &mut Follower,
-    seeded: &Seeded,
-    report: &mut ScenarioReport,
-) -> Result<()> {
-    let revision_before = rt.block_on(client.status())?.header().map(|h| h.revision());
-    let alert = json!([{
-        "labels": {"alertname": ALERT_NAME, "severity": "critical", "instance": "drill-false-alarm"},
-        "annotations": {"summary": "fired by the drill with etcd healthy"},
-    }]);
-    let before = stack.audit_events()?.len();
-    let (status, body) = http_post(
-        &format!("{}/api/v2/alerts", stack.alertmanager.url()),
-        "application/json",
-        alert.to_string().as_bytes(),
-    )?;
-    if status != 200 {
-        bail!("Alertmanager refused the alert: {status} {body}");
-    }
-    tl.incident_started(
-        "incident: an EtcdAnomalyScoreHigh alert sent to Alertmanager while etcd is healthy",
-    );
-    let mut skip: Option<String> = None;
-    let mut quiet_until: Option<f64> = None;
-    loop {
-        interrupt::sleep(POLL)?;
-        follower.poll(stack, tl, rt, client)?;
-        if skip.is_none() {
-            skip = stack
-                .audit_events()?
-                .split_off(before)
-                .iter()
-                .find(|e| e["kind"] == "webhook" && e["phase"] == "skipped")
-                .and_then(|e| e["detail"].as_str().map(str::to_owned));
-            if skip.is_some() {
-                // Keep watching: nothing may start afterwards either.
-                quiet_until = Some(tl.now() + 5.0);
-            }
-        }
-        if quiet_until.is_some_and(|q| tl.now() > q) {
-            break;
-        }
-        if tl.now() > 60.0 {
-            bail!("the remediator recorded no decision on the webhook within 60s");
-        }
-    }
-    let reason = skip.unwrap_or_default();
-    if !reason.contains("confirm") {
-        report.fail(&format!(
-            "skipped, but not for want of the detector's confirmation: {reason}"
-        ));
-    }
-    let events = stack.audit_events()?.split_off(before);
-    if events.iter().any(|e| e["kind"] == "remediation") {
-        report.fail("the remediator started a remediation on a false alarm");
-    }
-    let snapshots = stack.snapshots()?;
-    if !snapshots.is_empty() {
-        report.fail(&format!(
-            "{} snapshot(s) taken on a false alarm",
-            snapshots.len()
-        ));
-    }
-    match healthy(stack, rt, client, seeded) {
-        Ok((checked, lost)) => {
-            report.keys_checked = checked;
-            report.keys_lost = lost;
-            tl.mark(&format!(
-                "nothing touched; etcd healthy, {checked} seeded keys intact"
-            ));
-        }
-        Err(why) => report.fail(&format!("etcd not healthy after a false alarm: {why}")),
-    }
-    let revision_after = rt.block_on(client.status())?.header().map(|h| h.revision());
-    report.extra = json!({"revision_before": revision_before, "revision_after": revision_after, "skip_reason": reason});
     Ok(())
 }
 

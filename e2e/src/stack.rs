@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use dr_testkit::{
     Alertmanager, AlertmanagerOptions, ChildGuard, EtcdCluster, EtcdOptions, EtcdVersion,
-    Prometheus, PrometheusOptions, Pushgateway, PushgatewayOptions, Workdir, etcdctl_binary,
+    Prometheus, PrometheusOptions, Pushgateway, PushgatewayOptions, RestoreMarkers, Workdir,
     free_port, http_get,
 };
 
@@ -31,9 +31,6 @@ pub const SPACE_STORM: [&str; 11] = [
     "2",
     "--duration",
 ];
-/// The cluster token the harness starts etcd with (3.6 restores must keep it: see the
-/// remediator's README on etcdctl 3.4 and etcd 3.6).
-const HARNESS_CLUSTER_TOKEN: &str = "dr-testkit";
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct StackOptions<'a> {
@@ -60,8 +57,8 @@ pub struct Stack {
     pub detector_url: String,
     pub remediator_url: String,
     pub snapshot_dir: PathBuf,
-    /// Where the remediator's restore commands and the drill meet (see `restore_flags`).
-    pub markers: PathBuf,
+    /// Where the remediator's restore commands and the drill meet.
+    pub markers: RestoreMarkers,
     pub bin_dir: PathBuf,
     pub dir: PathBuf,
     pending: Option<PendingLoop>,
@@ -75,7 +72,6 @@ struct PendingLoop {
     interval: String,
     model: Option<PathBuf>,
     quota_bytes: u64,
-    version: EtcdVersion,
 }
 
 impl Stack {
@@ -129,13 +125,12 @@ impl Stack {
             detector_url: format!("http://127.0.0.1:{detector_port}"),
             remediator_url: format!("http://127.0.0.1:{remediator_port}"),
             snapshot_dir: o.dir.join("snapshots"),
-            markers: o.dir.join("restore-markers"),
+            markers: RestoreMarkers::new(&o.dir.join("restore-markers"))?,
             bin_dir: o.bin_dir.to_path_buf(),
             dir: o.dir.to_path_buf(),
             pending: None,
         };
         fs::create_dir_all(&stack.snapshot_dir)?;
-        fs::create_dir_all(&stack.markers)?;
         let interval = format!("{step}s");
 
         let mut collector = vec!["--pushgateway-url".to_owned(), stack.pushgateway.url()];
@@ -156,7 +151,6 @@ impl Stack {
             interval,
             model: o.model.map(Path::to_path_buf),
             quota_bytes: o.quota_bytes,
-            version: o.version,
         });
         Ok(stack)
     }
@@ -205,7 +199,7 @@ impl Stack {
             "--listen".into(),
             format!("127.0.0.1:{}", p.remediator_port),
         ];
-        remediator.extend(restore_flags(self, p.version)?);
+        remediator.extend(self.markers.remediator_flags(&self.etcd)?);
         self.spawn_service("dr-remediator", &remediator, p.remediator_port)?;
         Ok(())
     }
@@ -262,19 +256,6 @@ impl Stack {
         cmd
     }
 
-    /// The remediator's audit log, oldest first.
-    pub fn audit_events(&self) -> Result<Vec<serde_json::Value>> {
-        let path = self.snapshot_dir.join("audit.jsonl");
-        let text = match fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
-        };
-        text.lines()
-            .map(|line| serde_json::from_str(line).context("a bad audit line"))
-            .collect()
-    }
-
     /// Snapshot files the remediator kept.
     pub fn snapshots(&self) -> Result<Vec<PathBuf>> {
         let mut found = Vec::new();
@@ -286,42 +267,6 @@ impl Stack {
         }
         Ok(found)
     }
-}
-
-/// The restore procedure for the harness' members: etcdctl restores; stopping and
-/// starting a member is handed to the drill (which owns the processes, as systemd or the
-/// kubelet would) through marker files, bounded to 30 s.
-fn restore_flags(stack: &Stack, version: EtcdVersion) -> Result<Vec<String>> {
-    let etcdctl = etcdctl_binary()?;
-    let m = stack.markers.display();
-    let token = match version {
-        EtcdVersion::V3_4 => "{cluster_token}",
-        EtcdVersion::V3_6 => HARNESS_CLUSTER_TOKEN,
-    };
-    Ok(vec![
-        "--restore-mode".into(),
-        "command".into(),
-        "--restore-stop-cmd".into(),
-        format!(
-            "touch {m}/stop-{{member}}; for i in $(seq 300); do \
-             [ -e {m}/stopped-{{member}} ] && exit 0; sleep 0.1; done; exit 1"
-        ),
-        "--restore-cmd".into(),
-        format!(
-            "ETCDCTL_API=3 {} snapshot restore {{snapshot}} --name {{member}} \
-             --initial-cluster {{initial_cluster}} --initial-advertise-peer-urls {{peer_url}} \
-             --initial-cluster-token {token} --data-dir {{new_data_dir}}",
-            etcdctl.display()
-        ),
-        "--restore-swap-cmd".into(),
-        "mv {data_dir} {old_data_dir} && mv {new_data_dir} {data_dir}".into(),
-        "--restore-start-cmd".into(),
-        format!("touch {m}/start-{{member}}"),
-        "--member-data-dir".into(),
-        format!("{}/{{member}}.data", stack.etcd.workdir().display()),
-        "--restore-timeout".into(),
-        "60s".into(),
-    ])
 }
 
 fn alertmanager_config(remediator_port: u16, token_file: &Path) -> String {

@@ -10,52 +10,16 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use dr_remediator::audit::Phase;
-use dr_testkit::{EtcdCluster, EtcdOptions, EtcdVersion, etcdctl_binary};
+use dr_testkit::{EtcdCluster, EtcdOptions, EtcdVersion, RestoreMarkers};
 use support::{FIRING, bloat, client, remediator, runtime, seeded, step};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// etcd 3.6 panics ("failed to update; member unknown") on a data dir that etcdctl 3.4
-/// restored from a 3.6 snapshot under a new cluster token: 3.4's restore does not rewrite
-/// the membership 3.6 reads from the backend. Keeping the original token keeps the member
-/// IDs, and then 3.6 starts and serves. (etcdutl, which is not available here, is the tool
-/// for 3.5+.)
-const ORIGINAL_TOKEN: &str = "dr-testkit";
-
-/// Restore commands for testkit members: etcdctl 3.4 restores; "stop" and "start" hand
-/// over to the test (which owns the processes) through marker files.
-fn restore_flags(workdir: &Path, marker_dir: &Path, token: &str) -> Vec<String> {
-    let etcdctl = etcdctl_binary().unwrap();
-    vec![
-        "--restore-mode".into(),
-        "command".into(),
-        "--restore-stop-cmd".into(),
-        // Returns once the test says the member is down (bounded: 30 s).
-        format!(
-            "touch {m}/stop-{{member}}; for i in $(seq 300); do \
-             [ -e {m}/stopped-{{member}} ] && exit 0; sleep 0.1; done; exit 1",
-            m = marker_dir.display()
-        ),
-        "--restore-cmd".into(),
-        format!(
-            "ETCDCTL_API=3 {} snapshot restore {{snapshot}} --name {{member}} \
-             --initial-cluster {{initial_cluster}} --initial-advertise-peer-urls {{peer_url}} \
-             --initial-cluster-token {token} --data-dir {{new_data_dir}}",
-            etcdctl.display()
-        ),
-        "--restore-swap-cmd".into(),
-        "mv {data_dir} {old_data_dir} && mv {new_data_dir} {data_dir}".into(),
-        "--restore-start-cmd".into(),
-        format!("touch {}/start-{{member}}", marker_dir.display()),
-        "--member-data-dir".into(),
-        format!("{}/{{member}}.data", workdir.display()),
-        "--restore-timeout".into(),
-        "60s".into(),
-        "--health-wait".into(),
-        "3s".into(),
-        "--etcd-timeout".into(),
-        "2s".into(),
-    ]
+/// The restore flags for the harness' members, plus a short health wait and etcd timeout.
+fn restore_flags(etcd: &EtcdCluster, markers: &RestoreMarkers) -> Vec<String> {
+    let mut flags = markers.remediator_flags(etcd).unwrap();
+    flags.extend(["--health-wait", "3s", "--etcd-timeout", "2s"].map(String::from));
+    flags
 }
 
 #[test]
@@ -68,8 +32,9 @@ fn a_member_killed_mid_run_with_quorum_left_is_not_restored() {
     .unwrap();
     let endpoints = etcd.client_endpoints();
     let dir = tempfile::tempdir().unwrap();
-    let markers = tempfile::tempdir().unwrap();
-    let flags = restore_flags(etcd.workdir(), markers.path(), "{cluster_token}");
+    let marker_dir = tempfile::tempdir().unwrap();
+    let markers = RestoreMarkers::new(marker_dir.path()).unwrap();
+    let flags = restore_flags(&etcd, &markers);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let rt = runtime();
     let r = remediator(&endpoints, dir.path(), &flags);
@@ -97,10 +62,7 @@ fn a_member_killed_mid_run_with_quorum_left_is_not_restored() {
             skipped.detail.as_str().unwrap().contains("quorum"),
             "{skipped:?}"
         );
-        assert!(
-            std::fs::read_dir(markers.path()).unwrap().next().is_none(),
-            "a restore command ran"
-        );
+        assert!(markers.untouched().unwrap(), "a restore command ran");
         // The remaining two still serve.
         let mut c = client(&endpoints[1..]).await;
         c.put("after", "ok", None).await.unwrap();
@@ -116,12 +78,9 @@ fn restored_from_the_snapshot(version: EtcdVersion, members: usize) {
     .unwrap();
     let endpoints = etcd.client_endpoints();
     let dir = tempfile::tempdir().unwrap();
-    let markers = tempfile::tempdir().unwrap();
-    let token = match version {
-        EtcdVersion::V3_4 => "{cluster_token}",
-        EtcdVersion::V3_6 => ORIGINAL_TOKEN,
-    };
-    let flags = restore_flags(etcd.workdir(), markers.path(), token);
+    let marker_dir = tempfile::tempdir().unwrap();
+    let mut markers = RestoreMarkers::new(marker_dir.path()).unwrap();
+    let flags = restore_flags(&etcd, &markers);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let rt = runtime();
     let r = remediator(&endpoints, dir.path(), &flags);
@@ -143,24 +102,17 @@ fn restored_from_the_snapshot(version: EtcdVersion, members: usize) {
         std::fs::rename(&data_dir, data_dir.with_extension("lost")).unwrap();
         std::fs::create_dir(&data_dir).unwrap();
     }
-    for i in 0..members {
-        std::fs::write(markers.path().join(format!("stopped-etcd-{i}")), b"").unwrap();
-    }
-    // Start the members when the remediator asks for it (bounded).
+    // Answer the remediator's stop and start requests until every member is started
+    // again (bounded).
     let deadline = Instant::now() + RUN_TIMEOUT;
-    for i in 0..members {
-        let start_marker = markers.path().join(format!("start-etcd-{i}"));
-        while !start_marker.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "restore never asked to start: {:#?}",
-                r.events_of(&id)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    for i in 0..members {
-        etcd.start_member(i).unwrap();
+    while markers.started() < members {
+        assert!(
+            Instant::now() < deadline,
+            "restore never asked to start every member: {:#?}",
+            r.events_of(&id)
+        );
+        markers.answer(&mut etcd).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
     }
     rt.block_on(async {
         let events = r.wait_finished(&id, RUN_TIMEOUT).await;

@@ -87,6 +87,9 @@ pub fn etcdctl_binary() -> Result<PathBuf> {
     )
 }
 
+/// Every harness cluster's `--initial-cluster-token`.
+pub const CLUSTER_TOKEN: &str = "dr-testkit";
+
 /// How to start an [`EtcdCluster`].
 #[derive(Debug)]
 pub struct EtcdOptions {
@@ -225,7 +228,7 @@ impl EtcdCluster {
                     format!("--listen-peer-urls={}", m.peer_url),
                     format!("--initial-advertise-peer-urls={}", m.peer_url),
                     format!("--initial-cluster={initial_cluster}"),
-                    "--initial-cluster-token=dr-testkit".to_owned(),
+                    format!("--initial-cluster-token={CLUSTER_TOKEN}"),
                     format!("--listen-metrics-urls={metrics_listeners}"),
                     format!("--heartbeat-interval={}", opts.heartbeat_interval_ms),
                     format!("--election-timeout={}", opts.election_timeout_ms),

@@ -20,6 +20,7 @@ pub mod ports;
 pub mod process;
 pub mod prometheus;
 pub mod pushgateway;
+pub mod restore;
 
 pub use alertmanager::{Alertmanager, AlertmanagerOptions};
 pub use certs::{TlsFiles, UnrelatedCa, generate_tls, generate_unrelated_ca};
@@ -29,3 +30,4 @@ pub use ports::free_port;
 pub use process::{ChildGuard, Workdir, pid_alive};
 pub use prometheus::{Prometheus, PrometheusOptions};
 pub use pushgateway::{Pushgateway, PushgatewayOptions};
+pub use restore::{MarkerAction, RestoreMarkers};
