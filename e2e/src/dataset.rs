@@ -413,11 +413,10 @@ impl Recorder<'_> {
     /// Leadership moved to another member every 2 s.
     fn leader(&mut self) -> Result<()> {
         let moves = self.rng.between(6, 10);
-        let endpoints = self.stack.etcd.client_endpoints();
         for _ in 0..moves {
             let pick = self.rng.next() as usize;
+            let c = &mut self.client;
             self.rt.block_on(async {
-                let mut c = crate::keys::connect(&endpoints).await?;
                 let status = c.status().await?;
                 let leader = status.leader();
                 let members = c.member_list().await?;
