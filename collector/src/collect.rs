@@ -75,6 +75,9 @@ impl Collector {
             .user_agent(concat!("dr-collector/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|err| format!("building the Pushgateway HTTP client: {err}"))?;
+        for target in &config.targets {
+            metrics.start_at_zero(&target.instance);
+        }
         Ok(Collector {
             etcd_http,
             push_http,

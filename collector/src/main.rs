@@ -8,50 +8,34 @@ use dr_collector::collect::Collector;
 use dr_collector::config::{Args, Config};
 use dr_collector::metrics::CollectorMetrics;
 use dr_collector::service;
+use dr_common::process;
 use prometheus_client::registry::Registry;
 
-/// Exit code for a configuration the collector refuses to run with (as clap uses).
-const USAGE: u8 = 2;
+const NAME: &str = "dr-collector";
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = match Config::from_args(Args::parse()) {
         Ok(config) => config,
-        Err(message) => {
-            eprintln!("dr-collector: {message}");
-            return ExitCode::from(USAGE);
-        }
+        Err(message) => return process::refuse(NAME, message),
     };
-    let _telemetry = match dr_common::telemetry::init(
-        config.log_format,
+    let _telemetry = match process::telemetry(
+        NAME,
         "info",
-        "dr-collector",
+        config.log_format,
         config.otlp_endpoint.as_deref(),
     ) {
         Ok(guard) => guard,
-        Err(message) => {
-            eprintln!("dr-collector: {message}");
-            return ExitCode::from(USAGE);
-        }
+        Err(code) => return code,
     };
     if config.once {
         return once(&config).await;
     }
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
-        Ok(listener) => listener,
-        Err(err) => {
-            eprintln!("dr-collector: cannot listen on {}: {err}", config.listen);
-            return ExitCode::from(USAGE);
-        }
-    };
-    tracing::info!(listen = %config.listen, targets = config.targets.len(), "collector started");
-    match service::run(config, listener, dr_common::shutdown::signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("dr-collector: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    process::serve(NAME, config.listen, |listener| {
+        tracing::info!(listen = %config.listen, targets = config.targets.len(), "collector started");
+        service::run(config, listener, dr_common::shutdown::signal())
+    })
+    .await
 }
 
 /// One collection per target; a one-line reason per failure.
@@ -59,10 +43,7 @@ async fn once(config: &Config) -> ExitCode {
     let collector =
         match Collector::new(config, CollectorMetrics::register(&mut Registry::default())) {
             Ok(collector) => collector,
-            Err(message) => {
-                eprintln!("dr-collector: {message}");
-                return ExitCode::from(USAGE);
-            }
+            Err(message) => return process::refuse(NAME, message),
         };
     let mut failed = false;
     for target in &config.targets {
@@ -72,7 +53,7 @@ async fn once(config: &Config) -> ExitCode {
                 pushed.families, pushed.samples, target.instance
             ),
             Err(err) => {
-                eprintln!("dr-collector: {err}");
+                eprintln!("{NAME}: {err}");
                 failed = true;
             }
         }

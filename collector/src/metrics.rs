@@ -55,6 +55,15 @@ impl CollectorMetrics {
         metrics
     }
 
+    /// Both results of `instance` at 0 from the start: a series that first appears at 1
+    /// hides that first failure from `increase()`.
+    pub fn start_at_zero(&self, instance: &str) {
+        for ok in [true, false] {
+            let _ = self.scrapes.get_or_create(&result(instance, ok));
+            let _ = self.pushes.get_or_create(&result(instance, ok));
+        }
+    }
+
     pub fn count_scrape(&self, instance: &str, ok: bool) {
         self.scrapes.get_or_create(&result(instance, ok)).inc();
     }
@@ -68,5 +77,28 @@ fn result(instance: &str, ok: bool) -> ResultLabels {
     ResultLabels {
         instance: instance.to_string(),
         result: if ok { "success" } else { "error" },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_result_of_a_target_is_there_from_the_start() {
+        let mut registry = Registry::default();
+        let metrics = CollectorMetrics::register(&mut registry);
+        metrics.start_at_zero("etcd-0");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for family in [
+            "etcd_dr_collector_scrapes_total",
+            "etcd_dr_collector_pushes_total",
+        ] {
+            for result in ["success", "error"] {
+                let sample = format!("{family}{{instance=\"etcd-0\",result=\"{result}\"}} 0");
+                assert!(text.lines().any(|l| l == sample), "no {sample} in {text}");
+            }
+        }
     }
 }

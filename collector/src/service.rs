@@ -5,9 +5,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dr_common::http::{Readiness, ops_router, serve};
+use dr_common::http::{Readiness, ops_router, spawn_serve};
 use prometheus_client::registry::Registry;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -30,21 +29,13 @@ pub async fn run(
     let collector = Arc::new(Collector::new(&config, metrics).map_err(anyhow::Error::msg)?);
     let readiness = Readiness::not_ready("no successful push yet");
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-
-    let mut server_stop = stop_rx.clone();
-    let server = tokio::spawn(serve(
+    let stop_rx = dr_common::shutdown::flag(shutdown);
+    let server = spawn_serve(
         listener,
         ops_router(readiness.clone(), Arc::new(registry)),
         REQUEST_TIMEOUT,
-        async move {
-            let _ = server_stop.wait_for(|stopped| *stopped).await;
-        },
-    ));
+        stop_rx.clone(),
+    );
 
     let targets = Arc::new(config.targets.clone());
     let mut ticker = tokio::time::interval(config.interval);

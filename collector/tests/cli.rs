@@ -177,6 +177,20 @@ fn start_service(workdir: &Workdir, etcd_url: &str, pushgateway: &str) -> (Child
     (guard, base)
 }
 
+/// True once `counter{...,result="<result>"}` on the service's `/metrics` reaches `min`.
+fn counted(base: &str, counter: &str, result: &str, min: f64) -> bool {
+    http_get(&format!("{base}/metrics")).is_ok_and(|(_, body)| {
+        body.lines().any(|l| {
+            l.starts_with(&format!("{counter}{{"))
+                && l.contains(&format!("result=\"{result}\""))
+                && l.rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .is_some_and(|v| v >= min)
+        })
+    })
+}
+
 fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !check() {
@@ -198,16 +212,7 @@ fn service_turns_ready_counts_its_work_and_drains_on_sigterm() {
     });
     // Two intervals later the counters have moved past one success.
     wait_for("two successful pushes", Duration::from_secs(20), || {
-        http_get(&format!("{base}/metrics")).is_ok_and(|(_, body)| {
-            body.lines().any(|l| {
-                l.starts_with("etcd_dr_collector_pushes_total{")
-                    && l.contains("result=\"success\"")
-                    && l.rsplit(' ')
-                        .next()
-                        .and_then(|v| v.parse::<f64>().ok())
-                        .is_some_and(|v| v >= 2.0)
-            })
-        })
+        counted(&base, "etcd_dr_collector_pushes_total", "success", 2.0)
     });
     let (_, metrics) = http_get(&format!("{base}/metrics")).unwrap();
     assert!(
@@ -233,10 +238,9 @@ fn service_survives_a_dead_etcd_and_says_so() {
     let workdir = Workdir::temp("collector-dead-etcd").unwrap();
     let dead = format!("http://127.0.0.1:{}/metrics", free_port());
     let (mut guard, base) = start_service(&workdir, &dead, &pushgateway.url());
+    // Every series is there at 0 from the start; a failure moves it.
     wait_for("failed scrapes counted", Duration::from_secs(20), || {
-        http_get(&format!("{base}/metrics")).is_ok_and(|(_, body)| {
-            body.contains("result=\"error\"") && body.contains("etcd_dr_collector_scrapes_total")
-        })
+        counted(&base, "etcd_dr_collector_scrapes_total", "error", 1.0)
     });
     let (status, body) = http_get(&format!("{base}/readyz")).unwrap();
     assert_eq!(status, 503);

@@ -30,3 +30,66 @@ pub async fn connect(
     }
     Client::connect(endpoints, Some(options)).await
 }
+
+/// What etcd answers a write (put, txn, lease grant, lock) with while its backend is at
+/// its quota or the NOSPACE alarm is raised: `etcdserver: mvcc: database space exceeded`.
+const NOSPACE_MESSAGE: &str = "database space exceeded";
+
+/// What etcd answers a compaction to a revision that is already compacted.
+const COMPACTED_MESSAGE: &str = "required revision has been compacted";
+
+/// True when etcd refused the call because its database is full (NOSPACE). The message
+/// decides, not the code: etcd sends `ResourceExhausted`, a code it also uses for "too many
+/// requests" (and gRPC for an oversized message), and the lock service may pass the error
+/// on with another code.
+pub fn is_nospace(err: &etcd_client::Error) -> bool {
+    status_message(err).is_some_and(is_nospace_message)
+}
+
+/// True when a compaction asked for a revision that is already compacted.
+pub fn is_compacted(err: &etcd_client::Error) -> bool {
+    status_message(err).is_some_and(|message| message.contains(COMPACTED_MESSAGE))
+}
+
+fn status_message(err: &etcd_client::Error) -> Option<&str> {
+    match err {
+        etcd_client::Error::GRpcStatus(status) => Some(status.message()),
+        _ => None,
+    }
+}
+
+fn is_nospace_message(message: &str) -> bool {
+    message.contains(NOSPACE_MESSAGE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nospace_is_told_by_etcds_message() {
+        // As etcd 3.4 to 3.6 send it (rpctypes.ErrGRPCNoSpace); the real answer is
+        // checked against etcd in the remediator's lock test.
+        assert!(is_nospace_message(
+            "etcdserver: mvcc: database space exceeded"
+        ));
+        // The other ResourceExhausted answers are not NOSPACE.
+        assert!(!is_nospace_message("etcdserver: too many requests"));
+        assert!(!is_nospace_message(
+            "grpc: received message larger than max (2200000 vs. 2097152)"
+        ));
+    }
+
+    #[test]
+    fn errors_that_are_not_grpc_answers_are_neither() {
+        let err =
+            etcd_client::Error::InvalidArgs("etcdserver: mvcc: database space exceeded".into());
+        assert!(
+            !is_nospace(&err),
+            "only etcd's answer counts, not text that looks like it"
+        );
+        assert!(!is_compacted(&etcd_client::Error::Internal(
+            COMPACTED_MESSAGE.into()
+        )));
+    }
+}

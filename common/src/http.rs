@@ -187,6 +187,19 @@ pub async fn serve(
         .await
 }
 
+/// [`serve`] in its own task, draining once `stop` (see [`crate::shutdown::flag`]) turns
+/// true, so the service's own loop can watch the same flag.
+pub fn spawn_serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    request_timeout: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    tokio::spawn(serve(listener, router, request_timeout, async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,6 +269,30 @@ mod tests {
             .await
             .unwrap();
         assert!(String::from_utf8_lossy(&bytes).contains("method not allowed"));
+    }
+
+    #[tokio::test]
+    async fn a_spawned_server_answers_over_tcp_and_drains_when_the_flag_turns() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let router = ops_router(Readiness::not_ready("x"), Arc::new(Registry::default()));
+        let server = spawn_serve(listener, router, Duration::from_secs(5), stop);
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the server did not drain")
+            .unwrap()
+            .unwrap();
     }
 
     #[test]

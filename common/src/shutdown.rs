@@ -24,3 +24,37 @@ pub async fn signal() {
         () = terminate => tracing::info!("received SIGTERM, draining"),
     }
 }
+
+/// Turns a one-shot `shutdown` into a flag every task can read (`*flag.borrow()`) or wait
+/// on (`flag.wait_for(|stopped| *stopped)`): it turns true once `shutdown` resolves.
+pub fn flag(
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn the_flag_turns_true_for_every_watcher_when_shutdown_resolves() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let stop = super::flag(async move {
+            let _ = rx.await;
+        });
+        let mut watcher = stop.clone();
+        assert!(!*stop.borrow());
+        tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), watcher.wait_for(|stopped| *stopped))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(*stop.borrow());
+    }
+}

@@ -1,6 +1,7 @@
 //! The append-only audit log: one JSON line per event in `<snapshot dir>/audit.jsonl`,
 //! fsynced before the step it announces runs, and kept in memory for `GET /actions`.
 
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -39,7 +40,7 @@ pub struct Event {
 pub struct Audit {
     path: PathBuf,
     // One lock for file and memory keeps their order the same.
-    inner: Mutex<(File, Vec<Event>)>,
+    inner: Mutex<(File, VecDeque<Event>)>,
 }
 
 impl Audit {
@@ -104,9 +105,9 @@ impl Audit {
             .and_then(|()| inner.0.sync_data())
             .map_err(|err| format!("writing {}: {err}", self.path.display()))?;
         tracing::info!(action_id, kind, step, phase = ?phase, detail = %event.detail, "audit");
-        inner.1.push(event);
+        inner.1.push_back(event);
         if inner.1.len() > MEMORY_LIMIT {
-            inner.1.remove(0);
+            inner.1.pop_front();
         }
         Ok(())
     }
@@ -117,18 +118,23 @@ impl Audit {
             .inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // One pass: the actions in the order they began, each with its events in order
+        // (most actions are one-event skips, so thousands of them is the usual case).
         let mut order: Vec<&str> = Vec::new();
+        let mut by_action: HashMap<&str, Vec<&Event>> = HashMap::new();
         for event in &inner.1 {
-            if !order.contains(&event.action_id.as_str()) {
+            let events = by_action.entry(&event.action_id).or_default();
+            if events.is_empty() {
                 order.push(&event.action_id);
             }
+            events.push(event);
         }
         order
             .iter()
             .rev()
             .take(limit)
             .map(|id| {
-                let events: Vec<&Event> = inner.1.iter().filter(|e| e.action_id == *id).collect();
+                let events = by_action.remove(id).unwrap_or_default();
                 let first = events.first();
                 let last = events.last();
                 serde_json::json!({

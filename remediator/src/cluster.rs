@@ -8,7 +8,7 @@ use etcd_client::{AlarmAction, AlarmType, Client};
 use serde::Serialize;
 
 /// Read (never written) only for the revision in the response header.
-pub const REVISION_PROBE_KEY: &str = "/etcd-dr/revision-probe";
+const REVISION_PROBE_KEY: &str = "/etcd-dr/revision-probe";
 
 /// How to reach etcd: the configured endpoints and the TLS files, shared by every action.
 #[derive(Clone, Debug)]
@@ -217,6 +217,15 @@ pub async fn member_status(access: &EtcdAccess, endpoint: &str) -> Result<Member
     tokio::time::timeout(access.timeout, call)
         .await
         .map_err(|_| format!("status of {endpoint} timed out after {:?}", access.timeout))?
+}
+
+/// The cluster's revision now, from the header of a read that costs etcd nothing.
+pub async fn current_revision(client: &mut Client, timeout: Duration) -> Result<i64, String> {
+    let response = tokio::time::timeout(timeout, client.get(REVISION_PROBE_KEY, None))
+        .await
+        .map_err(|_| "reading the revision timed out".to_owned())?
+        .map_err(|err| format!("reading the revision: {err}"))?;
+    Ok(response.header().map(|h| h.revision()).unwrap_or_default())
 }
 
 /// (NOSPACE raised, CORRUPT raised) across all members.

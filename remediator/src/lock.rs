@@ -14,6 +14,35 @@ pub const LOCK_NAME: &str = "/etcd-dr/remediator-lock";
 /// every replica sees it.
 pub const COOLDOWN_PREFIX: &str = "/etcd-dr/cooldown/";
 
+/// Why the lock could not be tried.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum LockError {
+    /// etcd refuses writes because its database is full (NOSPACE): neither the lease nor
+    /// the lock key can be written, by this replica or any other.
+    #[error("{0}")]
+    Nospace(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl LockError {
+    /// `what` failed with `err`; NOSPACE is told apart here, where the etcd error is.
+    fn etcd(what: &str, err: &etcd_client::Error) -> Self {
+        let message = format!("{what}: {err}");
+        if dr_common::etcd::is_nospace(err) {
+            LockError::Nospace(message)
+        } else {
+            LockError::Failed(message)
+        }
+    }
+}
+
+impl From<String> for LockError {
+    fn from(message: String) -> Self {
+        LockError::Failed(message)
+    }
+}
+
 /// A held etcd lock; [`release`](Self::release) it, or its lease expires after the TTL.
 pub struct EtcdLock {
     access: EtcdAccess,
@@ -23,24 +52,25 @@ pub struct EtcdLock {
 }
 
 impl EtcdLock {
-    /// Tries for `wait` to take the lock. `Ok(None)` when another holder has it.
+    /// Tries for `wait` to take the lock. `Ok(None)` when another holder has it;
+    /// [`LockError::Nospace`] when etcd refuses the lease or the lock key for lack of space.
     pub async fn try_acquire(
         access: &EtcdAccess,
         ttl: Duration,
         wait: Duration,
-    ) -> Result<Option<Self>, String> {
+    ) -> Result<Option<Self>, LockError> {
         let mut client = access.client().await?;
         let ttl_secs = i64::try_from(ttl.as_secs().max(2)).unwrap_or(60);
         let lease = tokio::time::timeout(access.timeout, client.lease_grant(ttl_secs, None))
             .await
-            .map_err(|_| "lease grant timed out".to_owned())?
-            .map_err(|err| format!("lease grant: {err}"))?
+            .map_err(|_| LockError::Failed("lease grant timed out".into()))?
+            .map_err(|err| LockError::etcd("lease grant", &err))?
             .id();
         let (mut keeper, mut responses) = match client.lease_keep_alive(lease).await {
             Ok(pair) => pair,
             Err(err) => {
-                let _ = client.lease_revoke(lease).await;
-                return Err(format!("lease keep-alive: {err}"));
+                let _ = tokio::time::timeout(access.timeout, client.lease_revoke(lease)).await;
+                return Err(LockError::etcd("lease keep-alive", &err));
             }
         };
         let period = Duration::from_secs(u64::try_from(ttl_secs).unwrap_or(60)) / 3;
@@ -60,24 +90,23 @@ impl EtcdLock {
             client.lock(LOCK_NAME, Some(LockOptions::new().with_lease(lease))),
         )
         .await;
-        match attempt {
-            Ok(Ok(response)) => Ok(Some(EtcdLock {
-                access: access.clone(),
-                lease,
-                key: response.key().to_vec(),
-                keepalive,
-            })),
-            outcome => {
-                // Revoking the lease also removes our place in the lock's queue.
-                keepalive.abort();
-                let _ = tokio::time::timeout(access.timeout, client.lease_revoke(lease)).await;
-                match outcome {
-                    Err(_) => Ok(None),
-                    Ok(Err(err)) => Err(format!("lock: {err}")),
-                    Ok(Ok(_)) => Ok(None),
-                }
+        let failed = match attempt {
+            Ok(Ok(response)) => {
+                return Ok(Some(EtcdLock {
+                    access: access.clone(),
+                    lease,
+                    key: response.key().to_vec(),
+                    keepalive,
+                }));
             }
-        }
+            // Another holder kept it for the whole wait.
+            Err(_) => None,
+            Ok(Err(err)) => Some(LockError::etcd("lock", &err)),
+        };
+        // Revoking the lease also removes our place in the lock's queue.
+        keepalive.abort();
+        let _ = tokio::time::timeout(access.timeout, client.lease_revoke(lease)).await;
+        failed.map_or(Ok(None), Err)
     }
 
     pub fn key(&self) -> String {

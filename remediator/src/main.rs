@@ -4,52 +4,36 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use dr_common::process;
 use dr_remediator::actions::snapshot;
 use dr_remediator::config::{Args, Config};
 use dr_remediator::service;
 
-/// Exit code for a configuration the remediator refuses to run with (as clap uses).
-const USAGE: u8 = 2;
+const NAME: &str = "dr-remediator";
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = match Config::from_args(Args::parse()) {
         Ok(config) => config,
-        Err(message) => {
-            eprintln!("dr-remediator: {message}");
-            return ExitCode::from(USAGE);
-        }
+        Err(message) => return process::refuse(NAME, message),
     };
-    let _telemetry = match dr_common::telemetry::init(
-        config.log_format,
+    let _telemetry = match process::telemetry(
+        NAME,
         "info",
-        "dr-remediator",
+        config.log_format,
         config.otlp_endpoint.as_deref(),
     ) {
         Ok(guard) => guard,
-        Err(message) => {
-            eprintln!("dr-remediator: {message}");
-            return ExitCode::from(USAGE);
-        }
+        Err(code) => return code,
     };
     if config.snapshot_once {
         return snapshot_once(&config).await;
     }
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
-        Ok(listener) => listener,
-        Err(err) => {
-            eprintln!("dr-remediator: cannot listen on {}: {err}", config.listen);
-            return ExitCode::from(USAGE);
-        }
-    };
-    tracing::info!(listen = %config.listen, endpoints = ?config.etcd_endpoints, dry_run = config.dry_run, "remediator started");
-    match service::run(config, listener, dr_common::shutdown::signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("dr-remediator: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    process::serve(NAME, config.listen, |listener| {
+        tracing::info!(listen = %config.listen, endpoints = ?config.etcd_endpoints, dry_run = config.dry_run, "remediator started");
+        service::run(config, listener, dr_common::shutdown::signal())
+    })
+    .await
 }
 
 /// One verified snapshot, printed as JSON.
@@ -66,9 +50,6 @@ async fn snapshot_once(config: &Config) -> ExitCode {
             println!("{}", serde_json::json!(info));
             ExitCode::SUCCESS
         }
-        Err(err) => {
-            eprintln!("dr-remediator: snapshot failed: {err}");
-            ExitCode::FAILURE
-        }
+        Err(err) => process::fail(NAME, format!("snapshot failed: {err}")),
     }
 }

@@ -79,6 +79,12 @@ impl Metrics {
             "Webhook requests by outcome",
             metrics.webhooks.clone(),
         );
+        // Both results exist from the start, at 0: a series that first appears at 1 hides
+        // that first defrag or restore from `increase()` (the dashboard's query).
+        for ok in [true, false] {
+            let _ = metrics.defrag.get_or_create(&result(ok));
+            let _ = metrics.restore.get_or_create(&result(ok));
+        }
         metrics
     }
 

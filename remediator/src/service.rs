@@ -8,21 +8,21 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use dr_common::http::{ApiError, Readiness, ops_router, serve};
+use dr_common::http::{ApiError, Readiness, ops_router, spawn_serve};
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
 use crate::actions::snapshot;
 use crate::audit::{Audit, Phase};
 use crate::cluster::ClusterView;
 use crate::config::Config;
-use crate::lock::{self, EtcdLock};
+use crate::lock::{self, EtcdLock, LockError};
 use crate::metrics::Metrics;
 use crate::remediation::Remediator;
 use crate::webhook::{Payload, Trigger, authorized};
@@ -178,7 +178,7 @@ impl App {
                 // Under NOSPACE etcd refuses the lease and the lock key; the repair is what
                 // lifts that, so it proceeds unlocked and a restore will not run. The alarm
                 // may be raised between reading the view and writing the lock key.
-                Err(err) if view.nospace || err.to_string().contains("database space exceeded") => {
+                Err(err) if view.nospace || matches!(err, LockError::Nospace(_)) => {
                     let _ = self.remediator.audit.record(
                         &action_id,
                         remediation::KIND,
@@ -334,9 +334,16 @@ struct ActionsQuery {
     limit: Option<usize>,
 }
 
-async fn actions(State(app): State<Arc<App>>, Query(query): Query<ActionsQuery>) -> Json<Value> {
+async fn actions(
+    State(app): State<Arc<App>>,
+    query: Result<Query<ActionsQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    // axum's own rejection is plain text; errors here are JSON.
+    let Query(query) = query.map_err(|err| ApiError::BadRequest(err.body_text()))?;
     let limit = query.limit.unwrap_or(50).min(1000);
-    Json(json!({ "actions": app.remediator.audit.actions(limit) }))
+    Ok(Json(
+        json!({ "actions": app.remediator.audit.actions(limit) }),
+    ))
 }
 
 /// `/webhook`, `/actions` and the ops endpoints.
@@ -348,8 +355,9 @@ pub fn router(app: Arc<App>, readiness: Readiness, registry: Arc<Registry>) -> R
         .merge(ops_router(readiness, registry))
 }
 
-/// Serves until `shutdown`, taking scheduled snapshots every interval. A remediation under
-/// way when shutdown comes is left to finish its current step by the runtime's drain.
+/// Serves until `shutdown`, taking scheduled snapshots every interval. Work under way when
+/// shutdown comes (a remediation, or a readiness check and scheduled snapshot) gets
+/// `DRAIN_TIMEOUT` to finish.
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
@@ -360,31 +368,40 @@ pub async fn run(
     let dry_run = config.dry_run;
     let app = App::new(config, &mut registry).map_err(anyhow::Error::msg)?;
     let readiness = Readiness::not_ready("etcd not reached yet");
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let mut server_stop = stop_rx.clone();
-    let server = tokio::spawn(serve(
+    let mut stop = dr_common::shutdown::flag(shutdown);
+    let server = spawn_serve(
         listener,
         router(app.clone(), readiness.clone(), Arc::new(registry)),
         REQUEST_TIMEOUT,
-        async move {
-            let _ = server_stop.wait_for(|stopped| *stopped).await;
-        },
-    ));
+        stop.clone(),
+    );
     // Ready once etcd answers; re-checked each interval of the readiness loop.
-    let mut stop = stop_rx.clone();
     let mut next_snapshot = tokio::time::Instant::now() + interval;
     loop {
-        match ClusterView::observe(&app.remediator.access).await {
-            Ok(_) => readiness.set_ready(),
-            Err(err) => readiness.set_not_ready(format!("etcd: {err}")),
-        }
-        if !dry_run && tokio::time::Instant::now() >= next_snapshot {
-            app.scheduled_snapshot().await;
-            next_snapshot = tokio::time::Instant::now() + interval;
+        {
+            let work = async {
+                match ClusterView::observe(&app.remediator.access).await {
+                    Ok(_) => readiness.set_ready(),
+                    Err(err) => readiness.set_not_ready(format!("etcd: {err}")),
+                }
+                if !dry_run && tokio::time::Instant::now() >= next_snapshot {
+                    app.scheduled_snapshot().await;
+                    next_snapshot = tokio::time::Instant::now() + interval;
+                }
+            };
+            tokio::pin!(work);
+            let stopped = tokio::select! {
+                () = &mut work => false,
+                _ = stop.wait_for(|stopped| *stopped) => true,
+            };
+            if stopped {
+                // A snapshot download may take --snapshot-timeout; a drain may not. An
+                // abandoned download leaves no file behind.
+                if tokio::time::timeout(DRAIN_TIMEOUT, work).await.is_err() {
+                    tracing::warn!("shutting down with a scheduled snapshot unfinished");
+                }
+                break;
+            }
         }
         let wake = next_snapshot.min(tokio::time::Instant::now() + Duration::from_secs(15));
         tokio::select! {

@@ -1,6 +1,7 @@
 //! Remediations against real etcd (Debian 3.4 and vendored 3.6): a bloated db shrinks with
-//! every key kept, NOSPACE is cleared, one run at a time across webhooks and replicas, a
-//! member lost mid-run does not cause a restore, and dry-run touches nothing.
+//! every key kept, NOSPACE is cleared, the lock tells NOSPACE apart, one run at a time
+//! across webhooks and replicas, a member lost mid-run does not cause a restore, and
+//! dry-run touches nothing.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -9,10 +10,15 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use dr_remediator::audit::Phase;
+use dr_remediator::cluster::EtcdAccess;
+use dr_remediator::lock::{EtcdLock, LockError};
 use dr_testkit::{EtcdCluster, EtcdOptions, EtcdVersion};
+use etcd_client::{AlarmAction, AlarmOptions, AlarmType};
 use support::{FIRING, bloat, client, db_sizes, remediator, runtime, seeded, step};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+const LOCK_TTL: Duration = Duration::from_secs(15);
+const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 fn start(version: EtcdVersion, members: usize, quota: Option<u64>) -> EtcdCluster {
     EtcdCluster::start(EtcdOptions {
@@ -141,6 +147,46 @@ fn nospace_alarm_is_cleared_and_writes_work_3_4() {
 #[test]
 fn nospace_alarm_is_cleared_and_writes_work_3_6() {
     nospace_is_cleared(EtcdVersion::V3_6);
+}
+
+/// The drill's race: NOSPACE raised after the remediator looked at the alarms and before
+/// it took the lock. The lock must say NOSPACE (the run then proceeds unlocked), not fail
+/// like any other etcd error (the run would be skipped and the cluster left full).
+#[test]
+fn the_lock_tells_nospace_apart_from_other_failures() {
+    for version in [EtcdVersion::V3_4, EtcdVersion::V3_6] {
+        let etcd = start(version, 1, None);
+        let endpoints = etcd.client_endpoints();
+        runtime().block_on(async {
+            let access = EtcdAccess {
+                endpoints: endpoints.clone(),
+                tls: None,
+                timeout: Duration::from_secs(5),
+                default_quota_bytes: 1 << 31,
+            };
+            let try_lock = || EtcdLock::try_acquire(&access, LOCK_TTL, LOCK_WAIT);
+            match try_lock().await {
+                Ok(Some(lock)) => lock.release().await,
+                Ok(None) => panic!("{version:?}: nobody else holds the lock"),
+                Err(err) => panic!("{version:?}: {err}"),
+            }
+            // Raised the way etcd raises it when the db reaches its quota.
+            let mut c = client(&endpoints).await;
+            let member = c.status().await.unwrap().header().unwrap().member_id();
+            let mut options = AlarmOptions::new();
+            options.with_member(member);
+            c.alarm(AlarmAction::Activate, AlarmType::Nospace, Some(options))
+                .await
+                .unwrap();
+            match try_lock().await {
+                Err(LockError::Nospace(message)) => {
+                    assert!(message.contains("database space exceeded"), "{message}");
+                }
+                Err(err) => panic!("{version:?}: NOSPACE not recognised: {err:?}"),
+                Ok(_) => panic!("{version:?}: etcd granted a lease under NOSPACE"),
+            }
+        });
+    }
 }
 
 #[test]

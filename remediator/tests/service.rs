@@ -2,13 +2,18 @@
 //! endpoints over real HTTP, a clean drain on shutdown, and the binary's exit codes.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use dr_remediator::actions::snapshot;
 use dr_remediator::audit::{Phase, read_all};
 use dr_remediator::config::{Args, Config};
-use dr_testkit::{EtcdCluster, EtcdOptions, EtcdVersion, etcdctl_binary, http_get};
+use dr_testkit::{
+    ChildGuard, EtcdCluster, EtcdOptions, EtcdVersion, etcdctl_binary, free_port, http_get,
+};
+use support::{assert_success, run_binary, runtime};
 
 #[test]
 fn scheduled_snapshots_are_verified_retained_and_counted() {
@@ -19,11 +24,7 @@ fn scheduled_snapshots_are_verified_retained_and_counted() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     etcd.etcdctl(&["put", "k", "v"]).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let endpoints = etcd.client_endpoints().join(",");
     let args = Args::try_parse_from([
         "dr-remediator",
@@ -64,15 +65,12 @@ fn scheduled_snapshots_are_verified_retained_and_counted() {
     let kept = snapshot::list(dir.path()).unwrap();
     assert_eq!(kept.len(), 2, "retention: {kept:?}");
     // etcdctl agrees the files are good snapshots.
-    let status = std::process::Command::new(etcdctl_binary().unwrap())
-        .env("ETCDCTL_API", "3")
-        .args(["snapshot", "status", kept[0].to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
+    assert_success(
+        &std::process::Command::new(etcdctl_binary().unwrap())
+            .env("ETCDCTL_API", "3")
+            .args(["snapshot", "status", kept[0].to_str().unwrap()])
+            .output()
+            .unwrap(),
     );
 
     let (code, _) = http_get(&format!("{base}/readyz")).unwrap();
@@ -98,13 +96,67 @@ fn scheduled_snapshots_are_verified_retained_and_counted() {
 
 #[test]
 fn bad_flags_exit_2_with_a_message() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_dr-remediator"))
-        .args(["--etcd-endpoints", "ftp://x", "--snapshot-dir", "/tmp"])
-        .output()
-        .unwrap();
+    let output = run_binary(&["--etcd-endpoints", "ftp://x", "--snapshot-dir", "/tmp"]);
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("want an http"), "{stderr}");
+}
+
+#[test]
+fn a_listen_address_in_use_exits_2_with_a_message() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let output = run_binary(&[
+        "--etcd-endpoints",
+        &nowhere,
+        "--snapshot-dir",
+        dir.path().to_str().unwrap(),
+        "--listen",
+        &listen,
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with(&format!("dr-remediator: cannot listen on {listen}")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn sigterm_drains_and_exits_0_even_without_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dr-remediator"));
+    cmd.args(["--etcd-endpoints"])
+        .arg(format!("http://127.0.0.1:{}", free_port()))
+        .arg("--snapshot-dir")
+        .arg(dir.path())
+        .args(["--listen", &listen, "--etcd-timeout", "1s"]);
+    let mut guard =
+        ChildGuard::spawn("dr-remediator", cmd, &dir.path().join("log"), false).unwrap();
+    let base = format!("http://{listen}");
+    guard
+        .wait_http_ok(&format!("{base}/healthz"), Duration::from_secs(20))
+        .unwrap();
+    // Alive, but not ready: it says what it waits for.
+    let (code, body) = http_get(&format!("{base}/readyz")).unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("etcd"), "{body}");
+    let started = Instant::now();
+    let status = guard.stop().unwrap().expect("the remediator was running");
+    assert!(
+        status.success(),
+        "SIGTERM should drain and exit 0, got {status:?}: {}",
+        guard.log_tail(20)
+    );
+    // Not the 15 s readiness pause, nor the drain deadline: nothing was under way.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -112,18 +164,14 @@ fn snapshot_once_writes_one_verified_snapshot_and_exits_0() {
     let etcd = EtcdCluster::start(EtcdOptions::default()).unwrap();
     etcd.etcdctl(&["put", "k", "v"]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_dr-remediator"))
-        .args(["--snapshot-once", "--etcd-endpoints"])
-        .arg(etcd.client_endpoints().join(","))
-        .arg("--snapshot-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = run_binary(&[
+        "--snapshot-once",
+        "--etcd-endpoints",
+        &etcd.client_endpoints().join(","),
+        "--snapshot-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_success(&output);
     let info: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let path = info["path"].as_str().unwrap();
     let (size, digest) = snapshot::verify_file(std::path::Path::new(path)).unwrap();
@@ -148,23 +196,19 @@ fn snapshot_over_mutual_tls() {
     .unwrap();
     let tls = etcd.tls().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_dr-remediator"))
-        .args(["--snapshot-once", "--etcd-endpoints"])
-        .arg(etcd.client_endpoints().join(","))
-        .arg("--snapshot-dir")
-        .arg(dir.path())
-        .arg("--cacert")
-        .arg(&tls.ca_cert)
-        .arg("--cert")
-        .arg(&tls.client_cert)
-        .arg("--key")
-        .arg(&tls.client_key)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = run_binary(&[
+        "--snapshot-once",
+        "--etcd-endpoints",
+        &etcd.client_endpoints().join(","),
+        "--snapshot-dir",
+        dir.path().to_str().unwrap(),
+        "--cacert",
+        tls.ca_cert.to_str().unwrap(),
+        "--cert",
+        tls.client_cert.to_str().unwrap(),
+        "--key",
+        tls.client_key.to_str().unwrap(),
+    ]);
+    assert_success(&output);
     assert_eq!(snapshot::list(dir.path()).unwrap().len(), 1);
 }

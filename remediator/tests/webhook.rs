@@ -1,6 +1,7 @@
 //! The webhook's gatekeeping, in process through the router: requests that fail
 //! authentication, parsing or size change nothing; resolved alerts, other alerts and an
-//! unconfirmed detector are skipped with their reason.
+//! unconfirmed detector are skipped with their reason. And `/metrics` names what DESIGN.md
+//! promises from the start.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -67,6 +68,9 @@ async fn bad_requests_are_refused_and_change_nothing() {
     assert!(r.snapshots().is_empty());
     let (_, actions) = r.get("/actions").await;
     assert_eq!(actions["actions"], json!([]));
+    let (status, body) = r.get("/actions?limit=many").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("limit"), "{body}");
 }
 
 #[tokio::test]
@@ -151,4 +155,35 @@ async fn an_unconfirmed_or_unreachable_detector_means_no_action() {
     let reason = body["skipped"].as_str().unwrap();
     assert!(reason.starts_with("etcd not safe to act on"), "{reason}");
     assert!(r.snapshots().is_empty());
+}
+
+#[tokio::test]
+async fn metrics_carry_every_name_the_design_promises_from_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = remediator(&nowhere(), dir.path(), &[]);
+    let (status, metrics) = r.get("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let metrics = metrics.as_str().unwrap();
+    for sample in [
+        "etcd_dr_snapshot_success_total 0",
+        "etcd_dr_snapshot_failure_total 0",
+        "etcd_dr_remediation_duration_seconds_count 0",
+        "etcd_dr_last_snapshot_timestamp_seconds ",
+    ] {
+        assert!(
+            metrics.lines().any(|line| line.starts_with(sample)),
+            "no {sample:?} in {metrics}"
+        );
+    }
+    // Labelled by result, each result there from the start: a series that first appears at
+    // 1 hides that first defrag or restore from `increase()`.
+    for family in ["etcd_dr_defrag_total", "etcd_dr_restore_total"] {
+        for result in ["success", "failure"] {
+            let sample = format!("{family}{{result=\"{result}\"}} 0");
+            assert!(
+                metrics.lines().any(|line| line == sample),
+                "no {sample:?} in {metrics}"
+            );
+        }
+    }
 }

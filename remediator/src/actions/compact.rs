@@ -3,7 +3,7 @@
 
 use etcd_client::CompactionOptions;
 
-use crate::cluster::EtcdAccess;
+use crate::cluster::{EtcdAccess, current_revision};
 
 /// Compacts to the revision current now; returns that revision. Compacting to a revision
 /// already compacted is not an error here (a retry after a lost answer must succeed).
@@ -12,29 +12,14 @@ pub async fn to_current_revision(access: &EtcdAccess) -> Result<i64, String> {
     // several ordinary calls.
     let timeout = access.timeout * 12;
     let mut client = access.live_client(timeout).await?;
-    let revision = tokio::time::timeout(
-        access.timeout,
-        client.get(crate::cluster::REVISION_PROBE_KEY, None),
-    )
-    .await
-    .map_err(|_| "reading the revision timed out".to_owned())?
-    .map_err(|err| format!("reading the revision: {err}"))?
-    .header()
-    .map(|h| h.revision())
-    .unwrap_or_default();
+    let revision = current_revision(&mut client, access.timeout).await?;
     let call = client.compact(revision, Some(CompactionOptions::new().with_physical()));
     match tokio::time::timeout(timeout, call).await {
         Err(_) => Err(format!(
             "compaction to {revision} timed out after {timeout:?}"
         )),
         Ok(Ok(_)) => Ok(revision),
-        Ok(Err(err))
-            if err
-                .to_string()
-                .contains("required revision has been compacted") =>
-        {
-            Ok(revision)
-        }
+        Ok(Err(err)) if dr_common::etcd::is_compacted(&err) => Ok(revision),
         Ok(Err(err)) => Err(format!("compaction to {revision}: {err}")),
     }
 }

@@ -14,7 +14,7 @@ use ring::digest::{Context, SHA256, SHA256_OUTPUT_LEN};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
-use crate::cluster::EtcdAccess;
+use crate::cluster::{EtcdAccess, current_revision};
 
 const PREFIX: &str = "snapshot-";
 const SUFFIX: &str = ".db";
@@ -39,30 +39,22 @@ pub async fn take(
 ) -> Result<SnapshotInfo, String> {
     let started = std::time::Instant::now();
     let mut client = access.live_client(timeout).await?;
-    let revision = tokio::time::timeout(
-        access.timeout,
-        client.get(crate::cluster::REVISION_PROBE_KEY, None),
-    )
-    .await
-    .map_err(|_| "reading the revision timed out".to_owned())?
-    .map_err(|err| format!("reading the revision: {err}"))?
-    .header()
-    .map(|h| h.revision())
-    .unwrap_or_default();
+    let revision = current_revision(&mut client, access.timeout).await?;
     let millis = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or_default();
     let name = format!("{PREFIX}{millis:016}-rev{revision}{SUFFIX}");
     let final_path = dir.join(&name);
-    let part_path = dir.join(format!("{name}.part"));
+    let part = Partial::new(dir.join(format!("{name}.part")));
+    let part_path = part.path.as_path();
 
     let download = async {
         let mut stream = client
             .snapshot()
             .await
             .map_err(|err| format!("starting the snapshot stream: {err}"))?;
-        let file = tokio::fs::File::create(&part_path)
+        let file = tokio::fs::File::create(part_path)
             .await
             .map_err(|err| format!("creating {}: {err}", part_path.display()))?;
         let mut file = tokio::io::BufWriter::with_capacity(1 << 20, file);
@@ -85,27 +77,14 @@ pub async fn take(
             .sync_all()
             .await
             .map_err(|err| format!("fsync {}: {err}", part_path.display()))?;
-        check.finish(&part_path)
+        check.finish(part_path)
     };
     let verified = match tokio::time::timeout(timeout, download).await {
         Ok(result) => result,
         Err(_) => Err(format!("snapshot did not finish within {timeout:?}")),
     };
-    let (size_bytes, sha256) = match verified {
-        Ok(found) => found,
-        Err(err) => {
-            // A partial or corrupt file is never used; do not leave it for someone to try.
-            let _ = std::fs::remove_file(&part_path);
-            return Err(err);
-        }
-    };
-    std::fs::rename(&part_path, &final_path).map_err(|err| {
-        format!(
-            "renaming {} to {}: {err}",
-            part_path.display(),
-            final_path.display()
-        )
-    })?;
+    let (size_bytes, sha256) = verified?;
+    part.rename_to(&final_path)?;
     sync_dir(dir)?;
     prune(dir, retain)?;
     Ok(SnapshotInfo {
@@ -115,6 +94,43 @@ pub async fn take(
         sha256,
         duration_seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// A download in progress. A partial or corrupt file is never used, so it is removed
+/// unless renamed into place: after a failure, a timeout, or a shutdown that drops the
+/// download half-way, nothing is left for someone to try.
+struct Partial {
+    path: PathBuf,
+    renamed: bool,
+}
+
+impl Partial {
+    fn new(path: PathBuf) -> Self {
+        Partial {
+            path,
+            renamed: false,
+        }
+    }
+
+    fn rename_to(mut self, to: &Path) -> Result<(), String> {
+        std::fs::rename(&self.path, to).map_err(|err| {
+            format!(
+                "renaming {} to {}: {err}",
+                self.path.display(),
+                to.display()
+            )
+        })?;
+        self.renamed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.renamed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// The trailer check over a stream: everything but the last 32 bytes is hashed, the last
@@ -317,6 +333,21 @@ mod tests {
         bytes[1234] ^= 0x01;
         std::fs::write(&path, &bytes).unwrap();
         assert!(verify_file(&path).unwrap_err().contains("mismatch"));
+    }
+
+    #[test]
+    fn a_partial_file_is_removed_unless_renamed_into_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let abandoned = dir.path().join("a.db.part");
+        std::fs::write(&abandoned, b"half").unwrap();
+        drop(Partial::new(abandoned.clone()));
+        assert!(!abandoned.exists(), "an abandoned download was left behind");
+        let done = dir.path().join("b.db.part");
+        std::fs::write(&done, b"whole").unwrap();
+        let kept = dir.path().join("b.db");
+        Partial::new(done.clone()).rename_to(&kept).unwrap();
+        assert!(!done.exists());
+        assert_eq!(std::fs::read(&kept).unwrap(), b"whole");
     }
 
     #[test]

@@ -139,6 +139,24 @@ pub fn step<'a>(events: &'a [Event], step: &str, phase: Phase) -> Option<&'a Eve
     events.iter().find(|e| e.step == step && e.phase == phase)
 }
 
+/// Runs the dr-remediator binary with `args` to its end.
+pub fn run_binary<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_dr-remediator"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Fails with the process's stderr unless it exited 0.
+pub fn assert_success(output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "{}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
