@@ -9,16 +9,15 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use dr_common::duration::parse_duration;
-use dr_common::http::{Readiness, ops_router};
 use dr_common::telemetry::{self, LogFormat};
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
 use crate::dataset::Dataset;
 use crate::features::FeatureSpec;
-use crate::http::{Detector, Metrics};
+use crate::http::Detector;
 use crate::inference::Scorer;
-use crate::model_dir::{ModelBundle, check_features};
+use crate::model_dir::ModelBundle;
 use crate::prometheus::PromClient;
 use crate::train::{EpochReport, TrainOptions};
 
@@ -273,7 +272,8 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         eprintln!();
     }
     bundle.save(&args.out)?;
-    if let Some(warning) = crate::train::threshold_warning(&bundle.meta.threshold_method) {
+    let threshold_warning = crate::train::threshold_warning(&bundle.meta.threshold_method);
+    if let Some(warning) = threshold_warning {
         tracing::warn!("{warning}");
     }
     let t = &bundle.meta.training;
@@ -294,7 +294,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         "threshold": bundle.meta.threshold,
         "threshold_method": bundle.meta.threshold_method,
         "threshold_windows": t.threshold_windows,
-        "threshold_warning": crate::train::threshold_warning(&bundle.meta.threshold_method),
+        "threshold_warning": threshold_warning,
         "std_floor": bundle.meta.normalisation.std_floor,
         "seconds": t.seconds,
     });
@@ -329,10 +329,8 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
 fn score(args: ScoreArgs) -> anyhow::Result<()> {
     let scorer = load_model(args.model.as_deref())?;
     let meta = &scorer.bundle.meta;
-    let data = Dataset::read(&args.data)?;
-    check_features(meta, &data.feature_names)?;
-    let data = data.select_features(&meta.feature_names())?;
-    let starts = data.window_starts(meta.window, data.step_seconds()?);
+    let data = meta.select_data(&Dataset::read(&args.data)?)?;
+    let starts = data.window_starts(meta.window, meta.step_seconds);
     anyhow::ensure!(
         !starts.is_empty(),
         "the data has no window of {} steps",
@@ -379,9 +377,6 @@ fn score(args: ScoreArgs) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let scorer = load_model(args.model.as_deref())?;
-    let mut registry = Registry::default();
-    let metrics = Metrics::register(&mut registry);
-    let readiness = Readiness::not_ready("no answer from Prometheus yet");
     let meta = &scorer.bundle.meta;
     tracing::info!(
         model = %scorer.bundle.source,
@@ -398,17 +393,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_push_age = %humantime::format_duration(max_push_age),
         "instances whose last push is older get no score"
     );
-    let state = Arc::new(Detector {
-        prometheus: PromClient::new(&args.prometheus_url, args.prometheus_timeout)?,
+    let mut registry = Registry::default();
+    let state = Arc::new(Detector::new(
         scorer,
-        prometheus_timeout: args.prometheus_timeout,
-        max_gap_steps: args.max_gap_steps,
+        PromClient::new(&args.prometheus_url, args.prometheus_timeout)?,
+        args.max_gap_steps,
         max_push_age,
-        metrics,
-        readiness: readiness.clone(),
-    });
-    let app = crate::http::router(state.clone(), args.body_limit)
-        .merge(ops_router(readiness, Arc::new(registry)));
+        &mut registry,
+    ));
+    let app = crate::http::app(state.clone(), registry, args.body_limit);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -449,7 +442,8 @@ fn parse_time(text: &str, now: f64) -> anyhow::Result<f64> {
 }
 
 async fn export(args: ExportArgs) -> anyhow::Result<()> {
-    let mut meta = load_model(args.model.as_deref())?.bundle.meta;
+    // Only the queries and the step are needed: no weights to lay out.
+    let mut meta = ModelBundle::load_or_default(args.model.as_deref())?.meta;
     if let Some(step) = args.step {
         let step = step.as_secs_f64();
         anyhow::ensure!(step >= 1.0, "--step must be at least 1s");

@@ -5,7 +5,6 @@ use serde::Serialize;
 
 use crate::dataset::Dataset;
 use crate::inference::Scorer;
-use crate::model_dir::check_features;
 use crate::roc::{self, Confusion, YoudenPoint};
 use crate::train::score_windows;
 
@@ -31,15 +30,8 @@ pub fn evaluate(scorer: &Scorer, data: &Dataset) -> anyhow::Result<EvalReport> {
         data.labels.is_some(),
         "the data has no `label` column; eval needs labelled rows"
     );
-    check_features(meta, &data.feature_names)?;
-    let data = data.select_features(&meta.feature_names())?;
-    let step = data.step_seconds()?;
-    ensure!(
-        (step - meta.step_seconds).abs() <= 0.01 * meta.step_seconds,
-        "the data's step is {step}s but the model was trained at {}s; its queries and windows are for that step",
-        meta.step_seconds
-    );
-    let starts = data.window_starts(meta.window, step);
+    let data = meta.select_data(data)?;
+    let starts = data.window_starts(meta.window, meta.step_seconds);
     let (scores, labels) = score_windows(scorer, &data, &starts);
     ensure!(
         !scores.is_empty(),

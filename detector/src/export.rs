@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use anyhow::{Context, bail};
 
-use crate::features::{DEFRAG_MASK, FeatureSpec};
+use crate::features::DEFRAG_MASK;
 use crate::model_dir::ModelMeta;
 use crate::prometheus::{PromClient, Series};
 
@@ -113,7 +113,7 @@ pub async fn export(
             .features
             .iter()
             .zip(feature_cols)
-            .map(|(spec, c)| csv_value(spec, c.get(&t).copied()))
+            .map(|(spec, c)| spec.reading(c.get(&t).copied()))
             .collect();
         let Some(values) = values else {
             skipped += 1;
@@ -138,40 +138,10 @@ pub async fn export(
     })
 }
 
-/// The value a step's CSV cell gets, as serving reads it (`prometheus::assemble`): a
-/// latency quantile that is NaN or absent is 0 (no requests); any other missing or
-/// non-finite value leaves the step out.
-fn csv_value(spec: &FeatureSpec, raw: Option<f64>) -> Option<f64> {
-    match raw {
-        Some(v) if v.is_finite() => Some(v),
-        Some(v) if v.is_nan() && spec.is_latency_quantile() => Some(0.0),
-        None if spec.is_latency_quantile() => Some(0.0),
-        _ => None,
-    }
-}
-
 fn join(instances: &BTreeSet<&String>) -> String {
     instances
         .iter()
         .map(|s| s.as_str())
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::features::default_features;
-
-    #[test]
-    fn csv_cells_follow_the_serving_rules() {
-        let features = default_features(1.0);
-        let (quota, fsync) = (&features[0], &features[5]);
-        assert_eq!(csv_value(fsync, Some(f64::NAN)), Some(0.0));
-        assert_eq!(csv_value(fsync, None), Some(0.0));
-        assert_eq!(csv_value(fsync, Some(f64::INFINITY)), None);
-        assert_eq!(csv_value(fsync, Some(0.02)), Some(0.02));
-        assert_eq!(csv_value(quota, Some(f64::NAN)), None);
-        assert_eq!(csv_value(quota, None), None);
-    }
 }

@@ -19,6 +19,18 @@ impl FeatureSpec {
     pub fn is_latency_quantile(&self) -> bool {
         self.query.contains("histogram_quantile")
     }
+
+    /// What one step of a Prometheus answer (`None`: no point) is worth to this feature:
+    /// a finite value as is; NaN or no point is 0 for a latency quantile and a gap (`None`)
+    /// otherwise; an infinity is never a value. Serving (`prometheus::assemble`) and
+    /// `export` both read answers through this, so live windows and training data agree.
+    pub fn reading(&self, raw: Option<f64>) -> Option<f64> {
+        match raw {
+            Some(v) if v.is_finite() => Some(v),
+            Some(v) if v.is_infinite() => None,
+            _ => self.is_latency_quantile().then_some(0.0),
+        }
+    }
 }
 
 /// The range of the default queries' `rate`/`increase`/`deriv`: four steps, at least 4 s.
@@ -186,6 +198,19 @@ mod tests {
             .map(|f| f.name)
             .collect();
         assert_eq!(quantiles, ["wal_fsync_p99", "backend_commit_p99"]);
+    }
+
+    #[test]
+    fn answers_are_read_by_the_serving_rules() {
+        let features = default_features(1.0);
+        let (quota, fsync) = (&features[0], &features[5]);
+        assert_eq!(fsync.reading(Some(f64::NAN)), Some(0.0));
+        assert_eq!(fsync.reading(None), Some(0.0));
+        assert_eq!(fsync.reading(Some(f64::INFINITY)), None);
+        assert_eq!(fsync.reading(Some(0.02)), Some(0.02));
+        assert_eq!(quota.reading(Some(f64::NAN)), None);
+        assert_eq!(quota.reading(None), None);
+        assert_eq!(quota.reading(Some(f64::NEG_INFINITY)), None);
     }
 
     #[test]

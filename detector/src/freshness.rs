@@ -44,7 +44,7 @@ pub fn new_value_spacing(points: &[(f64, f64)]) -> Option<f64> {
     let mut changes = Vec::new();
     let mut last: Option<f64> = None;
     for &(t, v) in points {
-        if last.is_some_and(|l| l != v) || last.is_none() {
+        if last != Some(v) {
             changes.push(t);
         }
         last = Some(v);

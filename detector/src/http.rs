@@ -1,5 +1,7 @@
 //! `serve`: `GET /score` (live windows from Prometheus, per instance), `POST /score` (a
-//! given window), and `/metrics` with the scores refreshed in the background.
+//! given window), and `/metrics` with the scores refreshed in the background. Prometheus
+//! is asked once per window: the refresh and every `GET /score` within one step share
+//! that pull (so a Prometheus that just went away shows as a 503 from the next step on).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::AtomicU64;
@@ -12,7 +14,7 @@ use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use dr_common::http::{ApiError, Readiness};
+use dr_common::http::{ApiError, Readiness, ops_router};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -129,6 +131,7 @@ impl Refusal {
 
 /// What one pull from Prometheus gave: scored instances, refused ones with the reason,
 /// and the window's end.
+#[derive(Debug)]
 pub struct Live {
     pub scored: Vec<ScoreResponse>,
     pub refused: Vec<(String, Refusal)>,
@@ -138,14 +141,16 @@ pub struct Live {
 /// Everything a handler needs.
 pub struct Detector {
     pub scorer: Scorer,
-    pub prometheus: PromClient,
-    /// Bound on one whole pull from Prometheus (all queries).
-    pub prometheus_timeout: Duration,
-    pub max_gap_steps: usize,
+    /// Its timeout bounds one whole pull (all queries).
+    prometheus: PromClient,
+    max_gap_steps: usize,
     /// Instances whose last push is older get no score; zero turns the check off.
-    pub max_push_age: Duration,
-    pub metrics: Metrics,
-    pub readiness: Readiness,
+    max_push_age: Duration,
+    metrics: Metrics,
+    readiness: Readiness,
+    /// The latest pull, answered again for its window: the background refresh and every
+    /// `GET /score` within one step ask Prometheus once. Failures are not kept.
+    last_pull: Mutex<Option<Arc<Live>>>,
 }
 
 type AppState = Arc<Detector>;
@@ -171,6 +176,28 @@ pub struct ScoreResponse {
 }
 
 impl Detector {
+    /// A detector not yet ready (no answer from Prometheus yet), its metrics registered
+    /// in `registry` with the model's threshold set.
+    pub fn new(
+        scorer: Scorer,
+        prometheus: PromClient,
+        max_gap_steps: usize,
+        max_push_age: Duration,
+        registry: &mut Registry,
+    ) -> Detector {
+        let metrics = Metrics::register(registry);
+        metrics.threshold.set(scorer.threshold());
+        Detector {
+            scorer,
+            prometheus,
+            max_gap_steps,
+            max_push_age,
+            metrics,
+            readiness: Readiness::not_ready("no answer from Prometheus yet"),
+            last_pull: Mutex::default(),
+        }
+    }
+
     fn score_timed(&self, values: &[f64], mask: &[bool]) -> Result<Score, ApiError> {
         let started = Instant::now();
         let result = self.scorer.score(values, mask);
@@ -206,30 +233,59 @@ impl Detector {
         }
     }
 
-    /// Pulls and scores every instance's latest window.
-    async fn score_live(&self) -> Result<Live, ApiError> {
-        let meta = &self.scorer.bundle.meta;
-        let step = meta.step_seconds;
+    /// Every instance's latest window, scored.
+    async fn score_live(&self) -> Result<Arc<Live>, ApiError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_err(|err| ApiError::Internal(format!("clock before 1970: {err}")))?
             .as_secs_f64();
+        self.live_at(prometheus::window_end(
+            now,
+            self.scorer.bundle.meta.step_seconds,
+        ))
+        .await
+    }
+
+    /// The scores of the windows ending at `end`: the latest pull's when it was for that
+    /// window, a new pull otherwise.
+    async fn live_at(&self, end: f64) -> Result<Arc<Live>, ApiError> {
+        let lock = || {
+            self.last_pull
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        };
+        if let Some(live) = lock().as_ref().filter(|live| live.end == end) {
+            return Ok(live.clone());
+        }
+        // Not held across the pull: a slow Prometheus must not queue requests behind it.
+        let live = Arc::new(self.pull(end).await?);
+        let mut last = lock();
+        if last.as_ref().is_none_or(|kept| kept.end < end) {
+            *last = Some(live.clone());
+        }
+        Ok(live)
+    }
+
+    /// Pulls and scores every instance's window ending at `end`.
+    async fn pull(&self, end: f64) -> Result<Live, ApiError> {
+        let meta = &self.scorer.bundle.meta;
+        let step = meta.step_seconds;
+        let timeout = self.prometheus.timeout();
         let unavailable = |message: String| ApiError::Unavailable {
             dependency: "prometheus".into(),
             message,
         };
         let started = Instant::now();
-        let fetched =
-            tokio::time::timeout(self.prometheus_timeout, self.prometheus.fetch(meta, now))
-                .await
-                .map_err(|_| {
-                    unavailable(format!(
-                        "{} did not answer within {}",
-                        self.prometheus.url(),
-                        humantime::format_duration(self.prometheus_timeout)
-                    ))
-                })?
-                .map_err(|err| unavailable(err.to_string()))?;
+        let fetched = tokio::time::timeout(timeout, self.prometheus.fetch(meta, end))
+            .await
+            .map_err(|_| {
+                unavailable(format!(
+                    "{} did not answer within {}",
+                    self.prometheus.url(),
+                    humantime::format_duration(timeout)
+                ))
+            })?
+            .map_err(|err| unavailable(err.to_string()))?;
         let mut scored = Vec::new();
         let mut refused = Vec::new();
         for (instance, window) in prometheus::assemble(meta, &fetched, self.max_gap_steps) {
@@ -243,7 +299,7 @@ impl Detector {
                 // scrape interval, which only `up` shows. Asked only when needed, and only
                 // a diagnosis: if it fails, the gap message stands.
                 (Verdict::Fresh, Err(gaps)) if pushes.is_empty() => {
-                    let left = self.prometheus_timeout.saturating_sub(started.elapsed());
+                    let left = timeout.saturating_sub(started.elapsed());
                     let up = tokio::time::timeout(
                         left,
                         self.prometheus.up_samples(&instance, fetched.end, step),
@@ -332,27 +388,27 @@ async fn get_score(
     State(state): State<AppState>,
     Query(query): Query<ScoreQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    let live = state.score_live().await?;
     let Live {
-        mut scored,
+        scored,
         refused,
         end,
-    } = state.score_live().await?;
-    let meta = &state.scorer.bundle.meta;
+    } = &*live;
     if let Some(wanted) = query.instance {
-        if let Some(i) = scored
+        if let Some(one) = scored
             .iter()
-            .position(|s| s.instance.as_deref() == Some(&wanted))
+            .find(|s| s.instance.as_deref() == Some(&wanted))
         {
-            return to_json(&scored.swap_remove(i));
+            return to_json(one);
+        }
+        if let Some((_, why)) = refused.iter().find(|(i, _)| *i == wanted) {
+            return Err(why.clone().into_api_error());
         }
         let known: Vec<&str> = scored
             .iter()
             .filter_map(|s| s.instance.as_deref())
             .chain(refused.iter().map(|(i, _)| i.as_str()))
             .collect();
-        if let Some((_, why)) = refused.iter().find(|(i, _)| *i == wanted) {
-            return Err(why.clone().into_api_error());
-        }
         return Err(ApiError::Unprocessable(format!(
             "Prometheus has no points for instance {wanted} in the window ending at {end} (instances with data: {})",
             if known.is_empty() {
@@ -363,43 +419,41 @@ async fn get_score(
         )));
     }
     if scored.is_empty() {
-        // Every collector dead: that dependency is the answer. Mixed reasons: all of them.
-        if !refused.is_empty()
-            && refused
-                .iter()
-                .all(|(_, why)| matches!(why, Refusal::StaleCollector(_)))
-        {
-            let messages: Vec<&str> = refused.iter().map(|(_, why)| why.message()).collect();
-            return Err(ApiError::Unavailable {
-                dependency: "collector".into(),
-                message: messages.join("; "),
-            });
-        }
         let reasons: Vec<&str> = refused.iter().map(|(_, why)| why.message()).collect();
-        return Err(ApiError::Unprocessable(if reasons.is_empty() {
-            format!(
+        if reasons.is_empty() {
+            return Err(ApiError::Unprocessable(format!(
                 "Prometheus returned no series for the model's queries in the window ending at {end}; is etcd scraped? first query: {}",
-                meta.features[0].query
-            )
+                state.scorer.bundle.meta.features[0].query
+            )));
+        }
+        let message = reasons.join("; ");
+        // Every collector dead: that dependency is the answer. Mixed reasons: all of them.
+        let all_stale = refused
+            .iter()
+            .all(|(_, why)| matches!(why, Refusal::StaleCollector(_)));
+        return Err(if all_stale {
+            ApiError::Unavailable {
+                dependency: "collector".into(),
+                message,
+            }
         } else {
-            reasons.join("; ")
-        }));
+            ApiError::Unprocessable(message)
+        });
     }
     // The fleet answer: the worst instance's fields on top (what an alert confirmation
     // needs), every instance listed below.
-    scored.sort_by(|a, b| b.score.total_cmp(&a.score));
-    let mut top = serde_json::to_value(&scored[0])
-        .map_err(|err| ApiError::Internal(format!("encoding the response: {err}")))?;
+    let mut ranked: Vec<&ScoreResponse> = scored.iter().collect();
+    ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let encode = |value: serde_json::Result<Value>| {
+        value.map_err(|err| ApiError::Internal(format!("encoding the response: {err}")))
+    };
+    let mut top = encode(serde_json::to_value(ranked[0]))?;
     if let Value::Object(map) = &mut top {
-        map.insert(
-            "instances".into(),
-            serde_json::to_value(&scored)
-                .map_err(|err| ApiError::Internal(format!("encoding the response: {err}")))?,
-        );
+        map.insert("instances".into(), encode(serde_json::to_value(&ranked))?);
         map.insert(
             "unscorable".into(),
             refused
-                .into_iter()
+                .iter()
                 .map(|(instance, why)| {
                     serde_json::json!({ "instance": instance, "error": why.message() })
                 })
@@ -461,17 +515,19 @@ async fn post_score(
     to_json(&state.response(score, None, None))
 }
 
-/// The service's routes; merge with `dr_common::http::ops_router`.
-pub fn router(state: AppState, body_limit: usize) -> Router {
+/// The service: `/score`, and `/healthz`, `/readyz` and `/metrics` (over `registry`,
+/// where `Detector::new` registered the detector's metrics).
+pub fn app(state: AppState, registry: Registry, body_limit: usize) -> Router {
+    let ops = ops_router(state.readiness.clone(), Arc::new(registry));
     Router::new()
         .route("/score", get(get_score).post(post_score))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+        .merge(ops)
 }
 
 /// Refreshes the score gauges every `every` until the process stops.
 pub async fn refresh_loop(state: AppState, every: Duration) {
-    state.metrics.threshold.set(state.scorer.threshold());
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -488,18 +544,17 @@ mod tests {
     use crate::model_dir::tests::meta;
     use axum::body::Body;
     use axum::http::Request;
-    use dr_common::http::ops_router;
     use tower::ServiceExt;
 
     const W: usize = 6;
     const F: usize = 3;
 
     /// A detector with a small random model, pointed at `prometheus_url`.
-    fn app(prometheus_url: &str) -> (Router, AppState) {
-        app_with_timeout(prometheus_url, Duration::from_secs(2))
+    fn detector(prometheus_url: &str) -> (Router, AppState) {
+        detector_with_timeout(prometheus_url, Duration::from_secs(2))
     }
 
-    fn app_with_timeout(prometheus_url: &str, timeout: Duration) -> (Router, AppState) {
+    fn detector_with_timeout(prometheus_url: &str, timeout: Duration) -> (Router, AppState) {
         let m = meta(F, 4, W);
         let weights = varmap_to_safetensors(&init_varmap(&m.architecture, 1).unwrap()).unwrap();
         let scorer = Scorer::new(ModelBundle {
@@ -509,18 +564,14 @@ mod tests {
         })
         .unwrap();
         let mut registry = Registry::default();
-        let readiness = Readiness::not_ready("no answer from Prometheus yet");
-        let state = Arc::new(Detector {
+        let state = Arc::new(Detector::new(
             scorer,
-            prometheus: PromClient::new(prometheus_url, timeout).unwrap(),
-            prometheus_timeout: timeout,
-            max_gap_steps: 2,
-            max_push_age: Duration::from_secs(10),
-            metrics: Metrics::register(&mut registry),
-            readiness: readiness.clone(),
-        });
-        let router = router(state.clone(), 4096).merge(ops_router(readiness, Arc::new(registry)));
-        (router, state)
+            PromClient::new(prometheus_url, timeout).unwrap(),
+            2,
+            Duration::from_secs(10),
+            &mut registry,
+        ));
+        (app(state.clone(), registry, 4096), state)
     }
 
     async fn call(router: &Router, request: Request<Body>) -> (StatusCode, Value) {
@@ -558,7 +609,7 @@ mod tests {
 
     #[tokio::test]
     async fn post_score_answers_the_contract_fields() {
-        let (router, _) = app(&closed_port_url());
+        let (router, _) = detector(&closed_port_url());
         let (status, body) = call(&router, post(window_json(W, F))).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert!(body["score"].as_f64().unwrap() >= 0.0);
@@ -574,7 +625,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_windows_get_a_4xx_json_error_and_the_service_keeps_serving() {
-        let (router, _) = app(&closed_port_url());
+        let (router, _) = detector(&closed_port_url());
         let cases: Vec<(String, StatusCode, &str)> = vec![
             (
                 window_json(W - 1, F),
@@ -620,7 +671,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_fully_masked_window_is_refused_and_a_mask_of_the_wrong_length_too() {
-        let (router, _) = app(&closed_port_url());
+        let (router, _) = detector(&closed_port_url());
         let rows = vec![vec![0.0; F]; W];
         let all = serde_json::json!({ "window": rows, "mask": vec![true; W] }).to_string();
         let (status, body) = call(&router, post(all)).await;
@@ -634,7 +685,7 @@ mod tests {
     #[tokio::test]
     async fn get_score_without_prometheus_is_503_naming_it() {
         let url = closed_port_url();
-        let (router, state) = app(&url);
+        let (router, state) = detector(&url);
         let request = Request::get("/score").body(Body::empty()).unwrap();
         let (status, body) = call(&router, request).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
@@ -659,7 +710,7 @@ mod tests {
         // Accepts connections (the kernel backlog does) but never answers.
         let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", silent.local_addr().unwrap());
-        let (router, _) = app_with_timeout(&url, Duration::from_millis(300));
+        let (router, _) = detector_with_timeout(&url, Duration::from_millis(300));
         let started = Instant::now();
         let request = Request::get("/score").body(Body::empty()).unwrap();
         let (status, body) = call(&router, request).await;
@@ -675,6 +726,26 @@ mod tests {
             "{error}"
         );
         drop(silent);
+    }
+
+    #[tokio::test]
+    async fn a_window_already_pulled_is_answered_again_without_asking_prometheus() {
+        // Nothing listens there: only the kept pull can answer for its window.
+        let (_, state) = detector(&closed_port_url());
+        let end = 1_700_000_000.0;
+        let kept = Arc::new(Live {
+            scored: Vec::new(),
+            refused: vec![("etcd-1".into(), Refusal::Window("too few points".into()))],
+            end,
+        });
+        *state.last_pull.lock().unwrap() = Some(kept.clone());
+        let again = state.live_at(end).await.unwrap();
+        assert!(Arc::ptr_eq(&kept, &again));
+        // The next window is pulled; a failed pull is not kept.
+        let err = state.live_at(end + 2.0).await.unwrap_err();
+        assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE, "{err}");
+        let still = state.last_pull.lock().unwrap().clone().unwrap();
+        assert!(Arc::ptr_eq(&kept, &still));
     }
 
     #[test]
@@ -728,8 +799,7 @@ mod tests {
 
     #[tokio::test]
     async fn serves_over_real_tcp_with_metrics() {
-        let (router, state) = app(&closed_port_url());
-        state.metrics.threshold.set(state.scorer.threshold());
+        let (router, _) = detector(&closed_port_url());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -741,7 +811,10 @@ mod tests {
                 let _ = stopped.await;
             },
         ));
-        let client = reqwest::Client::new();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
         let answer = client
             .post(format!("http://{addr}/score"))
             .body(window_json(W, F))
@@ -768,6 +841,10 @@ mod tests {
             "{metrics}"
         );
         stop.send(()).unwrap();
-        server.await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("drained within 10 s")
+            .unwrap()
+            .unwrap();
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context, bail, ensure};
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::Normalisation;
+use crate::dataset::{Dataset, Normalisation};
 use crate::features::FeatureSpec;
 use crate::model::Architecture;
 
@@ -121,6 +121,21 @@ impl ModelMeta {
     pub fn feature_names(&self) -> Vec<String> {
         self.features.iter().map(|f| f.name.clone()).collect()
     }
+
+    /// `data`'s columns in this model's feature order, once its rows are known to be
+    /// `step_seconds` apart (to 1%): the queries' rate windows and the window's span are
+    /// for that step, so data at another step scores as nonsense. What `eval` and `score`
+    /// read a CSV through.
+    pub fn select_data(&self, data: &Dataset) -> anyhow::Result<Dataset> {
+        let selected = data.select_features(&self.feature_names())?;
+        let step = data.step_seconds()?;
+        ensure!(
+            (step - self.step_seconds).abs() <= 0.01 * self.step_seconds,
+            "the data's step is {step}s but the model was trained at {}s; its queries and windows are for that step",
+            self.step_seconds
+        );
+        Ok(selected)
+    }
 }
 
 /// A loaded model: its description and its raw weights.
@@ -186,20 +201,6 @@ impl ModelBundle {
         }
         Ok(())
     }
-}
-
-/// Checks that a CSV's feature columns can feed `meta` (same names; order may differ).
-pub fn check_features(meta: &ModelMeta, names: &[String]) -> anyhow::Result<()> {
-    let missing: Vec<&str> = meta
-        .features
-        .iter()
-        .filter(|f| !names.contains(&f.name))
-        .map(|f| f.name.as_str())
-        .collect();
-    if !missing.is_empty() {
-        bail!("the data lacks feature column(s) {}", missing.join(", "));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -311,8 +312,32 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn data_is_read_in_the_models_order_and_only_at_its_step() {
+        let m = meta(2, 4, 5);
+        let (a, b) = (&m.features[0].name, &m.features[1].name);
+        let at = |step: f64| {
+            let rows: String = (0..4)
+                .map(|k| format!("{},{k},{}\n", k as f64 * step, 10 * k))
+                .collect();
+            Dataset::parse(&format!("timestamp,{b},{a}\n{rows}")).unwrap()
+        };
+        let data = m.select_data(&at(2.0)).unwrap();
+        assert_eq!(data.feature_names, m.feature_names());
+        assert_eq!(data.rows[1], [10.0, 1.0]);
+        let err = m.select_data(&at(1.0)).unwrap_err().to_string();
+        assert!(
+            err.contains("step is 1s") && err.contains("trained at 2s"),
+            "{err}"
+        );
+        let err = m
+            .select_data(&Dataset::parse(&format!("timestamp,{a}\n0,1\n2,1\n")).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(b.as_str()), "{err}");
+    }
+
+    #[test]
     fn the_default_model_separates_incidents_from_normal_load() {
-        use crate::dataset::Dataset;
         use crate::inference::Scorer;
         let scorer = Scorer::new(ModelBundle::default_model().unwrap()).unwrap();
         let meta = &scorer.bundle.meta;

@@ -62,6 +62,7 @@ struct ApiSeries {
 pub struct PromClient {
     base: String,
     http: reqwest::Client,
+    timeout: Duration,
 }
 
 impl PromClient {
@@ -74,11 +75,17 @@ impl PromClient {
         Ok(PromClient {
             base: base.trim_end_matches('/').to_string(),
             http,
+            timeout,
         })
     }
 
     pub fn url(&self) -> &str {
         &self.base
+    }
+
+    /// The bound on one request, and on one whole `fetch` (its queries run at once).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// `GET /api/v1/query_range`.
@@ -137,10 +144,10 @@ impl PromClient {
         parse_matrix(&body, status).map_err(refused)
     }
 
-    /// The last window of every feature (and the mask) for every instance found.
-    pub async fn fetch(&self, meta: &ModelMeta, now: f64) -> Result<Fetched, PromError> {
+    /// The window ending at `end` (a step boundary, see [`window_end`]) of every feature
+    /// (and the mask) for every instance found.
+    pub async fn fetch(&self, meta: &ModelMeta, end: f64) -> Result<Fetched, PromError> {
         let step = meta.step_seconds;
-        let end = (now / step).floor() * step;
         let start = end - (meta.window as f64 - 1.0) * step;
         // All queries at once: one slow answer bounds the pull, not the sum of them.
         let mut queries: Vec<String> = meta.features.iter().map(|f| f.query.clone()).collect();
@@ -201,6 +208,11 @@ impl PromClient {
         );
         self.raw_samples(&query, end).await
     }
+}
+
+/// The end of the latest window at `now`: the last step boundary.
+pub fn window_end(now: f64, step_seconds: f64) -> f64 {
+    (now / step_seconds).floor() * step_seconds
 }
 
 /// The series of a Prometheus API answer whose result is a matrix, or why it is not one.
@@ -388,14 +400,7 @@ pub fn assemble(
                 continue;
             }
             // No requests in a rate window: the quantile is NaN or missing, the latency 0.
-            let zero_when_missing = spec.is_latency_quantile();
-            for cell in &mut grid {
-                match cell {
-                    Some(v) if v.is_nan() => *cell = zero_when_missing.then_some(0.0),
-                    None if zero_when_missing => *cell = Some(0.0),
-                    _ => {}
-                }
-            }
+            grid.iter_mut().for_each(|cell| *cell = spec.reading(*cell));
             match fill_gaps(&mut grid, max_gap) {
                 Ok(n) => filled_points += n,
                 Err(gap) => problems.push(format!(

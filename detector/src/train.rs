@@ -169,11 +169,8 @@ pub fn train(
     ensure!(opts.batch_size >= 1, "the batch size must be at least 1");
     let step = data.step_seconds()?;
     let feature_specs = match &opts.features {
-        Some(specs) => {
-            let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
-            data.select_features(&names)?;
-            specs.clone()
-        }
+        // Columns the data lacks are named by `select_features` below.
+        Some(specs) => specs.clone(),
         None => {
             features::catalogue_lookup(&data.feature_names, step).map_err(anyhow::Error::msg)?
         }
@@ -213,16 +210,13 @@ pub fn train(
             held_out = tail;
         }
     }
-    if train_starts.len() > opts.max_train_windows {
-        let stride = train_starts.len().div_ceil(opts.max_train_windows);
-        train_starts = train_starts.into_iter().step_by(stride).collect();
-    }
     ensure!(
         !train_starts.is_empty(),
         "no normal training windows: the data needs stretches of {w} unlabelled, unmasked steps"
     );
 
-    // Normalisation from the normal training rows only.
+    // Normalisation from the normal training rows only: all of them, not just those of
+    // the windows an epoch uses (below), so it does not depend on `max_train_windows`.
     let mut normal_rows = vec![false; data.len()];
     for &s in &train_starts {
         normal_rows[s..s + w].iter_mut().for_each(|r| *r = true);
@@ -244,6 +238,10 @@ pub fn train(
             .map(|(row, _)| row.as_slice()),
         &floors,
     );
+    if train_starts.len() > opts.max_train_windows {
+        let stride = train_starts.len().div_ceil(opts.max_train_windows);
+        train_starts = train_starts.into_iter().step_by(stride).collect();
+    }
     let prepare = |s: usize| norm.apply(&data.window_values(s, w));
     let train_x: Vec<Vec<f32>> = train_starts.iter().map(|&s| prepare(s)).collect();
     let val_x: Vec<Vec<f32>> = val_normal.iter().map(|&s| prepare(s)).collect();
@@ -470,6 +468,24 @@ mod tests {
         assert_eq!(bundle.meta.threshold_method, "normal_quantile");
         assert!(bundle.meta.threshold > 0.0);
         assert_eq!(bundle.meta.training.validation_auc, None);
+    }
+
+    #[test]
+    fn normalisation_uses_every_normal_training_row_however_few_windows_train() {
+        let data = small_data();
+        let opts = TrainOptions {
+            epochs: 1,
+            ..quick()
+        };
+        let all = train(&data, &opts, &mut |_| {}).unwrap();
+        // A stride of more than a window leaves rows out of every epoch.
+        let few = TrainOptions {
+            max_train_windows: 20,
+            ..opts
+        };
+        let strided = train(&data, &few, &mut |_| {}).unwrap();
+        assert!(strided.meta.training.train_windows * 10 < all.meta.training.train_windows);
+        assert_eq!(strided.meta.normalisation, all.meta.normalisation);
     }
 
     #[test]

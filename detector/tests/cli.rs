@@ -1,6 +1,7 @@
 //! The `dr-detector` binary as an operator runs it: `--version`, bad flags, `train` then
 //! `eval` on small labelled CSVs (the printed metrics recomputed here from the scores),
-//! `train` on too little data, and `serve` draining an in-flight request on SIGTERM.
+//! `train` on too little data, `score` and `eval` on data at the wrong step, `serve`
+//! with the built-in model, and `serve` draining an in-flight request on SIGTERM.
 #![allow(clippy::unwrap_used)] // a test that cannot set up should fail loudly
 
 use std::path::Path;
@@ -245,6 +246,90 @@ fn train_on_too_little_data_says_its_threshold_is_optimistic() {
 }
 
 #[test]
+fn score_and_eval_refuse_data_at_another_step_than_the_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("two_seconds.csv");
+    // The default model's step is 1 s; these rows are 2 s apart.
+    write_synth(&csv, 200, 3, 1);
+    assert_eq!(ModelBundle::default_model().unwrap().meta.step_seconds, 1.0);
+    for command in ["score", "eval"] {
+        let output = run(&[command, "--data", csv.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{command}: {stderr}");
+        assert!(
+            stderr.contains("step is 2s") && stderr.contains("trained at 1s"),
+            "{command}: {stderr}"
+        );
+        assert!(output.stdout.is_empty(), "{command}");
+    }
+}
+
+/// `dr-detector serve` on `port` over a Prometheus at `prometheus`, with `extra` flags.
+fn spawn_serve(workdir: &Workdir, prometheus: &str, port: u16, extra: &[&str]) -> ChildGuard {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--prometheus-url",
+        prometheus,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .args(extra)
+    .env_remove("RUST_LOG");
+    let guard = ChildGuard::spawn(
+        "dr-detector",
+        cmd,
+        &workdir.path().join("detector.log"),
+        false,
+    )
+    .unwrap();
+    guard
+        .wait_http_ok(
+            &format!("http://127.0.0.1:{port}/healthz"),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    guard
+}
+
+#[test]
+fn serve_without_a_model_scores_with_the_built_in_one() {
+    let default = ModelBundle::default_model().unwrap().meta;
+    // Nothing needs Prometheus here: a posted window, and /metrics.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let prometheus = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let workdir = Workdir::temp("detector-default").unwrap();
+    let port = free_port();
+    let mut guard = spawn_serve(&workdir, &prometheus, port, &["--refresh", "1h"]);
+    let base = format!("http://127.0.0.1:{port}");
+
+    let window: Vec<&Vec<f64>> =
+        std::iter::repeat_n(&default.normalisation.mean, default.window).collect();
+    let body = serde_json::json!({ "window": window }).to_string();
+    let (code, answer) = dr_testkit::http_post(
+        &format!("{base}/score"),
+        "application/json",
+        body.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["model"], "default", "{answer}");
+    assert_eq!(f64_of(&answer["threshold"]), default.threshold);
+    assert_eq!(f64_of(&answer["step_seconds"]), default.step_seconds);
+
+    let (code, metrics) = http_get(&format!("{base}/metrics")).unwrap();
+    assert_eq!(code, 200, "{metrics}");
+    let threshold = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("etcd_dr_anomaly_threshold "))
+        .unwrap_or_else(|| panic!("no threshold gauge: {metrics}"));
+    assert_eq!(threshold.parse::<f64>().unwrap(), default.threshold);
+    assert!(guard.stop().unwrap().unwrap().success());
+}
+
+#[test]
 fn serve_drains_an_in_flight_request_on_sigterm_and_exits_0() {
     // A Prometheus that accepts (the kernel backlog does) and never answers: a /score
     // request is then in flight for the whole --prometheus-timeout.
@@ -253,29 +338,12 @@ fn serve_drains_an_in_flight_request_on_sigterm_and_exits_0() {
     let workdir = Workdir::temp("detector-serve").unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "serve",
-        "--prometheus-url",
+    let mut guard = spawn_serve(
+        &workdir,
         &prometheus,
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--prometheus-timeout",
-        "2s",
-        "--refresh",
-        "1h",
-    ])
-    .env_remove("RUST_LOG");
-    let mut guard = ChildGuard::spawn(
-        "dr-detector",
-        cmd,
-        &workdir.path().join("detector.log"),
-        false,
-    )
-    .unwrap();
-    guard
-        .wait_http_ok(&format!("{base}/healthz"), Duration::from_secs(30))
-        .unwrap();
+        port,
+        &["--prometheus-timeout", "2s", "--refresh", "1h"],
+    );
 
     let in_flight = std::thread::spawn({
         let url = format!("{base}/score");

@@ -1,8 +1,8 @@
 //! `GET /score` end to end against a real Prometheus holding real history: values pushed
 //! through a real Pushgateway every 250 ms, scraped every second. Per instance, with a
-//! gap, with too little data, and with Prometheus stopped; a collector that stopped
-//! pushing; series sampled coarser than the model's step, through the Pushgateway and
-//! scraped directly.
+//! gap, with too little data, for queries that find nothing, and with Prometheus
+//! stopped; a collector that stopped pushing; series sampled coarser than the model's
+//! step, through the Pushgateway and scraped directly.
 #![allow(clippy::unwrap_used)] // a test that cannot set up should fail loudly
 
 use std::collections::BTreeSet;
@@ -10,12 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use dr_common::http::{Readiness, ops_router};
 use dr_detector::dataset::{Dataset, Normalisation};
 use dr_detector::export::export;
 use dr_detector::features::FeatureSpec;
-use dr_detector::http::{Detector, Metrics, router};
+use dr_detector::http::{Detector, app};
 use dr_detector::inference::Scorer;
 use dr_detector::model::{Architecture, init_varmap, varmap_to_safetensors};
 use dr_detector::model_dir::{FORMAT_VERSION, ModelBundle, ModelMeta, TrainingMetrics};
@@ -155,16 +153,6 @@ impl Drop for Pusher {
     }
 }
 
-async fn get(client: &reqwest::Client, url: &str) -> (u16, Value) {
-    let response = client.get(url).send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
-}
-
-async fn text(client: &reqwest::Client, url: &str) -> String {
-    client.get(url).send().await.unwrap().text().await.unwrap()
-}
-
 /// A scrape config for the Pushgateway at `addr`, every `interval`.
 fn scrape_pushgateway(addr: &str, interval: &str, honor_labels: bool) -> String {
     format!(
@@ -183,24 +171,19 @@ struct Served {
 impl Served {
     async fn start(model: ModelBundle, prometheus_url: &str, max_push_age: Duration) -> Served {
         let mut registry = Registry::default();
-        let readiness = Readiness::not_ready("no answer from Prometheus yet");
-        let state = Arc::new(Detector {
-            scorer: Scorer::new(model).unwrap(),
-            prometheus: PromClient::new(prometheus_url, Duration::from_secs(3)).unwrap(),
-            prometheus_timeout: Duration::from_secs(3),
-            max_gap_steps: MAX_GAP,
+        let state = Arc::new(Detector::new(
+            Scorer::new(model).unwrap(),
+            PromClient::new(prometheus_url, Duration::from_secs(3)).unwrap(),
+            MAX_GAP,
             max_push_age,
-            metrics: Metrics::register(&mut registry),
-            readiness: readiness.clone(),
-        });
-        let app: Router =
-            router(state.clone(), 1 << 16).merge(ops_router(readiness, Arc::new(registry)));
+            &mut registry,
+        ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(dr_common::http::serve(
             listener,
-            app,
+            app(state.clone(), registry, 1 << 16),
             Duration::from_secs(10),
             async {
                 let _ = stopped.await;
@@ -214,49 +197,170 @@ impl Served {
         }
     }
 
+    /// Stops accepting, drains (every request is bounded by 10 s) and checks it served
+    /// without an error.
     async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             stop.send(()).unwrap();
         }
         if let Some(server) = self.server.take() {
-            server.await.unwrap().unwrap();
+            tokio::time::timeout(Duration::from_secs(15), server)
+                .await
+                .expect("the detector drains within 15 s")
+                .unwrap()
+                .unwrap();
         }
     }
 }
 
-/// Polls `GET url` until `done` holds for the answer, or fails with the last one.
-async fn get_until(
-    client: &reqwest::Client,
-    url: &str,
-    within: Duration,
-    done: impl Fn(u16, &Value) -> bool,
-) -> (u16, Value) {
-    let started = Instant::now();
-    loop {
-        let (status, body) = get(client, url).await;
-        if done(status, &body) || started.elapsed() > within {
-            return (status, body);
+impl Drop for Served {
+    /// A test that failed half-way stops its server too.
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// What each test runs against: a real Pushgateway that a `Pusher` pushes `instances` to,
+/// a real Prometheus scraping it, and the detector over that Prometheus.
+struct Rig {
+    // Fields drop in this order: the pusher stops before the Pushgateway does.
+    pusher: Pusher,
+    served: Served,
+    prometheus: Option<Prometheus>,
+    pushgateway: Pushgateway,
+    client: reqwest::Client,
+}
+
+impl Rig {
+    /// `scrape` makes Prometheus' scrape config from the Pushgateway's address.
+    async fn start(
+        scrape: impl FnOnce(&str) -> String,
+        model: ModelBundle,
+        max_push_age: Duration,
+        instances: &[&str],
+    ) -> Rig {
+        let pushgateway = Pushgateway::start().unwrap();
+        let prometheus = Prometheus::start(
+            &scrape(&pushgateway.addr()),
+            &[],
+            Duration::from_secs(1),
+            None,
+        )
+        .unwrap();
+        let pusher = Pusher::start(pushgateway.url());
+        for instance in instances {
+            pusher.add(instance);
+        }
+        let served = Served::start(model, &prometheus.url(), max_push_age).await;
+        Rig {
+            pusher,
+            served,
+            prometheus: Some(prometheus),
+            pushgateway,
+            // Longer than the detector's own 10 s bound on a request: never waits forever.
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    fn state(&self) -> &Arc<Detector> {
+        &self.served.state
+    }
+
+    fn prometheus_url(&self) -> String {
+        self.prometheus.as_ref().unwrap().url()
+    }
+
+    /// Stops Prometheus; its URL, for the messages that name it.
+    fn stop_prometheus(&mut self) -> String {
+        let url = self.prometheus_url();
+        self.prometheus = None;
+        url
+    }
+
+    /// `GET path` on the detector: the status and the JSON body.
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.get_from(&self.served, path).await
+    }
+
+    /// `GET path` on another detector over the same Prometheus.
+    async fn get_from(&self, served: &Served, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(format!("{}{path}", served.base))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// `GET path` on the detector, as text (for `/metrics`).
+    async fn text(&self, path: &str) -> String {
+        let url = format!("{}{path}", self.served.base);
+        self.client
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// `GET path`, which must answer `status`: its JSON error message.
+    async fn error(&self, path: &str, status: u16) -> String {
+        let (got, body) = self.get(path).await;
+        error_of(path, status, got, &body)
+    }
+
+    /// Polls `GET path` (within 40 s) until it answers `status` with an error containing
+    /// `needle`: its error message.
+    async fn error_until(&self, path: &str, status: u16, needle: &str) -> String {
+        let started = Instant::now();
+        loop {
+            let (got, body) = self.get(path).await;
+            let done = got == status && body["error"].as_str().is_some_and(|e| e.contains(needle));
+            if done || started.elapsed() > Duration::from_secs(40) {
+                return error_of(path, status, got, &body);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn shutdown(self) {
+        let Rig { pusher, served, .. } = self;
+        drop(pusher);
+        served.shutdown().await;
+    }
+}
+
+fn error_of(path: &str, status: u16, got: u16, body: &Value) -> String {
+    assert_eq!(got, status, "{path}: {body}");
+    body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{path}: no error in {body}"))
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_score_against_a_real_prometheus() {
-    let pushgateway = Pushgateway::start().unwrap();
-    let scrape = scrape_pushgateway(&pushgateway.addr(), "1s", true);
-    let prometheus = Prometheus::start(&scrape, &[], Duration::from_secs(1), None).unwrap();
-    let pusher = Pusher::start(pushgateway.url());
-    pusher.add("etcd-1");
-    pusher.add("etcd-2");
-
-    let served = Served::start(model(), &prometheus.url(), Duration::from_secs(10)).await;
-    let (state, base) = (served.state.clone(), served.base.clone());
-    let client = reqwest::Client::new();
+    let scrape = |addr: &str| scrape_pushgateway(addr, "1s", true);
+    let mut rig = Rig::start(
+        scrape,
+        model(),
+        Duration::from_secs(10),
+        &["etcd-1", "etcd-2"],
+    )
+    .await;
 
     // A full window of history for two instances.
     tokio::time::sleep(Duration::from_secs(WINDOW as u64 + 3)).await;
-    let (status, fleet) = get(&client, &format!("{base}/score")).await;
+    let (status, fleet) = rig.get("/score").await;
     assert_eq!(status, 200, "{fleet}");
     let instances: Vec<&str> = fleet["instances"]
         .as_array()
@@ -267,72 +371,68 @@ async fn get_score_against_a_real_prometheus() {
     assert_eq!(instances.len(), 2, "{fleet}");
     assert!(instances.contains(&"etcd-1") && instances.contains(&"etcd-2"));
     assert!(fleet["score"].as_f64().unwrap() >= 0.0);
+    assert_eq!(fleet["threshold"], 1.0, "{fleet}");
+    assert!(fleet["anomalous"].is_boolean(), "{fleet}");
     assert_eq!(fleet["step_seconds"], 1.0);
     assert!(fleet["window_end"].as_f64().unwrap() > 1.7e9);
 
-    let (status, one) = get(&client, &format!("{base}/score?instance=etcd-1")).await;
+    // A model whose queries find nothing: 422 saying so, with the query to check.
+    let blind = model_with(vec![spec("a", "max by (instance) (dr_test_missing)")]);
+    let other = Served::start(blind, &rig.prometheus_url(), Duration::from_secs(10)).await;
+    let (status, body) = rig.get_from(&other, "/score").await;
+    let error = error_of("/score", 422, status, &body);
+    assert!(
+        error.contains("no series") && error.contains("dr_test_missing"),
+        "{error}"
+    );
+    other.shutdown().await;
+
+    let (status, one) = rig.get("/score?instance=etcd-1").await;
     assert_eq!(status, 200, "{one}");
     assert_eq!(one["instance"], "etcd-1");
     assert_eq!(one["model"], "live-test");
     assert!(one["feature_shares"]["a"].is_number(), "{one}");
 
     // The background refresh puts the scores on /metrics and turns ready.
-    state.refresh().await;
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    rig.state().refresh().await;
+    let metrics = rig.text("/metrics").await;
     assert!(
         metrics.contains("etcd_dr_anomaly_score{instance=\"etcd-1\"}"),
         "{metrics}"
     );
-    assert_eq!(
-        client
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
+    assert!(
+        metrics.contains("etcd_dr_anomaly_threshold 1.0"),
+        "{metrics}"
     );
+    assert_eq!(rig.get("/readyz").await.0, 200);
 
     // A short gap in etcd-2 is filled; a new instance has too few points (422).
-    pusher.remove("etcd-2");
-    pusher.add("etcd-3");
+    rig.pusher.remove("etcd-2");
+    rig.pusher.add("etcd-3");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    pusher.add("etcd-2");
+    rig.pusher.add("etcd-2");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (status, gap) = get(&client, &format!("{base}/score?instance=etcd-2")).await;
+    let (status, gap) = rig.get("/score?instance=etcd-2").await;
     assert_eq!(status, 200, "{gap}");
     assert!(
         gap["filled_points"].as_u64().unwrap() > 0,
         "the gap was filled: {gap}"
     );
-    let (status, young) = get(&client, &format!("{base}/score?instance=etcd-3")).await;
-    assert_eq!(status, 422, "{young}");
-    let error = young["error"].as_str().unwrap();
+    let error = rig.error("/score?instance=etcd-3", 422).await;
     assert!(
         error.contains("etcd-3") && error.contains(&format!("of {WINDOW} points")),
         "{error}"
     );
-    let (status, unknown) = get(&client, &format!("{base}/score?instance=nope")).await;
-    assert_eq!(status, 422, "{unknown}");
-    assert!(
-        unknown["error"].as_str().unwrap().contains("etcd-1"),
-        "{unknown}"
-    );
+    let error = rig.error("/score?instance=nope", 422).await;
+    assert!(error.contains("etcd-1"), "{error}");
 
     // `export` writes the same queries' history as a training CSV.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
-    let client_prom = PromClient::new(&prometheus.url(), Duration::from_secs(3)).unwrap();
-    let meta = &state.scorer.bundle.meta;
+    let client_prom = PromClient::new(&rig.prometheus_url(), Duration::from_secs(3)).unwrap();
+    let meta = &rig.state().scorer.bundle.meta;
     let several = export(&client_prom, meta, now - 10.0, now, None).await;
     assert!(format!("{:#}", several.unwrap_err()).contains("--instance"));
     let exported = export(&client_prom, meta, now - 10.0, now, Some("etcd-1"))
@@ -344,36 +444,33 @@ async fn get_score_against_a_real_prometheus() {
     assert_eq!(data.step_seconds().unwrap(), 1.0);
     assert!(data.mask.as_ref().unwrap().iter().all(|m| !m));
 
-    // Prometheus gone: 503 naming it, and /score keeps answering.
-    let prometheus_url = prometheus.url();
-    drop(prometheus);
-    let (status, down) = get(&client, &format!("{base}/score")).await;
-    assert_eq!(status, 503, "{down}");
-    let error = down["error"].as_str().unwrap();
+    // Prometheus gone: 503 naming it, and /score keeps answering. (A window already
+    // pulled is answered again until the step ends: wait for the next one.)
+    let prometheus_url = rig.stop_prometheus();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let error = rig.error("/score", 503).await;
     assert!(
         error.contains("prometheus") && error.contains(&prometheus_url),
         "{error}"
     );
 
-    drop(pusher);
-    served.shutdown().await;
+    rig.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_stopped_pushing_gets_503_naming_it_and_loses_its_gauge() {
-    let pushgateway = Pushgateway::start().unwrap();
-    let scrape = scrape_pushgateway(&pushgateway.addr(), "1s", true);
-    let prometheus = Prometheus::start(&scrape, &[], Duration::from_secs(1), None).unwrap();
-    let pusher = Pusher::start(pushgateway.url());
-    pusher.add("etcd-1");
-    pusher.add("etcd-2");
-    let served = Served::start(model(), &prometheus.url(), Duration::from_secs(4)).await;
-    let client = reqwest::Client::new();
-    let base = &served.base;
+    let scrape = |addr: &str| scrape_pushgateway(addr, "1s", true);
+    let rig = Rig::start(
+        scrape,
+        model(),
+        Duration::from_secs(4),
+        &["etcd-1", "etcd-2"],
+    )
+    .await;
 
     tokio::time::sleep(Duration::from_secs(WINDOW as u64 + 3)).await;
-    served.state.refresh().await;
-    let metrics = text(&client, &format!("{base}/metrics")).await;
+    rig.state().refresh().await;
+    let metrics = rig.text("/metrics").await;
     assert!(
         metrics.contains("etcd_dr_anomaly_score{instance=\"etcd-2\"}"),
         "{metrics}"
@@ -381,11 +478,9 @@ async fn a_collector_that_stopped_pushing_gets_503_naming_it_and_loses_its_gauge
 
     // etcd-2's collector dies: the Pushgateway keeps serving its last push, Prometheus
     // keeps scraping it, and its windows stay complete. They must not score.
-    pusher.pause("etcd-2");
+    rig.pusher.pause("etcd-2");
     tokio::time::sleep(Duration::from_secs(7)).await;
-    let (status, dead) = get(&client, &format!("{base}/score?instance=etcd-2")).await;
-    assert_eq!(status, 503, "{dead}");
-    let error = dead["error"].as_str().unwrap();
+    let error = rig.error("/score?instance=etcd-2", 503).await;
     assert!(
         error.starts_with("collector unavailable")
             && error.contains("etcd-2")
@@ -393,14 +488,14 @@ async fn a_collector_that_stopped_pushing_gets_503_naming_it_and_loses_its_gauge
             && error.contains("--max-push-age 4s"),
         "{error}"
     );
-    let (status, alive) = get(&client, &format!("{base}/score?instance=etcd-1")).await;
+    let (status, alive) = rig.get("/score?instance=etcd-1").await;
     assert_eq!(status, 200, "{alive}");
-    let (status, fleet) = get(&client, &format!("{base}/score")).await;
+    let (status, fleet) = rig.get("/score").await;
     assert_eq!(status, 200, "{fleet}");
     assert_eq!(fleet["unscorable"][0]["instance"], "etcd-2", "{fleet}");
 
-    served.state.refresh().await;
-    let metrics = text(&client, &format!("{base}/metrics")).await;
+    rig.state().refresh().await;
+    let metrics = rig.text("/metrics").await;
     assert!(
         metrics.contains("etcd_dr_anomaly_score{instance=\"etcd-1\"}")
             && !metrics.contains("etcd_dr_anomaly_score{instance=\"etcd-2\"}"),
@@ -408,42 +503,22 @@ async fn a_collector_that_stopped_pushing_gets_503_naming_it_and_loses_its_gauge
     );
 
     // Every collector dead: /score names the collector, not a lack of points.
-    pusher.pause("etcd-1");
+    rig.pusher.pause("etcd-1");
     tokio::time::sleep(Duration::from_secs(7)).await;
-    let (status, all) = get(&client, &format!("{base}/score")).await;
-    assert_eq!(status, 503, "{all}");
-    assert!(
-        all["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("collector unavailable"),
-        "{all}"
-    );
-    drop(pusher);
-    served.shutdown().await;
+    let error = rig.error("/score", 503).await;
+    assert!(error.starts_with("collector unavailable"), "{error}");
+    rig.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushgateway_scraped_coarser_than_the_step_is_a_422_that_says_so_and_not_ready() {
-    let pushgateway = Pushgateway::start().unwrap();
     // The model's step is 1 s; Prometheus scrapes the Pushgateway every 5 s.
-    let scrape = scrape_pushgateway(&pushgateway.addr(), "5s", true);
-    let prometheus = Prometheus::start(&scrape, &[], Duration::from_secs(1), None).unwrap();
-    let pusher = Pusher::start(pushgateway.url());
-    pusher.add("etcd-1");
-    let served = Served::start(model(), &prometheus.url(), Duration::from_secs(10)).await;
-    let client = reqwest::Client::new();
-    let base = &served.base;
+    let scrape = |addr: &str| scrape_pushgateway(addr, "5s", true);
+    let rig = Rig::start(scrape, model(), Duration::from_secs(10), &["etcd-1"]).await;
 
-    let (status, body) = get_until(
-        &client,
-        &format!("{base}/score?instance=etcd-1"),
-        Duration::from_secs(40),
-        |status, body| status == 422 && body["error"].as_str().unwrap().contains("every 5s"),
-    )
-    .await;
-    assert_eq!(status, 422, "{body}");
-    let error = body["error"].as_str().unwrap();
+    let error = rig
+        .error_until("/score?instance=etcd-1", 422, "every 5s")
+        .await;
     for needle in [
         "etcd-1",
         "every 5s",
@@ -453,53 +528,39 @@ async fn pushgateway_scraped_coarser_than_the_step_is_a_422_that_says_so_and_not
     ] {
         assert!(error.contains(needle), "{needle}: {error}");
     }
-    served.state.refresh().await;
-    let (status, ready) = get(&client, &format!("{base}/readyz")).await;
-    assert_eq!(status, 503, "{ready}");
-    let reason = ready["error"].as_str().unwrap();
+    rig.state().refresh().await;
+    let reason = rig.error("/readyz", 503).await;
     assert!(
         reason.contains("no instance can be scored") && reason.contains("every 5s"),
         "{reason}"
     );
-    drop(pusher);
-    served.shutdown().await;
+    rig.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_scraped_directly_and_coarser_than_the_step_is_a_422_that_says_so() {
-    let pushgateway = Pushgateway::start().unwrap();
     // Scraped as a plain target every 5 s: `instance` is the target, `up` has its
     // samples, and there is no push time to go by.
-    let scrape = format!(
-        "{}  metric_relabel_configs:\n    - source_labels: [__name__]\n      regex: push_time_seconds|push_failure_time_seconds\n      action: drop\n",
-        scrape_pushgateway(&pushgateway.addr(), "5s", false)
-    );
-    let prometheus = Prometheus::start(&scrape, &[], Duration::from_secs(1), None).unwrap();
-    let pusher = Pusher::start(pushgateway.url());
-    pusher.add("etcd-1");
+    let scrape = |addr: &str| {
+        format!(
+            "{}  metric_relabel_configs:\n    - source_labels: [__name__]\n      regex: push_time_seconds|push_failure_time_seconds\n      action: drop\n",
+            scrape_pushgateway(addr, "5s", false)
+        )
+    };
     // A rate over four steps needs two samples in 4 s: at a 5 s scrape it has gaps.
     let rated = model_with(vec![
         spec("a", "max by (instance) (dr_test_a)"),
         spec("c", "sum by (instance) (rate(dr_test_c_total[4s]))"),
     ]);
-    let served = Served::start(rated, &prometheus.url(), Duration::from_secs(10)).await;
-    let client = reqwest::Client::new();
-    let base = &served.base;
-    let target = pushgateway.addr();
+    let rig = Rig::start(scrape, rated, Duration::from_secs(10), &["etcd-1"]).await;
+    let target = rig.pushgateway.addr();
 
-    let (status, body) = get_until(
-        &client,
-        &format!("{base}/score?instance={target}"),
-        Duration::from_secs(40),
-        |status, body| status == 422 && body["error"].as_str().unwrap().contains("every 5s"),
-    )
-    .await;
-    assert_eq!(status, 422, "{body}");
-    let error = body["error"].as_str().unwrap();
+    let error = rig
+        .error_until(&format!("/score?instance={target}"), 422, "every 5s")
+        .await;
     assert!(
         error.contains(&target) && error.contains("step is 1s"),
         "{error}"
     );
-    drop(pusher);
-    served.shutdown().await;
+    rig.shutdown().await;
 }
