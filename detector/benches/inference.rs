@@ -1,10 +1,13 @@
-//! One forward pass of the default model on one window, as `/score` runs it.
+//! One forward pass of the default model on one window, as `/score` runs it, and the
+//! baseline x86-64 build of the same pass (what a CPU without AVX2 and FMA runs).
 //! `cargo bench -p dr-detector --bench inference`
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use dr_detector::dataset::Dataset;
+use dr_detector::fused::FusedModel;
 use dr_detector::inference::Scorer;
 use dr_detector::model_dir::ModelBundle;
+use dr_detector::scoring;
 use dr_detector::synth::{SynthOptions, generate};
 
 fn inference(c: &mut Criterion) {
@@ -27,6 +30,19 @@ fn inference(c: &mut Criterion) {
     let mask = vec![false; meta.window];
     c.bench_function("inference", |b| {
         b.iter(|| scorer.score(std::hint::black_box(&values), &mask))
+    });
+
+    let fused =
+        match FusedModel::from_safetensors(&meta.architecture, meta.window, &scorer.bundle.weights)
+        {
+            Ok(fused) => fused,
+            Err(err) => panic!("the default weights must load: {err:#}"),
+        };
+    let Some(x) = scoring::prepare(&values, &mask, &meta.normalisation) else {
+        panic!("an unmasked window must normalise")
+    };
+    c.bench_function("inference_portable", |b| {
+        b.iter(|| fused.reconstruct_portable(std::hint::black_box(&x)))
     });
 }
 
