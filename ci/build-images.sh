@@ -89,9 +89,13 @@ for svc in "${services[@]}"; do
       ;;
   esac
   if [[ $svc == remediator ]]; then
+    # The tools the restore commands (and the kubeadm preset's) call: etcdctl 3.4 for
+    # `snapshot restore`, util-linux flock (busybox's lacks it) to see etcd let go of its
+    # data, busybox for the shell and the rest.
     add_executable "$rootfs" /usr/bin/etcdctl /usr/local/bin/etcdctl
+    add_executable "$rootfs" /usr/bin/flock /usr/bin/flock
     add_executable "$rootfs" /bin/busybox /bin/busybox
-    for applet in sh mv cp rm mkdir ls cat test sleep; do
+    for applet in sh mv cp rm rmdir mkdir ls cat test [ true sleep seq sed grep head; do
       ln -sf busybox "$rootfs/bin/$applet"
     done
   fi

@@ -23,4 +23,16 @@ for svc in "${services[@]}"; do
   echo "check-images: $image ok ($out, user $user)"
 done
 
+# Every tool the restore commands call is in the remediator's image and works there: the
+# kubeadm preset's flock wait, its token read from the manifest, etcdctl's restore.
+docker run --rm --network none --user 0:0 --entrypoint /bin/sh "etcd-dr/dr-remediator:$tag" -c '
+  set -e
+  cd /tmp && : >db && flock -n db true
+  printf "    - --initial-cluster-token=tok-1\n" >m.yaml
+  [ "$(sed -n "s/.*--initial-cluster-token=\([^\" ]*\).*/\1/p" m.yaml | head -n 1)" = tok-1 ]
+  [ "$(seq 3 | grep -c .)" = 3 ] && mkdir d && rmdir d
+  ETCDCTL_API=3 etcdctl snapshot restore --help >/dev/null
+' || { echo "check-images: the remediator image lacks a tool its restore commands call" >&2; exit 1; }
+echo "check-images: the remediator image runs the restore commands' tools"
+
 bash ci/smoke-containers.sh "$tag"

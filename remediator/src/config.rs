@@ -10,7 +10,7 @@ use dr_common::telemetry::LogFormat;
 use dr_common::tls::TlsMaterial;
 use reqwest::Url;
 
-use crate::actions::restore::{RestoreCommands, RestorePreset};
+use crate::actions::restore::{self, CommandFlags, RestoreCommands, RestorePreset};
 use crate::cluster::EtcdAccess;
 
 #[derive(Parser, Debug, Clone)]
@@ -77,8 +77,13 @@ pub struct Args {
     #[arg(long, env = "DR_REMEDIATOR_RESTORE_PRESET", value_enum)]
     pub restore_preset: Option<RestorePreset>,
 
+    /// etcd's static pod manifest, for --restore-preset kubeadm.
+    #[arg(long, env = "DR_REMEDIATOR_KUBEADM_MANIFEST", default_value = restore::KUBEADM_MANIFEST)]
+    pub kubeadm_manifest: String,
+
     /// Shell command that stops a member. Placeholders: {member} {data_dir} {new_data_dir}
-    /// {old_data_dir} {snapshot} {peer_url} {initial_cluster} {cluster_token} {work_dir}.
+    /// {old_data_dir} {snapshot} {peer_url} {initial_cluster} {cluster_token} {work_dir}
+    /// {action_id}.
     #[arg(long, env = "DR_REMEDIATOR_RESTORE_STOP_CMD")]
     pub restore_stop_cmd: Option<String>,
 
@@ -241,10 +246,13 @@ impl Config {
             RestoreMode::None => None,
             RestoreMode::Command => Some(RestoreCommands::resolve(
                 args.restore_preset,
-                args.restore_stop_cmd,
-                args.restore_cmd,
-                args.restore_swap_cmd,
-                args.restore_start_cmd,
+                &args.kubeadm_manifest,
+                CommandFlags {
+                    stop: args.restore_stop_cmd,
+                    restore: args.restore_cmd,
+                    swap: args.restore_swap_cmd,
+                    start: args.restore_start_cmd,
+                },
                 args.member_data_dir,
                 args.restore_timeout,
             )?),
@@ -356,7 +364,23 @@ mod tests {
     fn kubeadm_preset_fills_every_command() {
         let config = parse(&["--restore-mode", "command", "--restore-preset", "kubeadm"]).unwrap();
         let restore = config.restore.unwrap();
-        assert!(restore.stop.contains("manifests/etcd.yaml"));
+        assert!(
+            restore
+                .stop
+                .contains("'/etc/kubernetes/manifests/etcd.yaml'")
+        );
         assert!(restore.restore.contains("snapshot restore"));
+        let config = parse(&[
+            "--restore-mode",
+            "command",
+            "--restore-preset",
+            "kubeadm",
+            "--kubeadm-manifest",
+            "/srv/manifests/etcd.yaml",
+        ])
+        .unwrap();
+        let restore = config.restore.unwrap();
+        assert!(restore.stop.contains("'/srv/manifests/etcd.yaml'"));
+        assert!(restore.start.ends_with("'/srv/manifests/etcd.yaml'"));
     }
 }

@@ -226,6 +226,13 @@ impl Remediator {
         if !locked {
             return skip("not restoring without the cross-replica lock".into());
         }
+        if commands.node_local && view.members.len() != 1 {
+            return skip(format!(
+                "not restoring: the restore commands reach this node's member only and the \
+                 cluster has {} members; restore by hand (docs/operations.md)",
+                view.members.len()
+            ));
+        }
         // A last look: a cluster that can still commit is never restored.
         if let Ok(now) = ClusterView::observe(&self.access).await {
             if let Some(quorum) = now.quorum_holds() {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use dr_remediator::audit::Phase;
-use dr_testkit::{EtcdCluster, EtcdOptions, EtcdVersion, RestoreMarkers};
+use dr_testkit::{ChildGuard, EtcdCluster, EtcdOptions, EtcdVersion, RestoreMarkers};
 use support::{FIRING, bloat, client, remediator, runtime, seeded, step};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
@@ -20,6 +20,23 @@ fn restore_flags(etcd: &EtcdCluster, markers: &RestoreMarkers) -> Vec<String> {
     let mut flags = markers.remediator_flags(etcd).unwrap();
     flags.extend(["--health-wait", "3s", "--etcd-timeout", "2s"].map(String::from));
     flags
+}
+
+/// Writes some data, fires the alert and returns when the run waits for health (where
+/// the tests break etcd): the action id and the seeded keys' digest.
+async fn fire_until_the_health_wait(
+    r: &support::Remediator,
+    endpoints: &[String],
+) -> (String, (usize, Vec<u8>)) {
+    let mut c = client(endpoints).await;
+    bloat(&mut c, 10, 2, 10 * 1024).await;
+    let seeded_before = seeded(&mut c).await;
+    let (status, body) = r.post(FIRING, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["action_id"].as_str().unwrap().to_owned();
+    r.wait_step(&id, "wait_health", Phase::Start, RUN_TIMEOUT)
+        .await;
+    (id, seeded_before)
 }
 
 #[test]
@@ -84,17 +101,7 @@ fn restored_from_the_snapshot(version: EtcdVersion, members: usize) {
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let rt = runtime();
     let r = remediator(&endpoints, dir.path(), &flags);
-    let (id, seeded_before) = rt.block_on(async {
-        let mut c = client(&endpoints).await;
-        bloat(&mut c, 10, 2, 10 * 1024).await;
-        let seeded_before = seeded(&mut c).await;
-        let (status, body) = r.post(FIRING, None).await;
-        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-        let id = body["action_id"].as_str().unwrap().to_owned();
-        r.wait_step(&id, "wait_health", Phase::Start, RUN_TIMEOUT)
-            .await;
-        (id, seeded_before)
-    });
+    let (id, seeded_before) = rt.block_on(fire_until_the_health_wait(&r, &endpoints));
     // Every member dies and its data is gone: only the snapshot can bring it back.
     for i in 0..members {
         etcd.stop_member(i).unwrap();
@@ -142,6 +149,54 @@ fn restored_from_the_snapshot(version: EtcdVersion, members: usize) {
     });
 }
 
+/// A restore command that fails leaves the data as it was, and the member that was
+/// stopped for it is started again rather than left down.
+#[test]
+fn a_failed_restore_starts_the_stopped_member_again_on_its_data() {
+    let mut etcd = EtcdCluster::start(EtcdOptions::default()).unwrap();
+    let endpoints = etcd.client_endpoints();
+    let dir = tempfile::tempdir().unwrap();
+    let marker_dir = tempfile::tempdir().unwrap();
+    let mut markers = RestoreMarkers::new(marker_dir.path()).unwrap();
+    let mut flags = restore_flags(&etcd, &markers);
+    let restore_cmd = flags.iter().position(|f| f == "--restore-cmd").unwrap() + 1;
+    flags[restore_cmd] = "echo no etcdctl here >&2; exit 7".into();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let rt = runtime();
+    let r = remediator(&endpoints, dir.path(), &flags);
+    let (id, _) = rt.block_on(fire_until_the_health_wait(&r, &endpoints));
+    etcd.stop_member(0).unwrap();
+    let data_dir = etcd.member(0).data_dir.clone();
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    while markers.started() < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the stopped member was never started again: {:#?}",
+            r.events_of(&id)
+        );
+        markers.answer(&mut etcd).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    rt.block_on(async {
+        let events = r.wait_finished(&id, RUN_TIMEOUT).await;
+        let failed = step(&events, "restore_if_unavailable", Phase::Failed)
+            .unwrap_or_else(|| panic!("{events:#?}"));
+        let detail = failed.detail.as_str().unwrap();
+        assert!(detail.contains("no etcdctl here"), "{detail}");
+        assert!(
+            detail.contains("data untouched: etcd-0 started again"),
+            "{detail}"
+        );
+        // Started on its own data: it serves the keys it had.
+        let mut c = client(&endpoints).await;
+        c.put("after", "ok", None).await.unwrap();
+    });
+    assert!(
+        !data_dir.with_extension(format!("old-{id}")).exists(),
+        "the data dir was swapped"
+    );
+}
+
 #[test]
 fn an_unavailable_single_member_is_restored_from_the_snapshot_3_4() {
     restored_from_the_snapshot(EtcdVersion::V3_4, 1);
@@ -157,4 +212,202 @@ fn an_unavailable_single_member_is_restored_from_the_snapshot_3_6() {
 #[test]
 fn an_unavailable_three_member_cluster_is_restored_from_the_snapshot_3_4() {
     restored_from_the_snapshot(EtcdVersion::V3_4, 3);
+}
+
+/// The kubeadm preset's commands, as the flags give them, for a manifest in `manifests`.
+fn kubeadm_flags(manifest: &Path, data_dir: &Path) -> Vec<String> {
+    [
+        "--restore-mode",
+        "command",
+        "--restore-preset",
+        "kubeadm",
+        "--kubeadm-manifest",
+        manifest.to_str().unwrap(),
+        "--member-data-dir",
+        data_dir.to_str().unwrap(),
+        "--restore-timeout",
+        "60s",
+        "--health-wait",
+        "3s",
+        "--etcd-timeout",
+        "2s",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// A static pod manifest as kubeadm writes it, as far as the preset reads it.
+fn write_manifest(path: &Path) {
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - command:\n    - etcd\n    \
+             - --initial-cluster-token={}\n    - --data-dir=/var/lib/etcd\n",
+            dr_testkit::etcd::CLUSTER_TOKEN
+        ),
+    )
+    .unwrap();
+}
+
+/// The preset against a real etcd 3.6 (kubeadm's), with the kubelet played by the test:
+/// the member runs while its manifest is in place. Its backend is corrupt, so it cannot
+/// come back by itself; the preset parks the manifest, restores with etcdctl into the
+/// data dir, swaps `member` (keeping the old one) and puts the manifest back.
+#[test]
+fn the_kubeadm_preset_restores_a_static_pod_member() {
+    let mut etcd = EtcdCluster::start(EtcdOptions {
+        version: EtcdVersion::V3_6,
+        members: 1,
+        ..EtcdOptions::default()
+    })
+    .unwrap();
+    let endpoints = etcd.client_endpoints();
+    let data_dir = etcd.member(0).data_dir.clone();
+    let manifests = tempfile::tempdir().unwrap();
+    let manifest = manifests.path().join("etcd.yaml");
+    write_manifest(&manifest);
+    let flags = kubeadm_flags(&manifest, &data_dir);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let r = remediator(&endpoints, dir.path(), &flags);
+    let (id, seeded_before) = rt.block_on(fire_until_the_health_wait(&r, &endpoints));
+    etcd.stop_member(0).unwrap();
+    let db = data_dir.join("member/snap/db");
+    std::fs::write(&db, vec![0xAB; 64 * 1024]).unwrap();
+    // The kubelet: once the manifest has been taken away and put back, start the member.
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let mut parked = false;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the manifest never came back: {:#?}",
+            r.events_of(&id)
+        );
+        let present = manifest.exists();
+        parked |= !present;
+        if parked && present {
+            etcd.start_member(0).unwrap();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    rt.block_on(async {
+        let events = r.wait_finished(&id, RUN_TIMEOUT).await;
+        let restore = step(&events, "restore_if_unavailable", Phase::Ok)
+            .unwrap_or_else(|| panic!("no restore: {events:#?}"));
+        assert_eq!(
+            restore.detail["health"]["verdict"], "healthy",
+            "{restore:?}"
+        );
+        let old = restore.detail["old_data_dirs"][0].as_str().unwrap();
+        assert_eq!(Path::new(old), data_dir.join(format!("member.old-{id}")));
+        assert_eq!(
+            std::fs::read(Path::new(old).join("snap/db")).unwrap(),
+            vec![0xAB; 64 * 1024],
+            "the corrupt member was not kept as it was"
+        );
+        assert!(!data_dir.join(format!("restore-{id}")).exists());
+        let mut c = client(&endpoints).await;
+        assert_eq!(seeded(&mut c).await, seeded_before, "data not restored");
+        c.put("after-restore", "ok", None).await.unwrap();
+    });
+    assert!(manifest.exists(), "the manifest was left parked");
+}
+
+/// The preset's stop returns only once etcd has let go of its backend (its flock), not
+/// when the manifest is gone: a restore must not write beside a running member.
+#[test]
+fn the_kubeadm_stop_waits_until_etcd_lets_go_of_its_data() {
+    use dr_remediator::actions::restore::{CommandFlags, RestoreCommands, RestorePreset, render};
+    let mut etcd = EtcdCluster::start(EtcdOptions::default()).unwrap();
+    let data_dir = etcd.member(0).data_dir.clone();
+    let manifests = tempfile::tempdir().unwrap();
+    let manifest = manifests.path().join("etcd.yaml");
+    write_manifest(&manifest);
+    let commands = RestoreCommands::resolve(
+        Some(RestorePreset::Kubeadm),
+        manifest.to_str().unwrap(),
+        CommandFlags::default(),
+        data_dir.display().to_string(),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let stop = render(
+        &commands.stop,
+        &[
+            ("data_dir", data_dir.display().to_string()),
+            ("work_dir", work.path().display().to_string()),
+            ("action_id", "t1".to_owned()),
+        ],
+    );
+    let mut command = std::process::Command::new("sh");
+    command.args(["-c", &stop]);
+    let mut stopping = ChildGuard::spawn(
+        "kubeadm stop",
+        command,
+        &work.path().join("stop.log"),
+        false,
+    )
+    .unwrap();
+    // The kubelet takes its time; the stop must still be waiting.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(!manifest.exists(), "the manifest was not moved away");
+    assert!(
+        stopping.is_running(),
+        "the stop returned while etcd still ran"
+    );
+    etcd.stop_member(0).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stopping.is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "the stop never noticed etcd stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = stopping.stop().unwrap().unwrap();
+    assert!(status.success(), "{status:?}: {}", stopping.log_tail(5));
+    assert!(work.path().join("etcd.yaml.restore-t1").exists());
+}
+
+/// A multi-member cluster is never restored with commands that reach one node.
+#[test]
+fn the_kubeadm_preset_leaves_a_three_member_cluster_alone() {
+    let mut etcd = EtcdCluster::start(EtcdOptions {
+        version: EtcdVersion::V3_4,
+        members: 3,
+        ..EtcdOptions::default()
+    })
+    .unwrap();
+    let endpoints = etcd.client_endpoints();
+    let manifests = tempfile::tempdir().unwrap();
+    let manifest = manifests.path().join("etcd.yaml");
+    write_manifest(&manifest);
+    let data_dir = etcd.member(0).data_dir.clone();
+    let flags = kubeadm_flags(&manifest, &data_dir);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let r = remediator(&endpoints, dir.path(), &flags);
+    let (id, _) = rt.block_on(fire_until_the_health_wait(&r, &endpoints));
+    // Quorum lost: two of three gone.
+    etcd.stop_member(1).unwrap();
+    etcd.stop_member(2).unwrap();
+    rt.block_on(async {
+        let events = r.wait_finished(&id, RUN_TIMEOUT).await;
+        let verify = step(&events, "verify", Phase::Ok).unwrap();
+        assert_eq!(verify.detail["verdict"], "unavailable", "{events:#?}");
+        let skipped = step(&events, "restore_if_unavailable", Phase::Skipped).unwrap();
+        assert!(
+            skipped.detail.as_str().unwrap().contains("3 members"),
+            "{skipped:?}"
+        );
+    });
+    assert!(manifest.exists(), "the manifest was moved");
+    assert!(
+        !data_dir.join(format!("member.old-{id}")).exists(),
+        "the data was touched"
+    );
 }

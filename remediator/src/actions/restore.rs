@@ -1,10 +1,11 @@
 //! Restore through operator-supplied commands: stop every member, restore the verified
-//! snapshot into a new data dir per member, swap it in (the old dir is kept), start, then
-//! wait for health. The kubeadm preset fills the commands for static-pod etcd.
+//! snapshot into a new data dir per member, swap it in (the old data is kept), start, then
+//! wait for health. The kubeadm preset fills the commands for static-pod etcd. A failure
+//! before any swap starts the stopped members again on their untouched data.
 //!
 //! Placeholders (values are shell-quoted when substituted): `{snapshot}` `{member}`
 //! `{data_dir}` `{new_data_dir}` `{old_data_dir}` `{peer_url}` `{initial_cluster}`
-//! `{cluster_token}` `{work_dir}`.
+//! `{cluster_token}` `{work_dir}` `{action_id}`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -18,9 +19,19 @@ use crate::cluster::{EtcdAccess, MemberView};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RestorePreset {
-    /// Static-pod etcd as kubeadm lays it out: manifest in /etc/kubernetes/manifests,
-    /// data in /var/lib/etcd, `etcdutl` (etcd 3.5+) and `crictl` on the node.
+    /// Static-pod etcd as kubeadm lays it out, restored on the node the remediator runs
+    /// on (single-member clusters only): the manifest (--kubeadm-manifest) moved away and
+    /// back, data in --member-data-dir, `etcdctl` and `flock` in the remediator's image.
     Kubeadm,
+}
+
+/// The restore commands given as flags; each one given wins over the preset's.
+#[derive(Clone, Debug, Default)]
+pub struct CommandFlags {
+    pub stop: Option<String>,
+    pub restore: Option<String>,
+    pub swap: Option<String>,
+    pub start: Option<String>,
 }
 
 /// The four command templates and where members keep their data.
@@ -32,58 +43,115 @@ pub struct RestoreCommands {
     pub start: String,
     /// `{member}` is replaced by the member name.
     pub data_dir: String,
+    /// Where the restore writes and where the old data is kept: paths built from
+    /// `{data_dir}` and `{action_id}` (substituted as they are, not quoted).
+    pub new_data_dir: String,
+    pub old_data_dir: String,
+    /// The commands reach only the member on this node (a preset that moves a local
+    /// manifest): a cluster of more than one member is not restored with them.
+    pub node_local: bool,
     pub timeout: Duration,
 }
 
-const KUBEADM_MANIFEST: &str = "/etc/kubernetes/manifests/etcd.yaml";
+/// kubeadm's static pod manifest for etcd.
+pub const KUBEADM_MANIFEST: &str = "/etc/kubernetes/manifests/etcd.yaml";
 
 impl RestoreCommands {
     /// Explicit commands win over the preset; all four must be known in the end.
     pub fn resolve(
         preset: Option<RestorePreset>,
-        stop: Option<String>,
-        restore: Option<String>,
-        swap: Option<String>,
-        start: Option<String>,
+        kubeadm_manifest: &str,
+        given: CommandFlags,
         data_dir: String,
         timeout: Duration,
     ) -> Result<Self, String> {
-        let defaults = preset.map(|preset| match preset {
-            RestorePreset::Kubeadm => kubeadm(),
+        let preset = preset.map(|preset| match preset {
+            RestorePreset::Kubeadm => Kubeadm::commands(kubeadm_manifest),
         });
-        let pick = |given: Option<String>, flag: &str, default: Option<&str>| {
+        let pick = |given: Option<String>, flag: &str, preset: Option<&str>| {
             given
-                .or_else(|| default.map(str::to_owned))
+                .or_else(|| preset.map(str::to_owned))
                 .ok_or_else(|| format!("--restore-mode command needs {flag} (or --restore-preset)"))
         };
-        let d = defaults.as_ref();
+        let p = preset.as_ref();
         Ok(RestoreCommands {
-            stop: pick(stop, "--restore-stop-cmd", d.map(|d| d.stop.as_str()))?,
-            restore: pick(restore, "--restore-cmd", d.map(|d| d.restore.as_str()))?,
-            swap: pick(swap, "--restore-swap-cmd", d.map(|d| d.swap.as_str()))?,
-            start: pick(start, "--restore-start-cmd", d.map(|d| d.start.as_str()))?,
+            stop: pick(given.stop, "--restore-stop-cmd", p.map(|p| p.stop.as_str()))?,
+            restore: pick(
+                given.restore,
+                "--restore-cmd",
+                p.map(|p| p.restore.as_str()),
+            )?,
+            swap: pick(given.swap, "--restore-swap-cmd", p.map(|p| p.swap.as_str()))?,
+            start: pick(
+                given.start,
+                "--restore-start-cmd",
+                p.map(|p| p.start.as_str()),
+            )?,
             data_dir,
+            new_data_dir: p.map_or(SIBLING_NEW, |p| p.new_data_dir).into(),
+            old_data_dir: p.map_or(SIBLING_OLD, |p| p.old_data_dir).into(),
+            node_local: p.is_some_and(|p| p.node_local),
             timeout,
         })
     }
 }
 
-fn kubeadm() -> RestoreCommands {
-    RestoreCommands {
-        // Moving the manifest away makes the kubelet stop the pod; wait until it is gone.
-        stop: format!(
-            "mv {KUBEADM_MANIFEST} {{work_dir}}/etcd.yaml.restore && \
-             for i in $(seq 120); do crictl ps --name '^etcd$' -q | grep -q . || exit 0; sleep 1; done; \
-             echo 'etcd container still running' >&2; exit 1"
-        ),
-        restore: "etcdutl snapshot restore {snapshot} --name {member} \
-                  --initial-cluster {initial_cluster} --initial-advertise-peer-urls {peer_url} \
-                  --initial-cluster-token {cluster_token} --data-dir {new_data_dir}"
-            .into(),
-        swap: "mv {data_dir} {old_data_dir} && mv {new_data_dir} {data_dir}".into(),
-        start: format!("mv {{work_dir}}/etcd.yaml.restore {KUBEADM_MANIFEST}"),
-        data_dir: "/var/lib/etcd".into(),
-        timeout: Duration::from_secs(300),
+/// Without a preset the restored and the old data dir sit beside the data dir.
+const SIBLING_NEW: &str = "{data_dir}.restore-{action_id}";
+const SIBLING_OLD: &str = "{data_dir}.old-{action_id}";
+
+/// A preset's commands and layout.
+struct Preset {
+    stop: String,
+    restore: String,
+    swap: String,
+    start: String,
+    new_data_dir: &'static str,
+    old_data_dir: &'static str,
+    node_local: bool,
+}
+
+/// Static-pod etcd on the remediator's own node. Everything stays inside the two
+/// directories the chart mounts (the manifests dir and the data dir), so the restored data
+/// is written inside the data dir and only its `member` directory is swapped.
+struct Kubeadm;
+
+impl Kubeadm {
+    /// How long the stop waits for the kubelet to stop etcd.
+    const STOP_WAIT_SECONDS: u32 = 120;
+
+    fn commands(manifest: &str) -> Preset {
+        let manifest = shell_quote(manifest);
+        let parked = "{work_dir}/etcd.yaml.restore-{action_id}";
+        let wait = Self::STOP_WAIT_SECONDS;
+        Preset {
+            // Moving the manifest away makes the kubelet stop the pod. etcd holds an
+            // exclusive flock on its backend file while it runs (bbolt), so the member
+            // has stopped once that lock can be taken; no container runtime tool needed.
+            stop: format!(
+                "mv {manifest} {parked} && db={{data_dir}}/member/snap/db && \
+                 for i in $(seq {wait}); do \
+                 {{ [ ! -e \"$db\" ] || flock -n \"$db\" true; }} && exit 0; sleep 1; done; \
+                 echo \"etcd still holds $db {wait} s after its manifest was moved\" >&2; exit 1"
+            ),
+            // etcdctl 3.4 (the image's) rewrites the membership etcd 3.4 and 3.5 read, not
+            // the copy in the backend that 3.6 reads: the member keeps its ID only under
+            // the token it had, so the manifest's token (kubeadm leaves etcd's default)
+            // is reused. Safe here: there is no other member to meet.
+            restore: format!(
+                "token=$(sed -n 's/.*--initial-cluster-token=\\([^\" ]*\\).*/\\1/p' {parked} | head -n 1) && \
+                 ETCDCTL_API=3 etcdctl snapshot restore {{snapshot}} --name {{member}} \
+                 --initial-cluster {{initial_cluster}} --initial-advertise-peer-urls {{peer_url}} \
+                 --initial-cluster-token \"${{token:-etcd-cluster}}\" --data-dir {{new_data_dir}}"
+            ),
+            swap: "{ [ ! -e {data_dir}/member ] || mv {data_dir}/member {old_data_dir}; } && \
+                   mv {new_data_dir}/member {data_dir}/member && rmdir {new_data_dir}"
+                .into(),
+            start: format!("mv {parked} {manifest}"),
+            new_data_dir: "{data_dir}/restore-{action_id}",
+            old_data_dir: "{data_dir}/member.old-{action_id}",
+            node_local: true,
+        }
     }
 }
 
@@ -124,29 +192,47 @@ pub async fn run(
             vec![
                 ("snapshot", snapshot.display().to_string()),
                 ("member", m.name.clone()),
-                ("new_data_dir", format!("{data_dir}.restore-{action_id}")),
-                ("old_data_dir", format!("{data_dir}.old-{action_id}")),
+                (
+                    "new_data_dir",
+                    layout(&commands.new_data_dir, &data_dir, action_id),
+                ),
+                (
+                    "old_data_dir",
+                    layout(&commands.old_data_dir, &data_dir, action_id),
+                ),
                 ("data_dir", data_dir),
                 ("peer_url", m.peer_url.clone()),
                 ("initial_cluster", initial_cluster.clone()),
                 ("cluster_token", cluster_token.clone()),
                 ("work_dir", work_dir.display().to_string()),
+                ("action_id", action_id.to_owned()),
             ]
         })
         .collect();
     // Every member stops before any is restored: a restored member must not meet an old one.
+    let mut stopped = 0;
     for (step, template) in [
         ("stop", &commands.stop),
         ("restore", &commands.restore),
         ("swap", &commands.swap),
         ("start", &commands.start),
     ] {
-        for (member, context) in members.iter().zip(&contexts) {
+        for (i, (member, context)) in members.iter().zip(&contexts).enumerate() {
+            if step == "stop" {
+                stopped = i + 1;
+            }
             let command = render(template, context);
             tracing::info!(step, member = %member.name, %command, "restore command");
-            run_command(&command, commands.timeout)
-                .await
-                .map_err(|err| format!("restore {step} of {}: {err}", member.name))?;
+            if let Err(err) = run_command(&command, commands.timeout).await {
+                let failed = format!("restore {step} of {}: {err}", member.name);
+                if step == "stop" || step == "restore" {
+                    // No data was swapped yet: the stopped members start again on it.
+                    return Err(
+                        start_again(commands, &members[..stopped], &contexts, failed).await,
+                    );
+                }
+                return Err(failed);
+            }
         }
     }
     let deadline = Instant::now() + commands.timeout;
@@ -170,6 +256,37 @@ pub async fn run(
             .collect(),
         health,
     })
+}
+
+/// Runs the start command for `members` after `failed` (a stop or a restore: their data
+/// is untouched) and says how that went.
+async fn start_again(
+    commands: &RestoreCommands,
+    members: &[MemberView],
+    contexts: &[Vec<(&str, String)>],
+    failed: String,
+) -> String {
+    let mut outcomes = Vec::new();
+    for (member, context) in members.iter().zip(contexts) {
+        let command = render(&commands.start, context);
+        tracing::warn!(member = %member.name, %command, "restore abandoned: starting the member again");
+        outcomes.push(match run_command(&command, commands.timeout).await {
+            Ok(()) => format!("{} started again", member.name),
+            Err(err) => format!("starting {} again failed: {err}", member.name),
+        });
+    }
+    if outcomes.is_empty() {
+        failed
+    } else {
+        format!("{failed}; data untouched: {}", outcomes.join(", "))
+    }
+}
+
+/// A data dir layout template with `{data_dir}` and `{action_id}` filled in (unquoted).
+fn layout(template: &str, data_dir: &str, action_id: &str) -> String {
+    template
+        .replace("{data_dir}", data_dir)
+        .replace("{action_id}", action_id)
 }
 
 /// Substitutes `{name}` placeholders with shell-quoted values.
@@ -227,16 +344,52 @@ mod tests {
     fn explicit_commands_win_over_the_preset() {
         let commands = RestoreCommands::resolve(
             Some(RestorePreset::Kubeadm),
-            Some("true".into()),
-            None,
-            None,
-            None,
+            KUBEADM_MANIFEST,
+            CommandFlags {
+                stop: Some("true".into()),
+                ..CommandFlags::default()
+            },
             "/d".into(),
             Duration::from_secs(1),
         )
         .unwrap();
         assert_eq!(commands.stop, "true");
-        assert!(commands.restore.starts_with("etcdutl snapshot restore"));
+        assert!(commands.restore.contains("etcdctl snapshot restore"));
+        // The preset's layout and reach stay with its other commands.
+        assert!(commands.node_local);
+        assert_eq!(commands.new_data_dir, "{data_dir}/restore-{action_id}");
+    }
+
+    #[test]
+    fn without_a_preset_the_data_dirs_sit_beside_and_every_member_is_reached() {
+        let given = CommandFlags {
+            stop: Some("a".into()),
+            restore: Some("b".into()),
+            swap: Some("c".into()),
+            start: Some("d".into()),
+        };
+        let commands = RestoreCommands::resolve(
+            None,
+            KUBEADM_MANIFEST,
+            given,
+            "/d/{member}".into(),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert!(!commands.node_local);
+        assert_eq!(
+            layout(&commands.old_data_dir, "/d/m1", "x1"),
+            "/d/m1.old-x1"
+        );
+        let missing = RestoreCommands::resolve(
+            None,
+            KUBEADM_MANIFEST,
+            CommandFlags::default(),
+            "/d".into(),
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(missing.contains("--restore-stop-cmd"), "{missing}");
     }
 
     #[tokio::test]
