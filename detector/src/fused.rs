@@ -186,7 +186,7 @@ impl Blocked {
 
 /// `e^x` for f32 without a libm call: range reduction to `2^k * e^r` and a degree-6
 /// polynomial (Cephes' expf coefficients), about 1 ulp. Branch-free, so the gate loops
-/// below vectorise; the transcendental functions are most of an LSTM step's time.
+/// below vectorise; with the recurrence, the gates' exponentials are most of a step's time.
 #[inline(always)]
 fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -233,32 +233,29 @@ impl FusedModel {
             safetensors::SafeTensors::deserialize(bytes).context("reading model.safetensors")?;
         let (f, h) = (arch.n_features, arch.hidden);
         let get = |name: &str, shape: &[usize]| read_tensor(&st, name, shape);
+        // PyTorch stores `[out][in]`; the loops want input-major.
+        let transposed = |name: &str, rows: usize, cols: usize| {
+            get(name, &[rows, cols]).map(|m| transpose(&m, rows, cols))
+        };
+        let recurrent = |name: &str| transposed(name, 4 * h, h).map(|m| Blocked::new(&m, h, 4 * h));
         let sum = |a: Vec<f32>, b: Vec<f32>| a.iter().zip(&b).map(|(x, y)| x + y).collect();
         Ok(FusedModel {
             window,
             n_features: f,
             hidden: h,
-            enc_wih_t: transpose(&get("encoder.weight_ih_l0", &[4 * h, f])?, 4 * h, f),
-            enc_whh: Blocked::new(
-                &transpose(&get("encoder.weight_hh_l0", &[4 * h, h])?, 4 * h, h),
-                h,
-                4 * h,
-            ),
+            enc_wih_t: transposed("encoder.weight_ih_l0", 4 * h, f)?,
+            enc_whh: recurrent("encoder.weight_hh_l0")?,
             enc_bias: sum(
                 get("encoder.bias_ih_l0", &[4 * h])?,
                 get("encoder.bias_hh_l0", &[4 * h])?,
             ),
-            dec_wih_t: transpose(&get("decoder.weight_ih_l0", &[4 * h, h])?, 4 * h, h),
-            dec_whh: Blocked::new(
-                &transpose(&get("decoder.weight_hh_l0", &[4 * h, h])?, 4 * h, h),
-                h,
-                4 * h,
-            ),
+            dec_wih_t: transposed("decoder.weight_ih_l0", 4 * h, h)?,
+            dec_whh: recurrent("decoder.weight_hh_l0")?,
             dec_bias: sum(
                 get("decoder.bias_ih_l0", &[4 * h])?,
                 get("decoder.bias_hh_l0", &[4 * h])?,
             ),
-            out_w_t: transpose(&get("output.weight", &[f, h])?, f, h),
+            out_w_t: transposed("output.weight", f, h)?,
             out_bias: get("output.bias", &[f])?,
         })
     }
