@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
@@ -52,7 +52,6 @@ fn a_member_killed_mid_run_with_quorum_left_is_not_restored() {
     let marker_dir = tempfile::tempdir().unwrap();
     let markers = RestoreMarkers::new(marker_dir.path()).unwrap();
     let flags = restore_flags(&etcd, &markers);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let rt = runtime();
     let r = remediator(&endpoints, dir.path(), &flags);
     let id = rt.block_on(async {
@@ -98,7 +97,6 @@ fn restored_from_the_snapshot(version: EtcdVersion, members: usize) {
     let marker_dir = tempfile::tempdir().unwrap();
     let mut markers = RestoreMarkers::new(marker_dir.path()).unwrap();
     let flags = restore_flags(&etcd, &markers);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let rt = runtime();
     let r = remediator(&endpoints, dir.path(), &flags);
     let (id, seeded_before) = rt.block_on(fire_until_the_health_wait(&r, &endpoints));
@@ -161,7 +159,6 @@ fn a_failed_restore_starts_the_stopped_member_again_on_its_data() {
     let mut flags = restore_flags(&etcd, &markers);
     let restore_cmd = flags.iter().position(|f| f == "--restore-cmd").unwrap() + 1;
     flags[restore_cmd] = "echo no etcdctl here >&2; exit 7".into();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let rt = runtime();
     let r = remediator(&endpoints, dir.path(), &flags);
     let (id, _) = rt.block_on(fire_until_the_health_wait(&r, &endpoints));
@@ -191,9 +188,14 @@ fn a_failed_restore_starts_the_stopped_member_again_on_its_data() {
         let mut c = client(&endpoints).await;
         c.put("after", "ok", None).await.unwrap();
     });
+    let swapped_out = format!("{}.old-{id}", data_dir.display());
     assert!(
-        !data_dir.with_extension(format!("old-{id}")).exists(),
+        !Path::new(&swapped_out).exists(),
         "the data dir was swapped"
+    );
+    assert!(
+        data_dir.join("member/snap/db").is_file(),
+        "the data dir lost its data"
     );
 }
 
@@ -214,39 +216,55 @@ fn an_unavailable_three_member_cluster_is_restored_from_the_snapshot_3_4() {
     restored_from_the_snapshot(EtcdVersion::V3_4, 3);
 }
 
-/// The kubeadm preset's commands, as the flags give them, for a manifest in `manifests`.
-fn kubeadm_flags(manifest: &Path, data_dir: &Path) -> Vec<String> {
-    [
-        "--restore-mode",
-        "command",
-        "--restore-preset",
-        "kubeadm",
-        "--kubeadm-manifest",
-        manifest.to_str().unwrap(),
-        "--member-data-dir",
-        data_dir.to_str().unwrap(),
-        "--restore-timeout",
-        "60s",
-        "--health-wait",
-        "3s",
-        "--etcd-timeout",
-        "2s",
-    ]
-    .map(String::from)
-    .to_vec()
+/// A control-plane node as the kubeadm preset sees it: etcd's static pod manifest (as far
+/// as the preset reads it) in its own manifests dir, and the member's data dir.
+struct KubeadmNode {
+    _manifests: tempfile::TempDir,
+    manifest: PathBuf,
+    data_dir: PathBuf,
 }
 
-/// A static pod manifest as kubeadm writes it, as far as the preset reads it.
-fn write_manifest(path: &Path) {
-    std::fs::write(
-        path,
-        format!(
-            "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - command:\n    - etcd\n    \
-             - --initial-cluster-token={}\n    - --data-dir=/var/lib/etcd\n",
-            dr_testkit::etcd::CLUSTER_TOKEN
-        ),
-    )
-    .unwrap();
+impl KubeadmNode {
+    fn new(etcd: &EtcdCluster) -> KubeadmNode {
+        let manifests = tempfile::tempdir().unwrap();
+        let manifest = manifests.path().join("etcd.yaml");
+        std::fs::write(
+            &manifest,
+            format!(
+                "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - command:\n    - etcd\n    \
+                 - --initial-cluster-token={}\n    - --data-dir=/var/lib/etcd\n",
+                dr_testkit::etcd::CLUSTER_TOKEN
+            ),
+        )
+        .unwrap();
+        KubeadmNode {
+            _manifests: manifests,
+            manifest,
+            data_dir: etcd.member(0).data_dir.clone(),
+        }
+    }
+
+    /// The remediator's flags for the preset on this node.
+    fn flags(&self) -> Vec<String> {
+        [
+            "--restore-mode",
+            "command",
+            "--restore-preset",
+            "kubeadm",
+            "--kubeadm-manifest",
+            self.manifest.to_str().unwrap(),
+            "--member-data-dir",
+            self.data_dir.to_str().unwrap(),
+            "--restore-timeout",
+            "60s",
+            "--health-wait",
+            "3s",
+            "--etcd-timeout",
+            "2s",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
 }
 
 /// The preset against a real etcd 3.6 (kubeadm's), with the kubelet played by the test:
@@ -262,15 +280,11 @@ fn the_kubeadm_preset_restores_a_static_pod_member() {
     })
     .unwrap();
     let endpoints = etcd.client_endpoints();
-    let data_dir = etcd.member(0).data_dir.clone();
-    let manifests = tempfile::tempdir().unwrap();
-    let manifest = manifests.path().join("etcd.yaml");
-    write_manifest(&manifest);
-    let flags = kubeadm_flags(&manifest, &data_dir);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let node = KubeadmNode::new(&etcd);
+    let (manifest, data_dir) = (&node.manifest, &node.data_dir);
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let r = remediator(&endpoints, dir.path(), &flags);
+    let r = remediator(&endpoints, dir.path(), &node.flags());
     let (id, seeded_before) = rt.block_on(fire_until_the_health_wait(&r, &endpoints));
     etcd.stop_member(0).unwrap();
     let db = data_dir.join("member/snap/db");
@@ -321,10 +335,8 @@ fn the_kubeadm_preset_restores_a_static_pod_member() {
 fn the_kubeadm_stop_waits_until_etcd_lets_go_of_its_data() {
     use dr_remediator::actions::restore::{CommandFlags, RestoreCommands, RestorePreset, render};
     let mut etcd = EtcdCluster::start(EtcdOptions::default()).unwrap();
-    let data_dir = etcd.member(0).data_dir.clone();
-    let manifests = tempfile::tempdir().unwrap();
-    let manifest = manifests.path().join("etcd.yaml");
-    write_manifest(&manifest);
+    let node = KubeadmNode::new(&etcd);
+    let (manifest, data_dir) = (&node.manifest, &node.data_dir);
     let commands = RestoreCommands::resolve(
         Some(RestorePreset::Kubeadm),
         manifest.to_str().unwrap(),
@@ -382,15 +394,11 @@ fn the_kubeadm_preset_leaves_a_three_member_cluster_alone() {
     })
     .unwrap();
     let endpoints = etcd.client_endpoints();
-    let manifests = tempfile::tempdir().unwrap();
-    let manifest = manifests.path().join("etcd.yaml");
-    write_manifest(&manifest);
-    let data_dir = etcd.member(0).data_dir.clone();
-    let flags = kubeadm_flags(&manifest, &data_dir);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let node = KubeadmNode::new(&etcd);
+    let (manifest, data_dir) = (&node.manifest, &node.data_dir);
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let r = remediator(&endpoints, dir.path(), &flags);
+    let r = remediator(&endpoints, dir.path(), &node.flags());
     let (id, _) = rt.block_on(fire_until_the_health_wait(&r, &endpoints));
     // Quorum lost: two of three gone.
     etcd.stop_member(1).unwrap();

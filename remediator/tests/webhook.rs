@@ -160,7 +160,7 @@ async fn an_unconfirmed_or_unreachable_detector_means_no_action() {
 #[tokio::test]
 async fn metrics_carry_every_name_the_design_promises_from_the_start() {
     let dir = tempfile::tempdir().unwrap();
-    let r = remediator(&nowhere(), dir.path(), &[]);
+    let r = remediator::<&str>(&nowhere(), dir.path(), &[]);
     let (status, metrics) = r.get("/metrics").await;
     assert_eq!(status, StatusCode::OK);
     let metrics = metrics.as_str().unwrap();

@@ -185,10 +185,21 @@ pub async fn run(
         .map(|m| format!("{}={}", m.name, m.peer_url))
         .collect::<Vec<_>>()
         .join(",");
-    let contexts: Vec<Vec<(&str, String)>> = members
+    let old_data_dirs: Vec<String> = members
         .iter()
         .map(|m| {
-            let data_dir = commands.data_dir.replace("{member}", &m.name);
+            layout(
+                &commands.old_data_dir,
+                &member_data_dir(commands, m),
+                action_id,
+            )
+        })
+        .collect();
+    let contexts: Vec<Vec<(&str, String)>> = members
+        .iter()
+        .zip(&old_data_dirs)
+        .map(|(m, old_data_dir)| {
+            let data_dir = member_data_dir(commands, m);
             vec![
                 ("snapshot", snapshot.display().to_string()),
                 ("member", m.name.clone()),
@@ -196,10 +207,7 @@ pub async fn run(
                     "new_data_dir",
                     layout(&commands.new_data_dir, &data_dir, action_id),
                 ),
-                (
-                    "old_data_dir",
-                    layout(&commands.old_data_dir, &data_dir, action_id),
-                ),
+                ("old_data_dir", old_data_dir.clone()),
                 ("data_dir", data_dir),
                 ("peer_url", m.peer_url.clone()),
                 ("initial_cluster", initial_cluster.clone()),
@@ -210,7 +218,6 @@ pub async fn run(
         })
         .collect();
     // Every member stops before any is restored: a restored member must not meet an old one.
-    let mut stopped = 0;
     for (step, template) in [
         ("stop", &commands.stop),
         ("restore", &commands.restore),
@@ -218,21 +225,20 @@ pub async fn run(
         ("start", &commands.start),
     ] {
         for (i, (member, context)) in members.iter().zip(&contexts).enumerate() {
-            if step == "stop" {
-                stopped = i + 1;
-            }
             let command = render(template, context);
             tracing::info!(step, member = %member.name, %command, "restore command");
-            if let Err(err) = run_command(&command, commands.timeout).await {
-                let failed = format!("restore {step} of {}: {err}", member.name);
-                if step == "stop" || step == "restore" {
-                    // No data was swapped yet: the stopped members start again on it.
-                    return Err(
-                        start_again(commands, &members[..stopped], &contexts, failed).await,
-                    );
-                }
-                return Err(failed);
-            }
+            let Err(err) = run_command(&command, commands.timeout).await else {
+                continue;
+            };
+            let failed = format!("restore {step} of {}: {err}", member.name);
+            // Before any swap the data is untouched: the members stopped so far start
+            // again on it (during the stops, those up to this one).
+            let stopped = match step {
+                "stop" => i + 1,
+                "restore" => members.len(),
+                _ => return Err(failed),
+            };
+            return Err(start_again(commands, &members[..stopped], &contexts, failed).await);
         }
     }
     let deadline = Instant::now() + commands.timeout;
@@ -246,14 +252,7 @@ pub async fn run(
     Ok(RestoreReport {
         snapshot: snapshot.display().to_string(),
         cluster_token,
-        old_data_dirs: contexts
-            .iter()
-            .filter_map(|c| {
-                c.iter()
-                    .find(|(k, _)| *k == "old_data_dir")
-                    .map(|(_, v)| v.clone())
-            })
-            .collect(),
+        old_data_dirs,
         health,
     })
 }
@@ -280,6 +279,11 @@ async fn start_again(
     } else {
         format!("{failed}; data untouched: {}", outcomes.join(", "))
     }
+}
+
+/// `--member-data-dir` for `member`.
+fn member_data_dir(commands: &RestoreCommands, member: &MemberView) -> String {
+    commands.data_dir.replace("{member}", &member.name)
 }
 
 /// A data dir layout template with `{data_dir}` and `{action_id}` filled in (unquoted).

@@ -31,7 +31,7 @@ pub struct Remediator {
 }
 
 /// A remediator on `endpoints` with `extra` flags; its snapshot dir is `dir`.
-pub fn remediator(endpoints: &[String], dir: &Path, extra: &[&str]) -> Remediator {
+pub fn remediator<S: AsRef<str>>(endpoints: &[String], dir: &Path, extra: &[S]) -> Remediator {
     let endpoints = endpoints.join(",");
     let dir_text = dir.display().to_string();
     let mut args = vec![
@@ -43,7 +43,7 @@ pub fn remediator(endpoints: &[String], dir: &Path, extra: &[&str]) -> Remediato
         "--listen",
         "127.0.0.1:0",
     ];
-    args.extend_from_slice(extra);
+    args.extend(extra.iter().map(AsRef::as_ref));
     let config = Config::from_args(Args::try_parse_from(args).unwrap()).unwrap();
     let mut registry = Registry::default();
     let app = App::new(config, &mut registry).unwrap();
