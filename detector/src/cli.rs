@@ -3,13 +3,15 @@
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use dr_common::duration::parse_duration;
-use dr_common::telemetry::{self, LogFormat};
+use dr_common::process;
+use dr_common::telemetry::LogFormat;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
@@ -180,25 +182,34 @@ pub struct ScoreArgs {
     pub count: usize,
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+const NAME: &str = "dr-detector";
+
+/// Runs one command; its exit code as every etcd-dr binary gives it (`dr_common::process`):
+/// 2 for logging it cannot set up or an address it cannot listen on, 1 for a failure.
+pub fn run(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return process::fail(NAME, format!("starting the async runtime: {err}")),
+    };
     runtime.block_on(async {
-        let _telemetry = telemetry::init(
-            cli.log_format,
-            "info",
-            "dr-detector",
-            cli.otlp_endpoint.as_deref(),
-        )
-        .map_err(anyhow::Error::msg)?;
-        match cli.command {
+        let _telemetry =
+            match process::telemetry(NAME, "info", cli.log_format, cli.otlp_endpoint.as_deref()) {
+                Ok(guard) => guard,
+                Err(code) => return code,
+            };
+        let outcome = match cli.command {
             Command::Train(args) => train(args),
             Command::Eval(args) => eval(args),
             Command::Score(args) => score(args),
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => return serve(args).await,
             Command::Export(args) => export(args).await,
+        };
+        match outcome {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => process::fail(NAME, err),
         }
     })
 }
@@ -375,7 +386,33 @@ fn score(args: ScoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs) -> ExitCode {
+    let (state, app) = match serving_state(&args) {
+        Ok(ready) => ready,
+        Err(err) => return process::fail(NAME, err),
+    };
+    process::serve(NAME, args.listen, |listener| async move {
+        tracing::info!(listen = %args.listen, prometheus = %args.prometheus_url, "serving");
+        let refresher = tokio::spawn(crate::http::refresh_loop(state, args.refresh));
+        // A request waits at most for one Prometheus pull plus the scoring.
+        let request_timeout = args.prometheus_timeout + Duration::from_secs(5);
+        let served = dr_common::http::serve(
+            listener,
+            app,
+            request_timeout,
+            dr_common::shutdown::signal(),
+        )
+        .await;
+        refresher.abort();
+        served.context("serving HTTP")?;
+        tracing::info!("drained, exiting");
+        anyhow::Ok(())
+    })
+    .await
+}
+
+/// The model loaded and the detector with its routes, before anything listens.
+fn serving_state(args: &ServeArgs) -> anyhow::Result<(Arc<Detector>, axum::Router)> {
     let scorer = load_model(args.model.as_deref())?;
     let meta = &scorer.bundle.meta;
     tracing::info!(
@@ -402,24 +439,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         &mut registry,
     ));
     let app = crate::http::app(state.clone(), registry, args.body_limit);
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
-    tracing::info!(listen = %args.listen, prometheus = %args.prometheus_url, "serving");
-    let refresher = tokio::spawn(crate::http::refresh_loop(state, args.refresh));
-    // A request waits at most for one Prometheus pull plus the scoring.
-    let request_timeout = args.prometheus_timeout + Duration::from_secs(5);
-    let served = dr_common::http::serve(
-        listener,
-        app,
-        request_timeout,
-        dr_common::shutdown::signal(),
-    )
-    .await;
-    refresher.abort();
-    served.context("serving HTTP")?;
-    tracing::info!("drained, exiting");
-    Ok(())
+    Ok((state, app))
 }
 
 /// Unix seconds, RFC 3339, or `-<duration>` before `now`.

@@ -72,6 +72,17 @@ fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     t
 }
 
+/// `out += x · M` for an input-major `M` (`x.len()` rows of `out.len()`): the projections
+/// outside the recurrence, small enough that register blocking would not pay.
+#[inline(always)]
+fn add_product(x: &[f32], m: &[f32], out: &mut [f32]) {
+    for (&xk, row) in x.iter().zip(m.chunks_exact(out.len())) {
+        for (o, &wv) in out.iter_mut().zip(row) {
+            *o += xk * wv;
+        }
+    }
+}
+
 /// How a kernel multiplies and adds: [`Separate`] rounds twice, as baseline x86-64 must
 /// (`mul_add` there is a libm call), [`Fused`] once, where the target has the instruction.
 trait MulAdd {
@@ -322,11 +333,7 @@ impl FusedModel {
         for (t, dst) in projections.chunks_exact_mut(stride).enumerate() {
             let dst = &mut dst[..g4];
             dst.copy_from_slice(&self.enc_bias);
-            for (j, &xv) in x[t * f..(t + 1) * f].iter().enumerate() {
-                for (p, &wv) in dst.iter_mut().zip(&self.enc_wih_t[j * g4..(j + 1) * g4]) {
-                    *p += xv * wv;
-                }
-            }
+            add_product(&x[t * f..(t + 1) * f], &self.enc_wih_t, dst);
         }
         let mut h = vec![0.0f32; hd];
         let mut c = vec![0.0f32; hd];
@@ -335,11 +342,7 @@ impl FusedModel {
         }
         // The decoder's input is the final encoder state at every step.
         let mut dec_in = self.dec_bias.clone();
-        for (k, &hk) in h.iter().enumerate() {
-            for (p, &wv) in dec_in.iter_mut().zip(&self.dec_wih_t[k * g4..(k + 1) * g4]) {
-                *p += hk * wv;
-            }
-        }
+        add_product(&h, &self.dec_wih_t, &mut dec_in);
         h.fill(0.0);
         c.fill(0.0);
         let mut gates = vec![0.0f32; self.dec_whh.padded_cols()];
@@ -349,12 +352,7 @@ impl FusedModel {
             self.step::<M>(&self.dec_whh, &mut gates, &mut h, &mut c);
             let start = out.len();
             out.extend_from_slice(&self.out_bias);
-            let row = &mut out[start..start + f];
-            for (k, &hk) in h.iter().enumerate() {
-                for (o, &wv) in row.iter_mut().zip(&self.out_w_t[k * f..(k + 1) * f]) {
-                    *o += hk * wv;
-                }
-            }
+            add_product(&h, &self.out_w_t, &mut out[start..start + f]);
         }
         out
     }

@@ -1,7 +1,9 @@
 //! `serve`: `GET /score` (live windows from Prometheus, per instance), `POST /score` (a
-//! given window), and `/metrics` with the scores refreshed in the background. Prometheus
-//! is asked once per window: the refresh and every `GET /score` within one step share
-//! that pull (so a Prometheus that just went away shows as a 503 from the next step on).
+//! given window), and `/metrics` with the scores refreshed in the background. A finished
+//! pull from Prometheus is answered again for its window: the refresh and every `GET /score`
+//! within one step share it (so a Prometheus that just went away shows as a 503 from the
+//! next step on). Requests that arrive while a pull is under way pull for themselves, so
+//! each gets its own 503 within the timeout rather than queueing behind a dead Prometheus.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::AtomicU64;

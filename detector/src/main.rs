@@ -4,12 +4,5 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = dr_detector::cli::Cli::parse();
-    match dr_detector::cli::run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("dr-detector: {err:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    dr_detector::cli::run(dr_detector::cli::Cli::parse())
 }

@@ -93,6 +93,26 @@ fn bad_flags_exit_non_zero_with_a_message() {
 
 /// The area under the ROC curve by counting pairs (ties half): a second way to the number
 /// `eval` prints.
+/// As the other services: an address it cannot have is a usage error (2), named, and
+/// the service never starts.
+#[test]
+fn serve_on_a_listen_address_in_use_exits_2_with_a_message() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let output = run(&["serve", "--prometheus-url", &nowhere, "--listen", &listen]);
+    assert_eq!(output.status.code(), Some(2));
+    // The log (on stderr too) says what was loaded first; the last line says why it ended.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with(&format!("dr-detector: cannot listen on {listen}"))),
+        "{stderr}"
+    );
+}
+
 fn pairwise_auc(scored: &[(f64, bool)]) -> f64 {
     let (mut wins, mut pairs) = (0.0, 0.0);
     for &(p, _) in scored.iter().filter(|(_, l)| *l) {
