@@ -199,6 +199,13 @@ fn default_instance(url: &Url) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn every_flag_reads_its_environment_variable() {
+        use clap::CommandFactory;
+        let missing = dr_common::process::flags_without_env(&Args::command(), "DR_COLLECTOR_");
+        assert!(missing.is_empty(), "{missing:?}");
+    }
+
     fn parse(args: &[&str]) -> Result<Config, String> {
         let args =
             Args::try_parse_from(std::iter::once("dr-collector").chain(args.iter().copied()))

@@ -56,9 +56,48 @@ where
     }
 }
 
+/// The flags of `command` and its subcommands that the environment variable
+/// `<prefix><FLAG>` (`--max-push-age`: `<prefix>MAX_PUSH_AGE`) does not also set: every
+/// flag of every etcd-dr binary has one (a Kubernetes manifest sets env, not args). Each
+/// binary's tests want this empty.
+pub fn flags_without_env(command: &clap::Command, prefix: &str) -> Vec<String> {
+    let mut missing: Vec<String> = command
+        .get_arguments()
+        .filter(|arg| !matches!(arg.get_id().as_str(), "help" | "version"))
+        .filter_map(|arg| {
+            let flag = arg.get_long().unwrap_or(arg.get_id().as_str());
+            let wanted = format!("{prefix}{}", flag.replace('-', "_").to_uppercase());
+            let matches = arg.get_env().is_some_and(|env| env == wanted.as_str());
+            (!matches).then(|| format!("{} --{flag}", command.get_name()))
+        })
+        .collect();
+    for sub in command.get_subcommands() {
+        missing.extend(flags_without_env(sub, prefix));
+    }
+    missing
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flag_without_its_variable_is_named() {
+        let command = clap::Command::new("dr-test")
+            .arg(
+                clap::Arg::new("ages")
+                    .long("max-age")
+                    .env("DR_TEST_MAX_AGE"),
+            )
+            .arg(clap::Arg::new("bare").long("bare"))
+            .subcommand(
+                clap::Command::new("sub").arg(clap::Arg::new("x").long("x-y").env("DR_TEST_WRONG")),
+            );
+        assert_eq!(
+            flags_without_env(&command, "DR_TEST_"),
+            ["dr-test --bare", "sub --x-y"]
+        );
+    }
 
     #[tokio::test]
     async fn a_taken_address_is_refused_and_the_service_never_runs() {

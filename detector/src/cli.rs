@@ -532,21 +532,7 @@ mod tests {
     #[test]
     fn every_flag_reads_its_environment_variable() {
         use clap::CommandFactory;
-        let command = Cli::command();
-        for sub in command.get_subcommands() {
-            for arg in sub.get_arguments() {
-                let id = arg.get_id().as_str();
-                if matches!(id, "help" | "version") {
-                    continue;
-                }
-                let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
-                assert_eq!(
-                    env,
-                    Some(format!("DR_DETECTOR_{}", id.to_uppercase())),
-                    "{} --{id}",
-                    sub.get_name()
-                );
-            }
-        }
+        let missing = dr_common::process::flags_without_env(&Cli::command(), "DR_DETECTOR_");
+        assert!(missing.is_empty(), "{missing:?}");
     }
 }

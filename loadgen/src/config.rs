@@ -384,6 +384,13 @@ fn value_size_of(bytes: u64) -> Result<usize, String> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn every_flag_reads_its_environment_variable() {
+        use clap::CommandFactory;
+        let missing = dr_common::process::flags_without_env(&Args::command(), "DR_LOADGEN_");
+        assert!(missing.is_empty(), "{missing:?}");
+    }
+
     fn parse(args: &[&str]) -> Result<Config, String> {
         parse_args(std::iter::once("dr-loadgen").chain(args.iter().copied()))
             .and_then(Config::from_args)

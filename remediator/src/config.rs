@@ -298,6 +298,13 @@ impl Config {
 mod tests {
     use super::*;
 
+    #[test]
+    fn every_flag_reads_its_environment_variable() {
+        use clap::CommandFactory;
+        let missing = dr_common::process::flags_without_env(&Args::command(), "DR_REMEDIATOR_");
+        assert!(missing.is_empty(), "{missing:?}");
+    }
+
     fn parse(extra: &[&str]) -> Result<Config, String> {
         let dir = std::env::temp_dir().join("dr-remediator-config-test");
         let dir = dir.to_string_lossy().into_owned();
