@@ -238,10 +238,26 @@ fn service_survives_a_dead_etcd_and_says_so() {
     let workdir = Workdir::temp("collector-dead-etcd").unwrap();
     let dead = format!("http://127.0.0.1:{}/metrics", free_port());
     let (mut guard, base) = start_service(&workdir, &dead, &pushgateway.url());
-    // Every series is there at 0 from the start; a failure moves it.
     wait_for("failed scrapes counted", Duration::from_secs(20), || {
         counted(&base, "etcd_dr_collector_scrapes_total", "error", 1.0)
     });
+    // No scrape succeeded, so nothing was pushed: those series exist only because every
+    // result of a target starts at 0 (a series born at 1 hides its first change from
+    // increase()).
+    let (_, metrics) = http_get(&format!("{base}/metrics")).unwrap();
+    for family in [
+        "etcd_dr_collector_scrapes_total",
+        "etcd_dr_collector_pushes_total",
+    ] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with(&format!("{family}{{"))
+                    && l.contains("result=\"success\"")
+                    && l.ends_with(" 0")),
+            "no {family} success series at 0: {metrics}"
+        );
+    }
     let (status, body) = http_get(&format!("{base}/readyz")).unwrap();
     assert_eq!(status, 503);
     assert!(body.contains("no successful push yet"), "{body}");

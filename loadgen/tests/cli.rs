@@ -82,6 +82,25 @@ fn revision(etcd: &EtcdCluster) -> i64 {
 }
 
 #[test]
+fn version_and_help_answer_without_etcd() {
+    let (output, _) = run(&["--version"], Duration::from_secs(10));
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("dr-loadgen {}", env!("CARGO_PKG_VERSION"))
+    );
+    let (output, _) = run(&["--help"], Duration::from_secs(10));
+    assert!(output.status.success(), "{output:?}");
+    let help = String::from_utf8_lossy(&output.stdout);
+    for scenario in ["steady", "bigkey", "churn"] {
+        assert!(
+            help.contains(scenario),
+            "--help does not list {scenario}: {help}"
+        );
+    }
+}
+
+#[test]
 fn steady_holds_its_rate_and_writes_under_the_prefix() {
     let etcd = etcd(None, false);
     let endpoints = etcd.client_endpoints().join(",");

@@ -147,18 +147,27 @@ fn restored_from_the_snapshot(version: EtcdVersion, members: usize) {
     });
 }
 
-/// A restore command that fails leaves the data as it was, and the member that was
-/// stopped for it is started again rather than left down.
+/// A stop or restore command that fails leaves the data as it was, and the member that
+/// was stopped for it is started again rather than left down.
 #[test]
 fn a_failed_restore_starts_the_stopped_member_again_on_its_data() {
+    failed_command_starts_the_member_again("--restore-cmd", "restore restore of etcd-0");
+}
+
+#[test]
+fn a_failed_stop_starts_the_member_again_on_its_data() {
+    failed_command_starts_the_member_again("--restore-stop-cmd", "restore stop of etcd-0");
+}
+
+fn failed_command_starts_the_member_again(flag: &str, failed_step: &str) {
     let mut etcd = EtcdCluster::start(EtcdOptions::default()).unwrap();
     let endpoints = etcd.client_endpoints();
     let dir = tempfile::tempdir().unwrap();
     let marker_dir = tempfile::tempdir().unwrap();
     let mut markers = RestoreMarkers::new(marker_dir.path()).unwrap();
     let mut flags = restore_flags(&etcd, &markers);
-    let restore_cmd = flags.iter().position(|f| f == "--restore-cmd").unwrap() + 1;
-    flags[restore_cmd] = "echo no etcdctl here >&2; exit 7".into();
+    let command = flags.iter().position(|f| f == flag).unwrap() + 1;
+    flags[command] = "echo no etcdctl here >&2; exit 7".into();
     let rt = runtime();
     let r = remediator(&endpoints, dir.path(), &flags);
     let (id, _) = rt.block_on(fire_until_the_health_wait(&r, &endpoints));
@@ -179,7 +188,16 @@ fn a_failed_restore_starts_the_stopped_member_again_on_its_data() {
         let failed = step(&events, "restore_if_unavailable", Phase::Failed)
             .unwrap_or_else(|| panic!("{events:#?}"));
         let detail = failed.detail.as_str().unwrap();
+        assert!(detail.contains(failed_step), "{detail}");
         assert!(detail.contains("no etcdctl here"), "{detail}");
+        let (_, metrics) = r.get("/metrics").await;
+        assert!(
+            metrics
+                .as_str()
+                .unwrap()
+                .contains("etcd_dr_restore_total{result=\"failure\"} 1"),
+            "{metrics}"
+        );
         assert!(
             detail.contains("data untouched: etcd-0 started again"),
             "{detail}"
@@ -197,6 +215,32 @@ fn a_failed_restore_starts_the_stopped_member_again_on_its_data() {
         data_dir.join("member/snap/db").is_file(),
         "the data dir lost its data"
     );
+}
+
+/// A repair that brings etcd back leaves restore alone, configured or not.
+#[test]
+fn a_healthy_cluster_after_the_repair_is_never_restored() {
+    let etcd = EtcdCluster::start(EtcdOptions::default()).unwrap();
+    let endpoints = etcd.client_endpoints();
+    let dir = tempfile::tempdir().unwrap();
+    let marker_dir = tempfile::tempdir().unwrap();
+    let markers = RestoreMarkers::new(marker_dir.path()).unwrap();
+    let r = remediator(&endpoints, dir.path(), &restore_flags(&etcd, &markers));
+    let rt = runtime();
+    rt.block_on(async {
+        let (id, seeded_before) = fire_until_the_health_wait(&r, &endpoints).await;
+        let events = r.wait_finished(&id, RUN_TIMEOUT).await;
+        let verify = step(&events, "verify", Phase::Ok).unwrap();
+        assert_eq!(verify.detail["verdict"], "healthy", "{events:#?}");
+        let skipped = step(&events, "restore_if_unavailable", Phase::Skipped).unwrap();
+        assert_eq!(
+            skipped.detail, "not restoring: the cluster is healthy",
+            "{skipped:?}"
+        );
+        let mut c = client(&endpoints).await;
+        assert_eq!(seeded(&mut c).await, seeded_before);
+    });
+    assert!(markers.untouched().unwrap(), "a restore command ran");
 }
 
 #[test]

@@ -83,6 +83,9 @@ fn scheduled_snapshots_are_verified_retained_and_counted() {
     let (code, actions) = http_get(&format!("{base}/actions?limit=1")).unwrap();
     assert_eq!(code, 200);
     assert!(actions.contains("scheduled_snapshot"), "{actions}");
+    // Several snapshots were taken; the limit keeps the newest one.
+    let actions: serde_json::Value = serde_json::from_str(&actions).unwrap();
+    assert_eq!(actions["actions"].as_array().unwrap().len(), 1, "{actions}");
 
     stop_tx.send(()).unwrap();
     rt.block_on(async {
@@ -92,6 +95,31 @@ fn scheduled_snapshots_are_verified_retained_and_counted() {
             .unwrap()
             .unwrap();
     });
+}
+
+#[test]
+fn version_and_help_answer_without_etcd() {
+    let output = run_binary(&["--version"]);
+    assert_success(&output);
+    let version = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        version.trim(),
+        format!("dr-remediator {}", env!("CARGO_PKG_VERSION"))
+    );
+    let output = run_binary(&["--help"]);
+    assert_success(&output);
+    let help = String::from_utf8_lossy(&output.stdout);
+    for flag in [
+        "--etcd-endpoints",
+        "--webhook-token-file",
+        "--restore-preset",
+        "--kubeadm-manifest",
+    ] {
+        assert!(
+            help.contains(flag),
+            "--help does not document {flag}: {help}"
+        );
+    }
 }
 
 #[test]
