@@ -446,12 +446,9 @@ async fn get_score(
     // needs), every instance listed below.
     let mut ranked: Vec<&ScoreResponse> = scored.iter().collect();
     ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
-    let encode = |value: serde_json::Result<Value>| {
-        value.map_err(|err| ApiError::Internal(format!("encoding the response: {err}")))
-    };
-    let mut top = encode(serde_json::to_value(ranked[0]))?;
+    let mut top = to_value(ranked[0])?;
     if let Value::Object(map) = &mut top {
-        map.insert("instances".into(), encode(serde_json::to_value(&ranked))?);
+        map.insert("instances".into(), to_value(&ranked)?);
         map.insert(
             "unscorable".into(),
             refused
@@ -466,8 +463,11 @@ async fn get_score(
 }
 
 fn to_json(response: &ScoreResponse) -> Result<Json<Value>, ApiError> {
-    serde_json::to_value(response)
-        .map(Json)
+    to_value(response).map(Json)
+}
+
+fn to_value(value: &impl Serialize) -> Result<Value, ApiError> {
+    serde_json::to_value(value)
         .map_err(|err| ApiError::Internal(format!("encoding the response: {err}")))
 }
 

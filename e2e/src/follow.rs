@@ -108,7 +108,7 @@ impl Follower {
             Ok((status, body)) => Err(format!("{status} {body}")),
             Err(err) => Err(format!("{err:#}")),
         };
-        let Ok(answer) = self.last_score.clone() else {
+        let Ok(answer) = &self.last_score else {
             return;
         };
         let (Some(score), Some(threshold)) =
