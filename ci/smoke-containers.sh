@@ -87,10 +87,10 @@ echo "smoke: detector scored a window: ${score:0:80}..."
 
 # A webhook without the token does nothing; with it, a remediation starts and snapshots.
 status=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
-  --data @../shared/fixtures/alertmanager-0.25-webhook-firing.json "$remediator/webhook")
+  --data @fixtures/alertmanager-0.25-webhook-firing.json "$remediator/webhook")
 [[ $status == 401 ]] || fail "webhook without a token answered $status, want 401"
 answer=$(curl -fsS -X POST -H 'Content-Type: application/json' -H "Authorization: Bearer $token" \
-  --data @../shared/fixtures/alertmanager-0.25-webhook-firing.json "$remediator/webhook") ||
+  --data @fixtures/alertmanager-0.25-webhook-firing.json "$remediator/webhook") ||
   fail "authenticated webhook refused"
 [[ $answer == *action_id* ]] || fail "webhook did not start a remediation: $answer"
 for _ in $(seq 60); do

@@ -12,7 +12,7 @@ prometheus_client_version="0.21.1"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-page="${1:-$repo/../shared/fixtures/etcd-3.4.23-metrics.txt}"
+page="${1:-$repo/fixtures/etcd-3.4.23-metrics.txt}"
 iterations="${2:-200}"
 if [[ ! -f "$page" ]]; then
     echo "compare_python: no page at $page" >&2

@@ -9,7 +9,7 @@ use dr_collector::exposition::{parse, write};
 
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/fixtures/etcd-3.4.23-metrics.txt"
+    "/../fixtures/etcd-3.4.23-metrics.txt"
 );
 
 fn exposition(c: &mut Criterion) {

@@ -780,7 +780,7 @@ mod tests {
 
     const FIXTURE: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/fixtures/etcd-3.4.23-metrics.txt"
+        "/../fixtures/etcd-3.4.23-metrics.txt"
     );
 
     fn fixture() -> String {

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/fixtures/etcd-3.4.23-metrics.txt"
+    "/../fixtures/etcd-3.4.23-metrics.txt"
 );
 
 fn fixture() -> &'static str {

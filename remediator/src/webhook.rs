@@ -98,10 +98,8 @@ pub fn authorized(header: Option<&str>, expected: &str) -> bool {
 mod tests {
     use super::*;
 
-    const FIRING: &str =
-        include_str!("../../../shared/fixtures/alertmanager-0.25-webhook-firing.json");
-    const RESOLVED: &str =
-        include_str!("../../../shared/fixtures/alertmanager-0.25-webhook-resolved.json");
+    const FIRING: &str = include_str!("../../fixtures/alertmanager-0.25-webhook-firing.json");
+    const RESOLVED: &str = include_str!("../../fixtures/alertmanager-0.25-webhook-resolved.json");
 
     #[test]
     fn the_real_firing_body_triggers_with_its_fingerprint() {

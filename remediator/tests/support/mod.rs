@@ -19,10 +19,9 @@ use prometheus_client::registry::Registry;
 use serde_json::Value;
 use tower::ServiceExt;
 
-pub const FIRING: &str =
-    include_str!("../../../../shared/fixtures/alertmanager-0.25-webhook-firing.json");
+pub const FIRING: &str = include_str!("../../../fixtures/alertmanager-0.25-webhook-firing.json");
 pub const RESOLVED: &str =
-    include_str!("../../../../shared/fixtures/alertmanager-0.25-webhook-resolved.json");
+    include_str!("../../../fixtures/alertmanager-0.25-webhook-resolved.json");
 
 pub struct Remediator {
     pub app: Arc<App>,
