@@ -285,6 +285,47 @@ def promql_checks(name, by_kind):
     return groups
 
 
+def check_monitoring(name, values, by_kind):
+    """Everything that reaches the monitoring stack follows global.monitoring: the
+    NetworkPolicies admit that namespace and nothing else, the URLs and the Pushgateway's
+    ServiceMonitor point into it, and prometheus-operator's objects carry its release label."""
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["global"]["monitoring"]
+    monitoring = {**defaults, **((values.get("global") or {}).get("monitoring") or {})}
+    namespace, release = monitoring["namespace"], monitoring["release"]
+    for np in by_kind.get("NetworkPolicy", []):
+        for rule in np["spec"].get("ingress", []):
+            for peer in rule.get("from", []):
+                if "namespaceSelector" in peer:
+                    if peer["namespaceSelector"] != {"matchLabels": {"kubernetes.io/metadata.name": namespace}}:
+                        fail(f"[{name}] NetworkPolicy {np['metadata']['name']} admits namespaces "
+                             f"{peer['namespaceSelector']}, not only {namespace!r}")
+                elif not (peer.get("podSelector") or {}).get("matchLabels", {}).get("app.kubernetes.io/instance"):
+                    fail(f"[{name}] NetworkPolicy {np['metadata']['name']} admits a peer outside the release: {peer}")
+    urls = {}
+    for w in by_kind.get("Deployment", []) + by_kind.get("DaemonSet", []):
+        for c in w["spec"]["template"]["spec"]["containers"]:
+            for a in c.get("args", []):
+                if a.startswith(("--prometheus-url=", "--pushgateway-url=")):
+                    urls[a.split("=", 1)[0]] = a.split("=", 1)[1]
+    overridden = {"--prometheus-url": (values.get("detector") or {}).get("prometheusUrl"),
+                  "--pushgateway-url": ((values.get("collector") or {}).get("pushgateway") or {}).get("url")}
+    wanted = {"--prometheus-url": f"http://{monitoring['prometheusService']}.{namespace}.svc:{monitoring['prometheusPort']}",
+              "--pushgateway-url": f"http://{monitoring['pushgatewayService']}.{namespace}.svc:{monitoring['pushgatewayPort']}"}
+    for flag, url in urls.items():
+        if url != (overridden[flag] or wanted[flag]):
+            fail(f"[{name}] {flag}={url}, expected {overridden[flag] or wanted[flag]}")
+    for sm in by_kind.get("ServiceMonitor", []):
+        if sm["metadata"]["name"].endswith("-pushgateway"):
+            pg_namespace = ((values.get("pushgateway") or {}).get("serviceMonitor") or {}).get("namespace") or namespace
+            if sm["spec"]["namespaceSelector"].get("matchNames") != [pg_namespace]:
+                fail(f"[{name}] the Pushgateway's ServiceMonitor looks in {sm['spec']['namespaceSelector']}, not {pg_namespace}")
+    for kind in ("ServiceMonitor", "PrometheusRule", "AlertmanagerConfig"):
+        for obj in by_kind.get(kind, []):
+            got = (obj["metadata"].get("labels") or {}).get("release")
+            if release and got != release:
+                fail(f"[{name}] {kind} {obj['metadata']['name']} lacks the label release={release}")
+
+
 # --- 1 and 2: lint, render, validate every value set ------------------------------------
 def render_fresh(values):
     """Render from a freshly loaded chart: the SDK's dependency processing drops disabled
@@ -308,6 +349,7 @@ for name, values in value_sets():
     for template, doc in docs:
         checked[validate(name, template, doc)] += 1
     by_kind = check_release(name, docs)
+    check_monitoring(name, values, by_kind)
     groups = promql_checks(name, by_kind)
     if groups:
         rule_groups[name] = groups
@@ -355,11 +397,17 @@ else:
     print("  flags: DR_BIN_DIR not set; container flags not checked against the binaries")
 
 default_kinds = {d["kind"] for d in yaml.safe_load_all((OUT / "rendered" / "default.yaml").read_text())}
-for wanted in ("DaemonSet", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+for wanted in ("DaemonSet", "Deployment", "Service", "PodDisruptionBudget",
                "NetworkPolicy", "Secret", "PersistentVolumeClaim", "ServiceMonitor", "PrometheusRule",
                "AlertmanagerConfig", "ConfigMap", "Pod"):
     if wanted not in default_kinds:
         fail(f"[default] renders no {wanted}")
+# kubeadm ships no metrics-server: an HPA only when asked for (all-options asks).
+if "HorizontalPodAutoscaler" in default_kinds:
+    fail("[default] renders a HorizontalPodAutoscaler, which needs a metrics-server kubeadm does not have")
+all_options_kinds = {d["kind"] for d in yaml.safe_load_all((OUT / "rendered" / "all-options.yaml").read_text()) if d}
+if "HorizontalPodAutoscaler" not in all_options_kinds:
+    fail("[all-options] renders no HorizontalPodAutoscaler")
 # The out-of-the-box install samples at one step (global.step, the default model's): the
 # collector pushes and Prometheus scrapes the Pushgateway every step, or the detector's
 # windows do not fill.
@@ -378,6 +426,11 @@ intervals.update({
 })
 if len(intervals) != 2 or set(intervals.values()) != {step}:
     fail(f"[default] the collector's interval and the Pushgateway's scrape must both be global.step ({step}): {intervals}")
+# A monitoring stack elsewhere leaves no trace of the default namespace.
+elsewhere = (OUT / "rendered" / "monitoring-namespace.yaml").read_text()
+for trace in (".monitoring.svc", "kubernetes.io/metadata.name: monitoring", "- monitoring\n"):
+    if trace in elsewhere:
+        fail(f"[monitoring-namespace] the render still names the default namespace: {trace!r}")
 print(f"  validated {checked['kubernetes']} objects against Kubernetes {' and '.join(KUBE_VERSIONS)} (strict), "
       f"{checked['crd-schema']} prometheus-operator objects against the minimal CRD schemas")
 

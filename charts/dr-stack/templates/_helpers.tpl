@@ -76,7 +76,7 @@ NetworkPolicyPeer). Call with (dict "root" $ "port" 9311 "extra" (list ...)).
       port: {{ .port }}
   from:
     - namespaceSelector:
-        {{- toYaml $np.prometheus.namespaceSelector | nindent 8 }}
+        {{- include "dr-stack.monitoringNamespaceSelector" (dict "root" .root "selector" $np.prometheus.namespaceSelector) | nindent 8 }}
       podSelector:
         {{- toYaml $np.prometheus.podSelector | nindent 8 }}
     - podSelector:
@@ -86,6 +86,46 @@ NetworkPolicyPeer). Call with (dict "root" $ "port" 9311 "extra" (list ...)).
     {{- with .extra }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
+{{- end -}}
+
+{{/*
+A NetworkPolicy namespaceSelector: the one set in values, or else the namespace
+global.monitoring.namespace (never {}, which would admit every namespace).
+Call with (dict "root" $ "selector" <the selector from values>).
+*/}}
+{{- define "dr-stack.monitoringNamespaceSelector" -}}
+{{- if .selector -}}
+{{- toYaml .selector -}}
+{{- else -}}
+matchLabels:
+  kubernetes.io/metadata.name: {{ .root.Values.global.monitoring.namespace }}
+{{- end -}}
+{{- end -}}
+
+{{/* Prometheus' URL in the monitoring namespace (global.monitoring). */}}
+{{- define "dr-stack.prometheusUrl" -}}
+{{- with .Values.global.monitoring -}}
+{{- printf "http://%s.%s.svc:%v" .prometheusService .namespace .prometheusPort -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Pushgateway's URL in the monitoring namespace (global.monitoring). */}}
+{{- define "dr-stack.pushgatewayUrl" -}}
+{{- with .Values.global.monitoring -}}
+{{- printf "http://%s.%s.svc:%v" .pushgatewayService .namespace .pushgatewayPort -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Labels that make prometheus-operator pick up a ServiceMonitor, PrometheusRule or
+AlertmanagerConfig: `release: <global.monitoring.release>` when set, then the object's own
+additionalLabels. Call with (dict "root" $ "additional" <additionalLabels>).
+*/}}
+{{- define "dr-stack.selectionLabels" -}}
+{{- $labels := dict -}}
+{{- with .root.Values.global.monitoring.release }}{{ $_ := set $labels "release" . }}{{ end -}}
+{{- $labels = merge (deepCopy (.additional | default dict)) $labels -}}
+{{- with $labels }}{{ toYaml . }}{{ end -}}
 {{- end -}}
 
 {{/*
