@@ -29,13 +29,16 @@ if ! docker info >/dev/null 2>&1; then
 fi
 
 # busybox gives the remediator's restore commands a /bin/sh; CA certificates let the
-# services talk to https endpoints signed by public CAs.
+# services talk to https endpoints signed by public CAs. ci/install-deps.sh installs them
+# (Jenkins' "Set up" stage); installing here would race the parallel image stages for
+# dpkg's lock.
 missing=()
-for pkg in busybox-static ca-certificates etcd-client; do
+for pkg in busybox-static ca-certificates etcd-client util-linux; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  echo "build-images: missing Debian packages ${missing[*]}; install them with: sudo ci/install-deps.sh --debian-only" >&2
+  exit 2
 fi
 
 binaries=()

@@ -326,6 +326,22 @@ def check_monitoring(name, values, by_kind):
                 fail(f"[{name}] {kind} {obj['metadata']['name']} lacks the label release={release}")
 
 
+def check_images(name, values, by_kind):
+    """Every etcd-dr container pulls from the registry and tag the user set."""
+    image = (values.get("global") or {}).get("image") or {}
+    registry, tag = image.get("registry"), image.get("tag")
+    for kind in ("Deployment", "DaemonSet"):
+        for w in by_kind.get(kind, []):
+            for c in w["spec"]["template"]["spec"]["containers"]:
+                ref = c["image"]
+                if "etcd-dr/dr-" not in ref:
+                    continue
+                if registry and not ref.startswith(f"{registry}/etcd-dr/dr-"):
+                    fail(f"[{name}] {kind} {w['metadata']['name']}: image {ref} is not from {registry}")
+                if tag and not re.search(rf":{re.escape(tag)}(@|$)", ref):
+                    fail(f"[{name}] {kind} {w['metadata']['name']}: image {ref} is not tagged {tag}")
+
+
 # --- 1 and 2: lint, render, validate every value set ------------------------------------
 def render_fresh(values):
     """Render from a freshly loaded chart: the SDK's dependency processing drops disabled
@@ -350,6 +366,7 @@ for name, values in value_sets():
         checked[validate(name, template, doc)] += 1
     by_kind = check_release(name, docs)
     check_monitoring(name, values, by_kind)
+    check_images(name, values, by_kind)
     groups = promql_checks(name, by_kind)
     if groups:
         rule_groups[name] = groups

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # With a Docker engine: builds every image (ci/build-images.sh), runs each binary's
-# --version inside its container, then the containerised smoke test
+# --version inside its container, pushes them to a real registry on loopback and pulls them
+# back by digest (ci/check-registry.sh), then the containerised smoke test
 # (ci/smoke-containers.sh). Without an engine it says so and skips only this part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,4 +36,5 @@ docker run --rm --network none --user 0:0 --entrypoint /bin/sh "etcd-dr/dr-remed
 ' || { echo "check-images: the remediator image lacks a tool its restore commands call" >&2; exit 1; }
 echo "check-images: the remediator image runs the restore commands' tools"
 
+bash ci/check-registry.sh "$tag"
 bash ci/smoke-containers.sh "$tag"

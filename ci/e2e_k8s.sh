@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 
 cluster=${KIND_CLUSTER:-etcd-dr}
 tag=${IMAGE_TAG:?IMAGE_TAG is not set}
+# shellcheck source=ci/lib/require-tool.sh
+source ci/lib/require-tool.sh
+require_tool e2e_k8s kubectl
 report_dir=${REPORT_DIR:-target/reports}
 budget=${E2E_MTTR_BUDGET_SECONDS:-120}
 deadline_seconds=${E2E_DEADLINE_SECONDS:-420}

@@ -10,9 +10,9 @@ tag=${IMAGE_TAG:?IMAGE_TAG is not set}
 kps_version=${KUBE_PROMETHEUS_STACK_VERSION:-65.1.1}
 pushgateway_version=${PUSHGATEWAY_CHART_VERSION:-2.14.0}
 context=kind-$cluster
-for tool in helm kubectl; do
-  command -v "$tool" >/dev/null || { echo "helm_install: $tool is not installed on this agent" >&2; exit 2; }
-done
+# shellcheck source=ci/lib/require-tool.sh
+source ci/lib/require-tool.sh
+require_tool helm_install helm kubectl
 helm_ns() { helm --kube-context "$context" --namespace "$@"; }
 
 helm repo add prometheus-community https://prometheus-community.github.io/helm-charts --force-update >/dev/null

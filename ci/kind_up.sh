@@ -7,9 +7,9 @@ cd "$(dirname "$0")/.."
 
 cluster=${KIND_CLUSTER:-etcd-dr}
 tag=${IMAGE_TAG:?IMAGE_TAG is not set (the images to load)}
-for tool in docker kind kubectl; do
-  command -v "$tool" >/dev/null || { echo "kind_up: $tool is not installed on this agent" >&2; exit 2; }
-done
+# shellcheck source=ci/lib/require-tool.sh
+source ci/lib/require-tool.sh
+require_tool kind_up docker kind kubectl
 
 if kind get clusters 2>/dev/null | grep -qx "$cluster"; then
   echo "kind_up: cluster $cluster exists already; deleting it first"

@@ -11,6 +11,7 @@ step() { printf '\n--> %s\n' "$*"; }
 step "shellcheck"
 mapfile -t scripts < <(git ls-files '*.sh' .ci/run)
 shellcheck "${scripts[@]}"
+bash ci/check-pipeline-scripts.sh
 
 step "cargo fmt"
 cargo fmt --all -- --check
