@@ -3,12 +3,12 @@
 //! `cargo bench -p dr-detector --bench inference`
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use dr_detector::dataset::Dataset;
-use dr_detector::fused::FusedModel;
-use dr_detector::inference::Scorer;
-use dr_detector::model_dir::ModelBundle;
-use dr_detector::scoring;
-use dr_detector::synth::{SynthOptions, generate};
+use dr_detector::model::fused::FusedModel;
+use dr_detector::model::inference::Scorer;
+use dr_detector::model::model_dir::ModelBundle;
+use dr_detector::model::scoring;
+use dr_detector::training::dataset::Dataset;
+use dr_detector::training::synth::{SynthOptions, generate};
 
 fn inference(c: &mut Criterion) {
     let scorer = match ModelBundle::default_model().and_then(Scorer::new) {

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use dr_detector::model_dir::ModelBundle;
+use dr_detector::model::model_dir::ModelBundle;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -2,7 +2,7 @@
 //! `cargo run -p dr-detector --example synth_dataset -- OUT.csv [ROWS] [STEP_SECONDS] [SEED]`.
 
 use anyhow::Context;
-use dr_detector::synth::{SynthOptions, generate};
+use dr_detector::training::synth::{SynthOptions, generate};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);

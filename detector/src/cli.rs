@@ -15,13 +15,13 @@ use dr_common::telemetry::LogFormat;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
-use crate::dataset::Dataset;
-use crate::features::FeatureSpec;
-use crate::http::Detector;
-use crate::inference::Scorer;
-use crate::model_dir::ModelBundle;
-use crate::prometheus::PromClient;
-use crate::train::{EpochReport, TrainOptions};
+use crate::model::features::FeatureSpec;
+use crate::model::inference::Scorer;
+use crate::model::model_dir::ModelBundle;
+use crate::serving::live::Detector;
+use crate::serving::pull::PromClient;
+use crate::training::dataset::Dataset;
+use crate::training::train::{EpochReport, TrainOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -278,12 +278,13 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     };
     let tty = std::io::stderr().is_terminal();
     let mut progress = |r: EpochReport| show_epoch(r, tty);
-    let bundle = crate::train::train(&data, &opts, &mut progress)?;
+    let bundle = crate::training::train::train(&data, &opts, &mut progress)?;
     if tty {
         eprintln!();
     }
     bundle.save(&args.out)?;
-    let threshold_warning = crate::train::threshold_warning(&bundle.meta.threshold_method);
+    let threshold_warning =
+        crate::training::train::threshold_warning(&bundle.meta.threshold_method);
     if let Some(warning) = threshold_warning {
         tracing::warn!("{warning}");
     }
@@ -332,7 +333,7 @@ fn show_epoch(r: EpochReport, tty: bool) {
 fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let scorer = load_model(args.model.as_deref())?;
     let data = Dataset::read(&args.data)?;
-    let report = crate::eval::evaluate(&scorer, &data)?;
+    let report = crate::training::eval::evaluate(&scorer, &data)?;
     print_stdout(&serde_json::to_string_pretty(&report)?)?;
     Ok(())
 }
@@ -393,7 +394,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     };
     process::serve(NAME, args.listen, |listener| async move {
         tracing::info!(listen = %args.listen, prometheus = %args.prometheus_url, "serving");
-        let refresher = tokio::spawn(crate::http::refresh_loop(state, args.refresh));
+        let refresher = tokio::spawn(crate::serving::live::refresh_loop(state, args.refresh));
         // A request waits at most for one Prometheus pull plus the scoring.
         let request_timeout = args.prometheus_timeout + Duration::from_secs(5);
         let served = dr_common::http::serve(
@@ -425,7 +426,7 @@ fn serving_state(args: &ServeArgs) -> anyhow::Result<(Arc<Detector>, axum::Route
     );
     let max_push_age = args
         .max_push_age
-        .unwrap_or_else(|| crate::freshness::default_max_push_age(meta.step_seconds));
+        .unwrap_or_else(|| crate::serving::freshness::default_max_push_age(meta.step_seconds));
     tracing::info!(
         max_push_age = %humantime::format_duration(max_push_age),
         "instances whose last push is older get no score"
@@ -438,7 +439,7 @@ fn serving_state(args: &ServeArgs) -> anyhow::Result<(Arc<Detector>, axum::Route
         max_push_age,
         &mut registry,
     ));
-    let app = crate::http::app(state.clone(), registry, args.body_limit);
+    let app = crate::serving::live::app(state.clone(), registry, args.body_limit);
     Ok((state, app))
 }
 
@@ -468,8 +469,8 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
         let step = step.as_secs_f64();
         anyhow::ensure!(step >= 1.0, "--step must be at least 1s");
         meta.step_seconds = step;
-        meta.features = crate::features::default_features(step);
-        meta.mask = Some(crate::features::default_mask(step));
+        meta.features = crate::model::features::default_features(step);
+        meta.mask = Some(crate::model::features::default_mask(step));
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -482,7 +483,8 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
     };
     let client = PromClient::new(&args.prometheus_url, args.prometheus_timeout)?;
     let exported =
-        crate::export::export(&client, &meta, start, end, args.instance.as_deref()).await?;
+        crate::training::export::export(&client, &meta, start, end, args.instance.as_deref())
+            .await?;
     std::fs::write(&args.out, &exported.csv)
         .with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!(

@@ -1,21 +1,18 @@
 //! dr-detector: an LSTM autoencoder over windows of etcd metrics. Trains with candle,
 //! serves `/score` with a fused forward pass over the same weights.
-// Not `forbid(unsafe_code)` like the other crates: `fused` makes one measured `unsafe`
-// call, explained there; the workspace's lints deny every other.
+//!
+//! Three parts, each depending only on the ones before it:
+//! - [`model`]: what a model is and how a window is scored (the candle LSTM, the fused
+//!   forward pass, features, the model directory).
+//! - [`training`]: data in, a model directory out (datasets, training, ROC, evaluation,
+//!   synthetic data, export of training data from Prometheus).
+//! - [`serving`]: live windows from Prometheus scored, on `/score` and `/metrics`.
+//!
+//! [`cli`] is the command line.
+// Not `forbid(unsafe_code)` like the other crates: `model::fused` makes one measured
+// `unsafe` call, explained there; the workspace's lints deny every other.
 
 pub mod cli;
-pub mod dataset;
-pub mod eval;
-pub mod export;
-pub mod features;
-pub mod freshness;
-pub mod fused;
-pub mod http;
-pub mod inference;
 pub mod model;
-pub mod model_dir;
-pub mod prometheus;
-pub mod roc;
-pub mod scoring;
-pub mod synth;
-pub mod train;
+pub mod serving;
+pub mod training;

@@ -8,10 +8,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use dr_detector::dataset::Dataset;
-use dr_detector::inference::Scorer;
-use dr_detector::model_dir::ModelBundle;
-use dr_detector::synth::{SynthOptions, generate};
+use dr_detector::model::inference::Scorer;
+use dr_detector::model::model_dir::ModelBundle;
+use dr_detector::training::dataset::Dataset;
+use dr_detector::training::synth::{SynthOptions, generate};
 use dr_testkit::{ChildGuard, Workdir, free_port, http_get};
 use serde_json::Value;
 

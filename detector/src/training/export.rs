@@ -7,9 +7,9 @@ use std::fmt::Write as _;
 
 use anyhow::{Context, bail};
 
-use crate::features::DEFRAG_MASK;
-use crate::model_dir::ModelMeta;
-use crate::prometheus::{PromClient, Series};
+use crate::model::features::DEFRAG_MASK;
+use crate::model::model_dir::ModelMeta;
+use crate::serving::pull::{PromClient, Series};
 
 /// Prometheus refuses more than 11,000 points per series in one range query.
 const MAX_POINTS_PER_QUERY: f64 = 10_000.0;

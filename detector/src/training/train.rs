@@ -13,12 +13,14 @@ use anyhow::{Context, bail, ensure};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder};
 
-use crate::dataset::{Dataset, Normalisation};
-use crate::features::{self, FeatureSpec};
-use crate::inference::Scorer;
-use crate::model::{Architecture, Autoencoder, SeededRng, init_varmap, varmap_to_safetensors};
-use crate::model_dir::{FORMAT_VERSION, ModelBundle, ModelMeta, TrainingMetrics};
-use crate::roc;
+use crate::model::features::{self, FeatureSpec};
+use crate::model::inference::Scorer;
+use crate::model::lstm::{
+    Architecture, Autoencoder, SeededRng, init_varmap, varmap_to_safetensors,
+};
+use crate::model::model_dir::{FORMAT_VERSION, ModelBundle, ModelMeta, TrainingMetrics};
+use crate::training::dataset::{Dataset, Normalisation};
+use crate::training::roc;
 
 /// The knobs of one training run.
 #[derive(Clone, Debug)]
@@ -401,7 +403,7 @@ pub fn score_windows(scorer: &Scorer, data: &Dataset, starts: &[usize]) -> (Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::synth::{SynthOptions, generate};
+    use crate::training::synth::{SynthOptions, generate};
 
     fn small_data() -> Dataset {
         let csv = generate(&SynthOptions {

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use crate::prometheus::Series;
+use crate::serving::pull::Series;
 
 /// New data arriving this many steps apart, or more, is coarser than the step; a push
 /// loop's jitter stays well below.

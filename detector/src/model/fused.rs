@@ -1,4 +1,4 @@
-//! The serving forward pass: the same LSTM autoencoder as `model`, from the same
+//! The serving forward pass: the same LSTM autoencoder as `lstm`, from the same
 //! safetensors, on plain f32 slices. All encoder input projections are one matrix product
 //! up front; the decoder's input is constant (the repeated encoder state), so its
 //! projection is computed once; what is left per step is a tight `h x 4h` recurrence,
@@ -13,7 +13,7 @@
 
 use anyhow::{Context, bail};
 
-use crate::model::Architecture;
+use crate::model::lstm::Architecture;
 
 /// Weights laid out for the loops below: matrices transposed so the inner loop walks
 /// contiguous memory, and the two LSTM biases summed.
@@ -361,9 +361,9 @@ impl FusedModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Autoencoder, init_varmap, varmap_to_safetensors};
-    use crate::model_dir::ModelBundle;
-    use crate::scoring;
+    use crate::model::lstm::{Autoencoder, init_varmap, varmap_to_safetensors};
+    use crate::model::model_dir::ModelBundle;
+    use crate::model::scoring;
 
     #[test]
     fn fused_forward_agrees_with_candle() {
@@ -423,8 +423,8 @@ mod tests {
     /// compares with numpy goes through the fused forward, and this ties it to candle.
     #[test]
     fn fused_forward_agrees_with_candle_on_the_shipped_model() {
-        use crate::dataset::Dataset;
-        use crate::synth::{SynthOptions, generate};
+        use crate::training::dataset::Dataset;
+        use crate::training::synth::{SynthOptions, generate};
         let bundle = ModelBundle::default_model().unwrap();
         let meta = &bundle.meta;
         let (w, f) = (meta.window, meta.features.len());

@@ -3,10 +3,10 @@
 use anyhow::ensure;
 use serde::Serialize;
 
-use crate::dataset::Dataset;
-use crate::inference::Scorer;
-use crate::roc::{self, Confusion, YoudenPoint};
-use crate::train::score_windows;
+use crate::model::inference::Scorer;
+use crate::training::dataset::Dataset;
+use crate::training::roc::{self, Confusion, YoudenPoint};
+use crate::training::train::score_windows;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct EvalReport {

@@ -11,8 +11,8 @@ use std::time::Duration;
 use dr_common::reqwest_error::describe;
 use serde::Deserialize;
 
-use crate::freshness;
-use crate::model_dir::ModelMeta;
+use crate::model::model_dir::ModelMeta;
+use crate::serving::freshness;
 
 /// Why Prometheus gave no usable answer.
 #[derive(Debug, thiserror::Error)]
@@ -453,7 +453,7 @@ pub fn assemble(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model_dir::tests::meta;
+    use crate::model::model_dir::tests::meta;
 
     #[test]
     fn short_gaps_are_filled_long_ones_refused() {

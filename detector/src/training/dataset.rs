@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::features::DEFRAG_MASK;
+use crate::model::features::DEFRAG_MASK;
 
 /// A parsed CSV: rows in time order, optional labels and defrag mask.
 #[derive(Clone, Debug)]

@@ -25,10 +25,10 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::freshness::{self, Verdict};
-use crate::inference::Scorer;
-use crate::prometheus::{self, InstanceWindow, PromClient};
-use crate::scoring::Score;
+use crate::model::inference::Scorer;
+use crate::model::scoring::Score;
+use crate::serving::freshness::{self, Verdict};
+use crate::serving::pull::{self, InstanceWindow, PromClient};
 
 type Labels = Vec<(String, String)>;
 
@@ -241,11 +241,8 @@ impl Detector {
             .duration_since(UNIX_EPOCH)
             .map_err(|err| ApiError::Internal(format!("clock before 1970: {err}")))?
             .as_secs_f64();
-        self.live_at(prometheus::window_end(
-            now,
-            self.scorer.bundle.meta.step_seconds,
-        ))
-        .await
+        self.live_at(pull::window_end(now, self.scorer.bundle.meta.step_seconds))
+            .await
     }
 
     /// The scores of the windows ending at `end`: the latest pull's when it was for that
@@ -290,7 +287,7 @@ impl Detector {
             .map_err(|err| unavailable(err.to_string()))?;
         let mut scored = Vec::new();
         let mut refused = Vec::new();
-        for (instance, window) in prometheus::assemble(meta, &fetched, self.max_gap_steps) {
+        for (instance, window) in pull::assemble(meta, &fetched, self.max_gap_steps) {
             let pushes = fetched.pushes_of(&instance);
             let verdict =
                 freshness::judge_pushes(&instance, &pushes, step, fetched.end, self.max_push_age);
@@ -541,9 +538,9 @@ pub async fn refresh_loop(state: AppState, every: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{init_varmap, varmap_to_safetensors};
-    use crate::model_dir::ModelBundle;
-    use crate::model_dir::tests::meta;
+    use crate::model::lstm::{init_varmap, varmap_to_safetensors};
+    use crate::model::model_dir::ModelBundle;
+    use crate::model::model_dir::tests::meta;
     use axum::body::Body;
     use axum::http::Request;
     use tower::ServiceExt;

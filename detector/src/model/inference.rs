@@ -1,11 +1,11 @@
 //! Scoring raw windows: a client's window checked, normalised and run through the
-//! fused forward pass of [`crate::fused`].
+//! fused forward pass of [`super::fused`].
 
 use anyhow::Context;
 
-use crate::fused::FusedModel;
-use crate::model_dir::ModelBundle;
-use crate::scoring::{self, Score};
+use crate::model::fused::FusedModel;
+use crate::model::model_dir::ModelBundle;
+use crate::model::scoring::{self, Score};
 
 /// Why a raw window cannot be scored; the message is meant for the client.
 #[derive(Debug, thiserror::Error, PartialEq)]

@@ -6,8 +6,8 @@
 
 use std::fmt::Write as _;
 
-use crate::features::{DEFRAG_MASK, default_features};
-use crate::model::SeededRng;
+use crate::model::features::{DEFRAG_MASK, default_features};
+use crate::model::lstm::SeededRng;
 
 #[derive(Clone, Debug)]
 pub struct SynthOptions {
@@ -171,7 +171,7 @@ pub fn generate(opts: &SynthOptions) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataset::Dataset;
+    use crate::training::dataset::Dataset;
 
     #[test]
     fn generates_a_parseable_labelled_dataset_with_masked_defrags() {

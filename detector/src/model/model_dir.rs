@@ -6,9 +6,9 @@ use std::path::Path;
 use anyhow::{Context, bail, ensure};
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::{Dataset, Normalisation};
-use crate::features::FeatureSpec;
-use crate::model::Architecture;
+use crate::model::features::FeatureSpec;
+use crate::model::lstm::Architecture;
+use crate::training::dataset::{Dataset, Normalisation};
 
 pub const FORMAT_VERSION: u32 = 1;
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -71,7 +71,7 @@ impl ModelMeta {
         // Checked here, not only on the candle path: the fused forward that serves
         // slices its weights by `hidden` and would panic on 0.
         ensure!(
-            self.architecture.kind == crate::model::KIND,
+            self.architecture.kind == crate::model::lstm::KIND,
             "unknown model kind `{}`",
             self.architecture.kind
         );
@@ -148,8 +148,8 @@ pub struct ModelBundle {
 }
 
 /// The model that ships with the binary, so `serve` works without `--model`.
-const DEFAULT_META: &[u8] = include_bytes!("../models/default/model.json");
-const DEFAULT_WEIGHTS: &[u8] = include_bytes!("../models/default/model.safetensors");
+const DEFAULT_META: &[u8] = include_bytes!("../../models/default/model.json");
+const DEFAULT_WEIGHTS: &[u8] = include_bytes!("../../models/default/model.safetensors");
 
 impl ModelBundle {
     pub fn from_parts(meta_json: &[u8], weights: Vec<u8>, source: String) -> anyhow::Result<Self> {
@@ -206,7 +206,7 @@ impl ModelBundle {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::features::default_features;
+    use crate::model::features::default_features;
 
     pub(crate) fn meta(n_features: usize, hidden: usize, window: usize) -> ModelMeta {
         let mut features = default_features(2.0);
@@ -338,12 +338,12 @@ pub(crate) mod tests {
 
     #[test]
     fn the_default_model_separates_incidents_from_normal_load() {
-        use crate::inference::Scorer;
+        use crate::model::inference::Scorer;
         let scorer = Scorer::new(ModelBundle::default_model().unwrap()).unwrap();
         let meta = &scorer.bundle.meta;
         assert_eq!(
             meta.features,
-            crate::features::default_features(meta.step_seconds)
+            crate::model::features::default_features(meta.step_seconds)
         );
         // The recorded dataset it was trained on: this checks the shipped weights and
         // threshold still do what its README says, not generalisation.

@@ -1,0 +1,8 @@
+//! The model: what a trained model is and how a window is scored with it.
+
+pub mod features;
+pub mod fused;
+pub mod inference;
+pub mod lstm;
+pub mod model_dir;
+pub mod scoring;

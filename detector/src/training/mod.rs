@@ -1,0 +1,8 @@
+//! Training: labelled data in, a model directory out, and how well a model does.
+
+pub mod dataset;
+pub mod eval;
+pub mod export;
+pub mod roc;
+pub mod synth;
+pub mod train;
