@@ -6,15 +6,14 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use crate::http::{http_get, http_post, url_encode};
-use crate::ports::free_port;
-use crate::process::{ChildGuard, STARTUP_TIMEOUT, Workdir, find_binary};
+use crate::loopback::{LoopbackServer, ServerKind};
+use crate::process::{STARTUP_TIMEOUT, Workdir};
 
 /// How to start [`Prometheus`].
 #[derive(Debug)]
@@ -50,14 +49,21 @@ impl Default for PrometheusOptions {
     }
 }
 
-/// A running Prometheus, stopped on drop.
-pub struct Prometheus {
-    guard: ChildGuard,
-    port: u16,
+/// Prometheus' part in [`LoopbackServer`]: it keeps where its config and rules are.
+pub struct PrometheusKind {
     config_path: PathBuf,
     rules_dir: PathBuf,
-    workdir: Workdir,
 }
+
+impl ServerKind for PrometheusKind {
+    const NAME: &'static str = "prometheus";
+    const BINARY_ENV: &'static str = "DR_PROMETHEUS_BIN";
+    const BINARIES: &'static [&'static str] = &["prometheus"];
+    const PACKAGE: &'static str = "the Debian package prometheus";
+}
+
+/// A running Prometheus, stopped on drop.
+pub type Prometheus = LoopbackServer<PrometheusKind>;
 
 impl Prometheus {
     /// Starts Prometheus (1 s scrape interval) and waits for `/-/ready`.
@@ -80,75 +86,44 @@ impl Prometheus {
     }
 
     pub fn start_with(mut opts: PrometheusOptions) -> Result<Self> {
-        let bin = find_binary(
-            "DR_PROMETHEUS_BIN",
-            &["prometheus"],
-            "the Debian package prometheus",
-        )?;
-        let workdir = match opts.workdir.take() {
-            Some(w) => w,
-            None => Workdir::temp("dr-prometheus-")?,
-        };
-        let rules_dir = workdir.subdir("rules")?;
-        for (name, contents) in &opts.rule_files {
-            write_rule(&rules_dir, name, contents)?;
-        }
-        let config_path = workdir.path().join("prometheus.yml");
-        let config = render_config(&opts)?;
-        fs::write(&config_path, config)
-            .with_context(|| format!("writing {}", config_path.display()))?;
-        let data = workdir.subdir("prometheus-data")?;
-
-        let port = free_port();
-        let mut cmd = Command::new(bin);
-        cmd.arg(format!("--config.file={}", config_path.display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg(format!("--storage.tsdb.path={}", data.display()))
-            .arg(format!(
-                "--rules.alert.resend-delay={}",
-                prom_duration(opts.resend_delay)
+        let workdir = opts.workdir.take();
+        Self::start_in(workdir, opts.startup_timeout, |workdir| {
+            let rules_dir = workdir.subdir("rules")?;
+            for (name, contents) in &opts.rule_files {
+                write_rule(&rules_dir, name, contents)?;
+            }
+            let config_path = workdir.path().join("prometheus.yml");
+            let config = render_config(&opts)?;
+            fs::write(&config_path, config)
+                .with_context(|| format!("writing {}", config_path.display()))?;
+            let data = workdir.subdir("prometheus-data")?;
+            let mut args = vec![
+                format!("--config.file={}", config_path.display()),
+                format!("--storage.tsdb.path={}", data.display()),
+                format!(
+                    "--rules.alert.resend-delay={}",
+                    prom_duration(opts.resend_delay)
+                ),
+                "--web.enable-lifecycle".to_owned(),
+                "--web.enable-admin-api".to_owned(),
+            ];
+            args.extend(opts.extra_args.iter().cloned());
+            Ok((
+                args,
+                PrometheusKind {
+                    config_path,
+                    rules_dir,
+                },
             ))
-            .arg("--web.enable-lifecycle")
-            .arg("--web.enable-admin-api")
-            .args(&opts.extra_args)
-            .current_dir(workdir.path());
-        let guard = ChildGuard::spawn(
-            "prometheus",
-            cmd,
-            &workdir.path().join("prometheus.log"),
-            workdir.is_detached(),
-        )?;
-        let prom = Self {
-            guard,
-            port,
-            config_path,
-            rules_dir,
-            workdir,
-        };
-        prom.guard
-            .wait_http_ok(&format!("{}/-/ready", prom.url()), opts.startup_timeout)?;
-        Ok(prom)
-    }
-
-    /// `http://127.0.0.1:PORT`
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.guard.pid()
-    }
-
-    pub fn guard(&self) -> &ChildGuard {
-        &self.guard
+        })
     }
 
     pub fn config_path(&self) -> &Path {
-        &self.config_path
+        &self.kind().config_path
     }
 
     pub fn rules_dir(&self) -> &Path {
-        &self.rules_dir
+        &self.kind().rules_dir
     }
 
     /// Re-reads the config and every file in `rules/` (`POST /-/reload`).
@@ -156,7 +131,7 @@ impl Prometheus {
         let (status, body) = http_post(&format!("{}/-/reload", self.url()), "text/plain", b"")?;
         if status != 200 {
             return Err(self
-                .guard
+                .guard()
                 .failure(&format!("reload answered {status}: {}", body.trim())));
         }
         Ok(())
@@ -164,7 +139,7 @@ impl Prometheus {
 
     /// Writes (or replaces) a rule file and reloads.
     pub fn set_rule_file(&self, name: &str, contents: &str) -> Result<()> {
-        write_rule(&self.rules_dir, name, contents)?;
+        write_rule(self.rules_dir(), name, contents)?;
         self.reload()
     }
 
@@ -195,21 +170,12 @@ impl Prometheus {
                     Ok(_) => "empty result".to_owned(),
                     Err(e) => format!("{e:#}"),
                 };
-                return Err(self.guard.failure(&format!(
+                return Err(self.guard().failure(&format!(
                     "query {promql:?} returned nothing within {timeout:?} (last: {last})"
                 )));
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-    }
-
-    /// Leaves the process running and the directory in place; returns its PID.
-    pub fn disarm(self) -> u32 {
-        let Self {
-            guard, mut workdir, ..
-        } = self;
-        workdir.keep();
-        guard.disarm()
     }
 }
 
