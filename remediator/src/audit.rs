@@ -5,10 +5,13 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+use crate::error::{AuditError, FileError};
 
 pub const FILE_NAME: &str = "audit.jsonl";
 
@@ -45,7 +48,7 @@ pub struct Audit {
 
 impl Audit {
     /// Opens (creating) the log in `dir` and loads its recent events.
-    pub fn open(dir: &Path) -> Result<Self, String> {
+    pub fn open(dir: &Path) -> Result<Self, AuditError> {
         let path = dir.join(FILE_NAME);
         let existing = match std::fs::read_to_string(&path) {
             Ok(text) => text
@@ -53,7 +56,10 @@ impl Audit {
                 .filter_map(|line| serde_json::from_str::<Event>(line).ok())
                 .collect::<Vec<_>>(),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(err) => return Err(format!("reading {}: {err}", path.display())),
+            Err(error) => {
+                let what = "reading";
+                return Err(FileError { what, path, error }.into());
+            }
         };
         let skip = existing.len().saturating_sub(MEMORY_LIMIT);
         let events = existing.into_iter().skip(skip).collect();
@@ -61,7 +67,7 @@ impl Audit {
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(|err| format!("opening {}: {err}", path.display()))?;
+            .map_err(FileError::on("opening", &path))?;
         Ok(Audit {
             path,
             inner: Mutex::new((file, events)),
@@ -82,7 +88,7 @@ impl Audit {
         phase: Phase,
         detail: serde_json::Value,
         dry_run: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), AuditError> {
         let event = Event {
             ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             action_id: action_id.to_owned(),
@@ -92,8 +98,7 @@ impl Audit {
             detail,
             dry_run,
         };
-        let mut line =
-            serde_json::to_string(&event).map_err(|err| format!("encoding audit event: {err}"))?;
+        let mut line = serde_json::to_string(&event).map_err(AuditError::Encode)?;
         line.push('\n');
         let mut inner = self
             .inner
@@ -103,7 +108,7 @@ impl Audit {
             .0
             .write_all(line.as_bytes())
             .and_then(|()| inner.0.sync_data())
-            .map_err(|err| format!("writing {}: {err}", self.path.display()))?;
+            .map_err(FileError::on("writing", &self.path))?;
         tracing::info!(action_id, kind, step, phase = ?phase, detail = %event.detail, "audit");
         inner.1.push_back(event);
         if inner.1.len() > MEMORY_LIMIT {
@@ -152,12 +157,32 @@ impl Audit {
 }
 
 /// Reads every event of an audit log file (tests and tools).
-pub fn read_all(path: &Path) -> Result<Vec<Event>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|err| format!("reading {}: {err}", path.display()))?;
+pub fn read_all(path: &Path) -> Result<Vec<Event>, AuditError> {
+    let text = std::fs::read_to_string(path).map_err(FileError::on("reading", path))?;
     text.lines()
-        .map(|line| serde_json::from_str(line).map_err(|err| format!("bad audit line: {err}")))
+        .map(|line| serde_json::from_str(line).map_err(AuditError::BadLine))
         .collect()
+}
+
+/// A new action's id, the key of its events: time, a per-process random tag (replicas in
+/// containers all run as PID 1) and a process-wide sequence, so ids are unique across
+/// replicas and across apps in one process.
+pub fn new_action_id() -> String {
+    static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+    static TAG: OnceLock<u64> = OnceLock::new();
+    let tag = TAG.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        // RandomState is seeded from the OS's randomness once per process.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        hasher.finish() & 0xffff_ffff
+    });
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+    format!("{millis:x}-{tag:08x}-{n}")
 }
 
 #[cfg(test)]

@@ -3,65 +3,10 @@
 
 use std::time::Duration;
 
-use dr_common::tls::TlsMaterial;
 use etcd_client::{AlarmAction, AlarmType, Client};
 use serde::Serialize;
 
-/// Read (never written) only for the revision in the response header.
-const REVISION_PROBE_KEY: &str = "/etcd-dr/revision-probe";
-
-/// How to reach etcd: the configured endpoints and the TLS files, shared by every action.
-#[derive(Clone, Debug)]
-pub struct EtcdAccess {
-    pub endpoints: Vec<String>,
-    pub tls: Option<TlsMaterial>,
-    pub timeout: Duration,
-    /// Assumed for members that do not report their quota (etcd before 3.6).
-    pub default_quota_bytes: u64,
-}
-
-impl EtcdAccess {
-    /// A client on the first configured endpoint whose member answers Status. A client
-    /// over all endpoints keeps sending some calls to a dead member, and a lost member must
-    /// not look like a lost cluster.
-    pub async fn client(&self) -> Result<Client, String> {
-        self.live_client(self.timeout).await
-    }
-
-    /// Like [`client`](Self::client), with its own per-call deadline for long calls.
-    pub async fn live_client(&self, timeout: Duration) -> Result<Client, String> {
-        let mut errors = Vec::new();
-        for endpoint in &self.endpoints {
-            let attempt = async {
-                let mut client = self
-                    .client_for(std::slice::from_ref(endpoint), timeout)
-                    .await?;
-                client
-                    .status()
-                    .await
-                    .map_err(|err| format!("{endpoint}: {err}"))?;
-                Ok::<_, String>(client)
-            };
-            match tokio::time::timeout(self.timeout, attempt).await {
-                Ok(Ok(client)) => return Ok(client),
-                Ok(Err(err)) => errors.push(err),
-                Err(_) => errors.push(format!("{endpoint}: no answer within {:?}", self.timeout)),
-            }
-        }
-        Err(format!("no etcd endpoint answers: {}", errors.join("; ")))
-    }
-
-    /// A client for the given endpoints with its own per-call deadline.
-    pub async fn client_for(
-        &self,
-        endpoints: &[String],
-        timeout: Duration,
-    ) -> Result<Client, String> {
-        dr_common::etcd::connect(endpoints, self.tls.as_ref(), self.timeout, timeout)
-            .await
-            .map_err(|err| format!("connecting to {}: {err}", endpoints.join(",")))
-    }
-}
+use crate::etcd::{EtcdAccess, EtcdError, bounded, bounded_long};
 
 /// One member as the remediator sees it.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -92,6 +37,18 @@ impl MemberView {
     }
 }
 
+/// Why a cluster that answered is still not one to touch.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum NotSafe {
+    #[error("CORRUPT alarm raised; a person must look at this cluster")]
+    Corrupt,
+    /// `name (why)` of each member that did not answer Status.
+    #[error("members not answering: {}", .0.join(", "))]
+    Silent(Vec<String>),
+    #[error("no leader")]
+    NoLeader,
+}
+
 /// The whole picture at one moment.
 #[derive(Clone, Debug, Serialize)]
 pub struct ClusterView {
@@ -103,12 +60,9 @@ pub struct ClusterView {
 impl ClusterView {
     /// Reads the member list, asks each member for its Status (each bounded by the
     /// access timeout) and reads the alarms.
-    pub async fn observe(access: &EtcdAccess) -> Result<Self, String> {
+    pub async fn observe(access: &EtcdAccess) -> Result<Self, EtcdError> {
         let mut client = access.client().await?;
-        let list = tokio::time::timeout(access.timeout, client.member_list())
-            .await
-            .map_err(|_| "member list timed out".to_owned())?
-            .map_err(|err| format!("member list: {err}"))?;
+        let list = bounded("member list", access.timeout, client.member_list()).await?;
         let mut members = Vec::new();
         for member in list.members() {
             let endpoint = member.client_urls().first().cloned().unwrap_or_default();
@@ -125,7 +79,7 @@ impl ClusterView {
             } else {
                 match member_status(access, &endpoint).await {
                     Ok(status) => view.status = Some(status),
-                    Err(err) => view.error = Some(err),
+                    Err(err) => view.error = Some(err.to_string()),
                 }
             }
             members.push(view);
@@ -142,11 +96,11 @@ impl ClusterView {
         self.members.iter().find(|m| m.is_leader())
     }
 
-    /// `Err(reason)` unless every member answered, there is a leader and no CORRUPT
+    /// `Err(why)` unless every member answered, there is a leader and no CORRUPT
     /// alarm. NOSPACE does not block: it is what a remediation fixes.
-    pub fn safe_to_act(&self) -> Result<(), String> {
+    pub fn safe_to_act(&self) -> Result<(), NotSafe> {
         if self.corrupt {
-            return Err("CORRUPT alarm raised; a person must look at this cluster".into());
+            return Err(NotSafe::Corrupt);
         }
         let silent: Vec<String> = self
             .members
@@ -155,10 +109,10 @@ impl ClusterView {
             .map(|m| format!("{} ({})", m.name, m.error.as_deref().unwrap_or("no answer")))
             .collect();
         if !silent.is_empty() {
-            return Err(format!("members not answering: {}", silent.join(", ")));
+            return Err(NotSafe::Silent(silent));
         }
         if self.leader().is_none() {
-            return Err("no leader".into());
+            return Err(NotSafe::NoLeader);
         }
         Ok(())
     }
@@ -192,7 +146,8 @@ impl ClusterView {
 }
 
 /// Status of the member at `endpoint`, asked of that member alone.
-pub async fn member_status(access: &EtcdAccess, endpoint: &str) -> Result<MemberStatus, String> {
+pub async fn member_status(access: &EtcdAccess, endpoint: &str) -> Result<MemberStatus, EtcdError> {
+    let what = format!("status of {endpoint}");
     let call = async {
         let mut client = access
             .client_for(&[endpoint.to_owned()], access.timeout)
@@ -200,12 +155,12 @@ pub async fn member_status(access: &EtcdAccess, endpoint: &str) -> Result<Member
         let status = client
             .status()
             .await
-            .map_err(|err| format!("status of {endpoint}: {err}"))?;
+            .map_err(|err| EtcdError::request(what.as_str(), err))?;
         let quota = u64::try_from(status.db_size_quota())
             .ok()
             .filter(|q| *q > 0)
             .unwrap_or(access.default_quota_bytes);
-        Ok(MemberStatus {
+        Ok::<_, EtcdError>(MemberStatus {
             leader: status.leader(),
             db_size: status.db_size(),
             db_size_in_use: status.raft_used_db_size(),
@@ -214,29 +169,17 @@ pub async fn member_status(access: &EtcdAccess, endpoint: &str) -> Result<Member
             version: status.version().to_owned(),
         })
     };
-    tokio::time::timeout(access.timeout, call)
-        .await
-        .map_err(|_| format!("status of {endpoint} timed out after {:?}", access.timeout))?
-}
-
-/// The cluster's revision now, from the header of a read that costs etcd nothing.
-pub async fn current_revision(client: &mut Client, timeout: Duration) -> Result<i64, String> {
-    let response = tokio::time::timeout(timeout, client.get(REVISION_PROBE_KEY, None))
-        .await
-        .map_err(|_| "reading the revision timed out".to_owned())?
-        .map_err(|err| format!("reading the revision: {err}"))?;
-    Ok(response.header().map(|h| h.revision()).unwrap_or_default())
+    bounded_long(what.as_str(), access.timeout, call).await
 }
 
 /// (NOSPACE raised, CORRUPT raised) across all members.
-pub async fn alarms(client: &mut Client, timeout: Duration) -> Result<(bool, bool), String> {
-    let response = tokio::time::timeout(
+pub async fn alarms(client: &mut Client, timeout: Duration) -> Result<(bool, bool), EtcdError> {
+    let response = bounded(
+        "alarm list",
         timeout,
         client.alarm(AlarmAction::Get, AlarmType::None, None),
     )
-    .await
-    .map_err(|_| "alarm list timed out".to_owned())?
-    .map_err(|err| format!("alarm list: {err}"))?;
+    .await?;
     let mut nospace = false;
     let mut corrupt = false;
     for alarm in response.alarms() {
@@ -283,13 +226,19 @@ mod tests {
         assert!(
             view.safe_to_act()
                 .unwrap_err()
+                .to_string()
                 .contains("m1 (connection refused)")
         );
         view.members = vec![member(1, 9, true), member(2, 9, true)];
-        assert_eq!(view.safe_to_act().unwrap_err(), "no leader");
+        assert_eq!(view.safe_to_act().unwrap_err().to_string(), "no leader");
         view.members = vec![member(1, 1, true)];
         view.corrupt = true;
-        assert!(view.safe_to_act().unwrap_err().contains("CORRUPT"));
+        assert!(
+            view.safe_to_act()
+                .unwrap_err()
+                .to_string()
+                .contains("CORRUPT")
+        );
     }
 
     #[test]

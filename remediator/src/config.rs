@@ -11,7 +11,8 @@ use dr_common::tls::TlsMaterial;
 use reqwest::Url;
 
 use crate::actions::restore::{self, CommandFlags, RestoreCommands, RestorePreset};
-use crate::cluster::EtcdAccess;
+use crate::actions::snapshot::SnapshotPolicy;
+use crate::etcd::EtcdAccess;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -174,7 +175,8 @@ pub enum RestoreMode {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub etcd_endpoints: Vec<String>,
-    pub snapshot_dir: PathBuf,
+    /// Where snapshots go (with the audit log), how many stay, how long one may take.
+    pub snapshots: SnapshotPolicy,
     pub tls: Option<TlsMaterial>,
     pub detector_url: Option<Url>,
     pub webhook_token: Option<String>,
@@ -187,11 +189,9 @@ pub struct Config {
     pub snapshot_once: bool,
     pub listen: SocketAddr,
     pub snapshot_interval: Duration,
-    pub snapshot_retain: usize,
     pub etcd_quota_bytes: u64,
     pub etcd_timeout: Duration,
     pub defrag_timeout: Duration,
-    pub snapshot_timeout: Duration,
     pub log_format: LogFormat,
     pub otlp_endpoint: Option<String>,
 }
@@ -259,7 +259,11 @@ impl Config {
         };
         Ok(Config {
             etcd_endpoints: args.etcd_endpoints,
-            snapshot_dir: args.snapshot_dir,
+            snapshots: SnapshotPolicy {
+                dir: args.snapshot_dir,
+                retain: args.snapshot_retain,
+                timeout: args.snapshot_timeout,
+            },
             tls,
             detector_url: args.detector_url,
             webhook_token,
@@ -271,11 +275,9 @@ impl Config {
             snapshot_once: args.snapshot_once,
             listen: args.listen,
             snapshot_interval: args.snapshot_interval,
-            snapshot_retain: args.snapshot_retain,
             etcd_quota_bytes: args.etcd_quota_bytes,
             etcd_timeout: args.etcd_timeout,
             defrag_timeout: args.defrag_timeout,
-            snapshot_timeout: args.snapshot_timeout,
             log_format: args.log_format,
             otlp_endpoint: args.otlp_endpoint,
         })

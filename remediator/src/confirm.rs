@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use reqwest::Url;
+use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -14,43 +14,66 @@ struct Score {
     anomalous: bool,
 }
 
-/// `Ok(detail)` when confirmed, `Err(reason)` when not.
+/// Why the detector did not confirm.
+#[derive(Debug, thiserror::Error)]
+pub enum Unconfirmed {
+    /// `score` cannot be joined to the URL (the parse error's text: reqwest does not
+    /// export its type).
+    #[error("detector URL {detector}: {reason}")]
+    Url { detector: Url, reason: String },
+    #[error("detector unreachable at {url}: {error}")]
+    Unreachable { url: Url, error: reqwest::Error },
+    #[error("detector answer from {url} unreadable: {error}")]
+    Unreadable { url: Url, error: reqwest::Error },
+    /// Not a success; the start of the body says why.
+    #[error("detector answered {status}: {body}")]
+    Status { status: StatusCode, body: String },
+    #[error("detector answer is not a score: {0}")]
+    NotAScore(serde_json::Error),
+    #[error("detector does not confirm: score {score} <= threshold {threshold}")]
+    Calm { score: f64, threshold: f64 },
+}
+
+/// `Ok(detail)` when confirmed.
 pub async fn ask(
     client: &reqwest::Client,
     detector: &Url,
     timeout: Duration,
-) -> Result<String, String> {
-    let url = detector
-        .join("score")
-        .map_err(|err| format!("detector URL {detector}: {err}"))?;
+) -> Result<String, Unconfirmed> {
+    let url = detector.join("score").map_err(|err| Unconfirmed::Url {
+        detector: detector.clone(),
+        reason: err.to_string(),
+    })?;
     let response = client
         .get(url.clone())
         .timeout(timeout)
         .send()
         .await
-        .map_err(|err| format!("detector unreachable at {url}: {err}"))?;
+        .map_err(|error| Unconfirmed::Unreachable {
+            url: url.clone(),
+            error,
+        })?;
     let status = response.status();
     let body = response
         .text()
         .await
-        .map_err(|err| format!("detector answer from {url} unreadable: {err}"))?;
+        .map_err(|error| Unconfirmed::Unreadable { url, error })?;
     if !status.is_success() {
-        return Err(format!(
-            "detector answered {status}: {}",
-            body.chars().take(300).collect::<String>()
-        ));
+        return Err(Unconfirmed::Status {
+            status,
+            body: body.chars().take(300).collect(),
+        });
     }
-    let score: Score = serde_json::from_str(&body)
-        .map_err(|err| format!("detector answer is not a score: {err}"))?;
+    let score: Score = serde_json::from_str(&body).map_err(Unconfirmed::NotAScore)?;
     if score.anomalous || score.score > score.threshold {
         Ok(format!(
             "score {} > threshold {}",
             score.score, score.threshold
         ))
     } else {
-        Err(format!(
-            "detector does not confirm: score {} <= threshold {}",
-            score.score, score.threshold
-        ))
+        Err(Unconfirmed::Calm {
+            score: score.score,
+            threshold: score.threshold,
+        })
     }
 }

@@ -3,13 +3,18 @@
 #![forbid(unsafe_code)]
 
 pub mod actions;
+pub mod app;
 pub mod audit;
 pub mod cluster;
 pub mod config;
 pub mod confirm;
+pub mod error;
+pub mod etcd;
+pub mod gate;
+pub mod http;
 pub mod lock;
 pub mod metrics;
 pub mod plan;
 pub mod remediation;
-pub mod service;
+pub mod serve;
 pub mod webhook;

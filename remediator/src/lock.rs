@@ -1,47 +1,19 @@
-//! One remediation at a time: in the process a try-lock, across replicas an etcd lock held
-//! by a lease that is kept alive while the run lasts (a crashed replica's lock expires with
-//! its lease). The cooldown of an alert is shared the same way: a key with a lease.
+//! One remediation at a time across replicas: an etcd lock held by a lease that is kept
+//! alive while the run lasts (a crashed replica's lock expires with its lease). The
+//! cooldown of an alert is shared the same way: a key with a lease. (Within the process,
+//! the gate's try-lock keeps runs apart.)
 
 use std::time::Duration;
 
 use etcd_client::LockOptions;
 use tokio::task::JoinHandle;
 
-use crate::cluster::EtcdAccess;
+use crate::etcd::{EtcdAccess, EtcdError, bounded};
 
 pub const LOCK_NAME: &str = "/etcd-dr/remediator-lock";
 /// `<prefix><fingerprint>` exists while that alert is in cooldown (a lease ends it), so
 /// every replica sees it.
 pub const COOLDOWN_PREFIX: &str = "/etcd-dr/cooldown/";
-
-/// Why the lock could not be tried.
-#[derive(Debug, PartialEq, thiserror::Error)]
-pub enum LockError {
-    /// etcd refuses writes because its database is full (NOSPACE): neither the lease nor
-    /// the lock key can be written, by this replica or any other.
-    #[error("{0}")]
-    Nospace(String),
-    #[error("{0}")]
-    Failed(String),
-}
-
-impl LockError {
-    /// `what` failed with `err`; NOSPACE is told apart here, where the etcd error is.
-    fn etcd(what: &str, err: &etcd_client::Error) -> Self {
-        let message = format!("{what}: {err}");
-        if dr_common::etcd::is_nospace(err) {
-            LockError::Nospace(message)
-        } else {
-            LockError::Failed(message)
-        }
-    }
-}
-
-impl From<String> for LockError {
-    fn from(message: String) -> Self {
-        LockError::Failed(message)
-    }
-}
 
 /// A held etcd lock; [`release`](Self::release) it, or its lease expires after the TTL.
 pub struct EtcdLock {
@@ -53,24 +25,26 @@ pub struct EtcdLock {
 
 impl EtcdLock {
     /// Tries for `wait` to take the lock. `Ok(None)` when another holder has it;
-    /// [`LockError::Nospace`] when etcd refuses the lease or the lock key for lack of space.
+    /// [`EtcdError::Nospace`] when etcd refuses the lease or the lock key for lack of space.
     pub async fn try_acquire(
         access: &EtcdAccess,
         ttl: Duration,
         wait: Duration,
-    ) -> Result<Option<Self>, LockError> {
+    ) -> Result<Option<Self>, EtcdError> {
         let mut client = access.client().await?;
         let ttl_secs = i64::try_from(ttl.as_secs().max(2)).unwrap_or(60);
-        let lease = tokio::time::timeout(access.timeout, client.lease_grant(ttl_secs, None))
-            .await
-            .map_err(|_| LockError::Failed("lease grant timed out".into()))?
-            .map_err(|err| LockError::etcd("lease grant", &err))?
-            .id();
+        let lease = bounded(
+            "lease grant",
+            access.timeout,
+            client.lease_grant(ttl_secs, None),
+        )
+        .await?
+        .id();
         let (mut keeper, mut responses) = match client.lease_keep_alive(lease).await {
             Ok(pair) => pair,
             Err(err) => {
                 let _ = tokio::time::timeout(access.timeout, client.lease_revoke(lease)).await;
-                return Err(LockError::etcd("lease keep-alive", &err));
+                return Err(EtcdError::request("lease keep-alive", err));
             }
         };
         let period = Duration::from_secs(u64::try_from(ttl_secs).unwrap_or(60)) / 3;
@@ -101,7 +75,7 @@ impl EtcdLock {
             }
             // Another holder kept it for the whole wait.
             Err(_) => None,
-            Ok(Err(err)) => Some(LockError::etcd("lock", &err)),
+            Ok(Err(err)) => Some(EtcdError::request("lock", err)),
         };
         // Revoking the lease also removes our place in the lock's queue.
         keepalive.abort();
@@ -130,14 +104,14 @@ pub async fn mark_cooldown(
     access: &EtcdAccess,
     fingerprint: &str,
     ttl: Duration,
-) -> Result<(), String> {
+) -> Result<(), EtcdError> {
     let call = async {
         let mut client = access.client().await?;
         let ttl_secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
         let lease = client
             .lease_grant(ttl_secs, None)
             .await
-            .map_err(|err| format!("cooldown lease: {err}"))?
+            .map_err(|err| EtcdError::request("cooldown lease", err))?
             .id();
         client
             .put(
@@ -146,25 +120,21 @@ pub async fn mark_cooldown(
                 Some(etcd_client::PutOptions::new().with_lease(lease)),
             )
             .await
-            .map_err(|err| format!("cooldown key: {err}"))?;
-        Ok(())
+            .map_err(|err| EtcdError::request("cooldown key", err))?;
+        Ok::<_, EtcdError>(())
     };
-    tokio::time::timeout(access.timeout * 2, call)
-        .await
-        .map_err(|_| "marking the cooldown timed out".to_owned())?
+    bounded("marking the cooldown", access.timeout * 2, call).await
 }
 
 /// True while some replica's cooldown for `fingerprint` lasts.
-pub async fn in_shared_cooldown(access: &EtcdAccess, fingerprint: &str) -> Result<bool, String> {
+pub async fn in_shared_cooldown(access: &EtcdAccess, fingerprint: &str) -> Result<bool, EtcdError> {
     let call = async {
         let mut client = access.client().await?;
         let found = client
             .get(format!("{COOLDOWN_PREFIX}{fingerprint}"), None)
             .await
-            .map_err(|err| format!("cooldown key: {err}"))?;
-        Ok(!found.kvs().is_empty())
+            .map_err(|err| EtcdError::request("cooldown key", err))?;
+        Ok::<_, EtcdError>(!found.kvs().is_empty())
     };
-    tokio::time::timeout(access.timeout * 2, call)
-        .await
-        .map_err(|_| "reading the cooldown timed out".to_owned())?
+    bounded("reading the cooldown", access.timeout * 2, call).await
 }

@@ -5,9 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use dr_common::process;
-use dr_remediator::actions::snapshot;
 use dr_remediator::config::{Args, Config};
-use dr_remediator::service;
+use dr_remediator::serve;
 
 const NAME: &str = "dr-remediator";
 
@@ -31,21 +30,14 @@ async fn main() -> ExitCode {
     }
     process::serve(NAME, config.listen, |listener| {
         tracing::info!(listen = %config.listen, endpoints = ?config.etcd_endpoints, dry_run = config.dry_run, "remediator started");
-        service::run(config, listener, dr_common::shutdown::signal())
+        serve::run(config, listener, dr_common::shutdown::signal())
     })
     .await
 }
 
 /// One verified snapshot, printed as JSON.
 async fn snapshot_once(config: &Config) -> ExitCode {
-    let taken = snapshot::take(
-        &config.etcd_access(),
-        &config.snapshot_dir,
-        config.snapshot_retain,
-        config.snapshot_timeout,
-    )
-    .await;
-    match taken {
+    match config.snapshots.take(&config.etcd_access()).await {
         Ok(info) => {
             println!("{}", serde_json::json!(info));
             ExitCode::SUCCESS

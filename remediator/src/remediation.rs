@@ -11,10 +11,13 @@ use serde_json::{Value, json};
 
 use crate::actions::disarm::{self, Disarm};
 use crate::actions::restore::{self, RestoreCommands};
+use crate::actions::snapshot::SnapshotPolicy;
 use crate::actions::verify::{self, Health};
-use crate::actions::{compact, defrag, snapshot};
+use crate::actions::{compact, defrag};
 use crate::audit::{Audit, Phase};
-use crate::cluster::{ClusterView, EtcdAccess};
+use crate::cluster::ClusterView;
+use crate::error::{ActionError, AuditError};
+use crate::etcd::EtcdAccess;
 use crate::metrics::Metrics;
 use crate::plan::{self, Step};
 
@@ -23,9 +26,7 @@ pub const KIND: &str = "remediation";
 /// Everything a remediation needs, shared by the webhook and the scheduler.
 pub struct Remediator {
     pub access: EtcdAccess,
-    pub snapshot_dir: PathBuf,
-    pub snapshot_retain: usize,
-    pub snapshot_timeout: Duration,
+    pub snapshots: SnapshotPolicy,
     pub defrag_timeout: Duration,
     pub health_wait: Duration,
     pub restore: Option<RestoreCommands>,
@@ -42,16 +43,16 @@ pub struct Outcome {
 }
 
 impl Remediator {
-    fn record(&self, id: &str, step: &str, phase: Phase, detail: Value) -> Result<(), String> {
+    fn record(&self, id: &str, step: &str, phase: Phase, detail: Value) -> Result<(), AuditError> {
         self.audit
             .record(id, KIND, step, phase, detail, self.dry_run)
     }
 
     /// Runs the plan built from `view`. `locked`: the caller holds the cross-replica lock
     /// (not in dry-run, nor when etcd refuses writes); a restore needs it.
-    pub async fn run(&self, id: &str, view: ClusterView, locked: bool) -> Outcome {
+    pub async fn run(&self, id: &str, view: &ClusterView, locked: bool) -> Outcome {
         let started = Instant::now();
-        let steps = plan::build(&view, self.health_wait, self.restore.is_some());
+        let steps = plan::build(view, self.health_wait, self.restore.is_some());
         let outcome = if self
             .record(
                 id,
@@ -72,7 +73,7 @@ impl Remediator {
                 restored: false,
             }
         } else {
-            self.execute(id, &view, &steps, locked).await
+            self.execute(id, view, &steps, locked).await
         };
         let seconds = started.elapsed().as_secs_f64();
         if !self.dry_run {
@@ -106,15 +107,9 @@ impl Remediator {
                 // Cannot record it, so do not do it; nor anything after it.
                 return Outcome { health, restored };
             }
-            let result: Result<Value, String> = match step {
+            let result: Result<Value, ActionError> = match step {
                 Step::Snapshot => {
-                    let taken = snapshot::take(
-                        &self.access,
-                        &self.snapshot_dir,
-                        self.snapshot_retain,
-                        self.snapshot_timeout,
-                    )
-                    .await;
+                    let taken = self.snapshots.take(&self.access).await;
                     self.metrics.snapshot_done(taken.is_ok());
                     taken.map(|info| {
                         snapshot_path = Some(info.path.clone());
@@ -146,7 +141,7 @@ impl Remediator {
                         continue;
                     }
                     Ok(done) => Ok(json!(format!("{done:?}"))),
-                    Err(err) => Err(err),
+                    Err(err) => Err(err.into()),
                 },
                 Step::WaitHealth { .. } => {
                     tokio::time::sleep(self.health_wait).await;
@@ -177,7 +172,7 @@ impl Remediator {
                     let _ = self.record(id, &name, Phase::Ok, detail);
                 }
                 Err(err) => {
-                    let _ = self.record(id, &name, Phase::Failed, json!(err));
+                    let _ = self.record(id, &name, Phase::Failed, json!(err.to_string()));
                     match step {
                         // Nothing is touched without a verified snapshot to fall back on.
                         Step::Snapshot => return Outcome { health, restored },
@@ -201,7 +196,7 @@ impl Remediator {
         health: Option<&Health>,
         snapshot: Option<&Path>,
         locked: bool,
-    ) -> Result<Option<restore::RestoreReport>, String> {
+    ) -> Result<Option<restore::RestoreReport>, ActionError> {
         let step = "restore_if_unavailable";
         let skip = |reason: String| {
             let _ = self.record(id, step, Phase::Skipped, json!(reason));
@@ -244,7 +239,7 @@ impl Remediator {
             &self.access,
             &view.members,
             snapshot,
-            &self.snapshot_dir,
+            &self.snapshots.dir,
             id,
         )
         .await;

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use dr_remediator::audit::Phase;
-use dr_remediator::cluster::EtcdAccess;
-use dr_remediator::lock::{EtcdLock, LockError};
+use dr_remediator::etcd::{EtcdAccess, EtcdError};
+use dr_remediator::lock::EtcdLock;
 use dr_testkit::{EtcdCluster, EtcdOptions, EtcdVersion};
 use etcd_client::{AlarmAction, AlarmOptions, AlarmType};
 use support::{FIRING, bloat, client, db_sizes, remediator, runtime, seeded, step};
@@ -179,7 +179,9 @@ fn the_lock_tells_nospace_apart_from_other_failures() {
                 .await
                 .unwrap();
             match try_lock().await {
-                Err(LockError::Nospace(message)) => {
+                Err(err @ EtcdError::Nospace { .. }) => {
+                    assert!(err.is_nospace());
+                    let message = err.to_string();
                     assert!(message.contains("database space exceeded"), "{message}");
                 }
                 Err(err) => panic!("{version:?}: NOSPACE not recognised: {err:?}"),

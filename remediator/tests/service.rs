@@ -44,7 +44,7 @@ fn scheduled_snapshots_are_verified_retained_and_counted() {
         .unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(dr_remediator::service::run(config, listener, async move {
+    let server = rt.spawn(dr_remediator::serve::run(config, listener, async move {
         let _ = stop_rx.await;
     }));
 

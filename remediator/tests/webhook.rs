@@ -54,7 +54,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
 
     let huge = format!(
         "{{\"pad\": \"{}\", {}",
-        "x".repeat(dr_remediator::service::MAX_BODY_BYTES),
+        "x".repeat(dr_remediator::http::MAX_BODY_BYTES),
         &FIRING[1..]
     );
     let (status, body) = r.post(&huge, Some(TOKEN)).await;

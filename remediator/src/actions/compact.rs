@@ -3,23 +3,26 @@
 
 use etcd_client::CompactionOptions;
 
-use crate::cluster::{EtcdAccess, current_revision};
+use crate::error::ActionError;
+use crate::etcd::{EtcdAccess, bounded_long, current_revision};
 
 /// Compacts to the revision current now; returns that revision. Compacting to a revision
 /// already compacted is not an error here (a retry after a lost answer must succeed).
-pub async fn to_current_revision(access: &EtcdAccess) -> Result<i64, String> {
+pub async fn to_current_revision(access: &EtcdAccess) -> Result<i64, ActionError> {
     // Physical compaction walks the whole keyspace; give it the defrag-sized patience of
     // several ordinary calls.
     let timeout = access.timeout * 12;
     let mut client = access.live_client(timeout).await?;
     let revision = current_revision(&mut client, access.timeout).await?;
-    let call = client.compact(revision, Some(CompactionOptions::new().with_physical()));
-    match tokio::time::timeout(timeout, call).await {
-        Err(_) => Err(format!(
-            "compaction to {revision} timed out after {timeout:?}"
-        )),
-        Ok(Ok(_)) => Ok(revision),
-        Ok(Err(err)) if dr_common::etcd::is_compacted(&err) => Ok(revision),
-        Ok(Err(err)) => Err(format!("compaction to {revision}: {err}")),
-    }
+    let call = async {
+        match client
+            .compact(revision, Some(CompactionOptions::new().with_physical()))
+            .await
+        {
+            Err(err) if dr_common::etcd::is_compacted(&err) => Ok(()),
+            other => other.map(drop),
+        }
+    };
+    bounded_long(format!("compaction to {revision}"), timeout, call).await?;
+    Ok(revision)
 }

@@ -1,12 +1,15 @@
-//! Defragment one member, with a long deadline, then wait until it answers again.
-//! Defrag blocks the member while it runs (and stalls writes on the leader), so callers go
-//! one member at a time, followers first.
+//! What runs on each member during a defrag, in order: its Status (the size before), the
+//! Defragment call on that member alone with the long `--defrag-timeout`, then its Status
+//! again until it answers (the size after). Defrag blocks the member while it runs (and
+//! stalls writes on the leader), so the plan goes one member at a time, followers first.
 
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::cluster::{EtcdAccess, member_status};
+use crate::cluster::member_status;
+use crate::error::ActionError;
+use crate::etcd::{EtcdAccess, bounded_long};
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct DefragOutcome {
@@ -21,20 +24,25 @@ pub async fn member(
     endpoint: &str,
     timeout: Duration,
     settle: Duration,
-) -> Result<DefragOutcome, String> {
+) -> Result<DefragOutcome, ActionError> {
     let started = Instant::now();
     let before = member_status(access, endpoint).await?;
     let mut client = access.client_for(&[endpoint.to_owned()], timeout).await?;
-    tokio::time::timeout(timeout, client.defragment())
-        .await
-        .map_err(|_| format!("defrag of {endpoint} timed out after {timeout:?}"))?
-        .map_err(|err| format!("defrag of {endpoint}: {err}"))?;
+    bounded_long(
+        format!("defrag of {endpoint}"),
+        timeout,
+        client.defragment(),
+    )
+    .await?;
     let deadline = Instant::now() + settle;
     let after = loop {
         match member_status(access, endpoint).await {
             Ok(status) => break status,
-            Err(err) if Instant::now() >= deadline => {
-                return Err(format!("{endpoint} not answering after defrag: {err}"));
+            Err(error) if Instant::now() >= deadline => {
+                return Err(ActionError::NotBackAfterDefrag {
+                    endpoint: endpoint.to_owned(),
+                    error,
+                });
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }

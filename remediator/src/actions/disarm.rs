@@ -3,7 +3,8 @@
 
 use etcd_client::{AlarmAction, AlarmOptions, AlarmType};
 
-use crate::cluster::{ClusterView, EtcdAccess};
+use crate::cluster::ClusterView;
+use crate::etcd::{EtcdAccess, EtcdError, bounded};
 
 /// Below this fraction of its quota a member has room to take writes again.
 pub const QUOTA_FRACTION: f64 = 0.9;
@@ -19,7 +20,7 @@ pub enum Disarm {
     TooFull(String),
 }
 
-pub async fn nospace(access: &EtcdAccess) -> Result<Disarm, String> {
+pub async fn nospace(access: &EtcdAccess) -> Result<Disarm, EtcdError> {
     let view = ClusterView::observe(access).await?;
     if !view.nospace {
         return Ok(Disarm::NotRaised);
@@ -36,13 +37,12 @@ pub async fn nospace(access: &EtcdAccess) -> Result<Disarm, String> {
         return Ok(Disarm::TooFull(sizes.join(", ")));
     }
     let mut client = access.client().await?;
-    let raised = tokio::time::timeout(
+    let raised = bounded(
+        "alarm list",
         access.timeout,
         client.alarm(AlarmAction::Get, AlarmType::None, None),
     )
-    .await
-    .map_err(|_| "alarm list timed out".to_owned())?
-    .map_err(|err| format!("alarm list: {err}"))?;
+    .await?;
     let mut members = 0;
     for alarm in raised.alarms() {
         if alarm.alarm() != AlarmType::Nospace {
@@ -50,13 +50,15 @@ pub async fn nospace(access: &EtcdAccess) -> Result<Disarm, String> {
         }
         let mut options = AlarmOptions::new();
         options.with_member(alarm.member_id());
-        tokio::time::timeout(
-            access.timeout,
-            client.alarm(AlarmAction::Deactivate, AlarmType::Nospace, Some(options)),
-        )
-        .await
-        .map_err(|_| "disarming timed out".to_owned())?
-        .map_err(|err| format!("disarming NOSPACE on {:x}: {err}", alarm.member_id()))?;
+        let member = alarm.member_id();
+        // The deadline names the step, a refusal the member.
+        let disarm = async {
+            client
+                .alarm(AlarmAction::Deactivate, AlarmType::Nospace, Some(options))
+                .await
+                .map_err(|err| EtcdError::request(format!("disarming NOSPACE on {member:x}"), err))
+        };
+        bounded("disarming", access.timeout, disarm).await?;
         members += 1;
     }
     Ok(Disarm::Disarmed { members })

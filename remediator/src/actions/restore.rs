@@ -15,7 +15,9 @@ use serde::Serialize;
 
 use crate::actions::snapshot::verify_file;
 use crate::actions::verify::{self, Health};
-use crate::cluster::{EtcdAccess, MemberView};
+use crate::cluster::MemberView;
+use crate::error::{ActionError, CommandError};
+use crate::etcd::EtcdAccess;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RestorePreset {
@@ -173,12 +175,12 @@ pub async fn run(
     snapshot: &Path,
     work_dir: &Path,
     action_id: &str,
-) -> Result<RestoreReport, String> {
+) -> Result<RestoreReport, ActionError> {
     // A snapshot is good only after its trailer verifies, also right before we use it.
     let snap = snapshot.to_path_buf();
     tokio::task::spawn_blocking(move || verify_file(&snap))
         .await
-        .map_err(|err| format!("verifying task failed: {err}"))??;
+        .map_err(ActionError::Task)??;
     let cluster_token = format!("etcd-dr-restore-{action_id}");
     let initial_cluster = members
         .iter()
@@ -227,18 +229,22 @@ pub async fn run(
         for (i, (member, context)) in members.iter().zip(&contexts).enumerate() {
             let command = render(template, context);
             tracing::info!(step, member = %member.name, %command, "restore command");
-            let Err(err) = run_command(&command, commands.timeout).await else {
+            let Err(error) = run_command(&command, commands.timeout).await else {
                 continue;
             };
-            let failed = format!("restore {step} of {}: {err}", member.name);
             // Before any swap the data is untouched: the members stopped so far start
             // again on it (during the stops, those up to this one).
             let stopped = match step {
                 "stop" => i + 1,
                 "restore" => members.len(),
-                _ => return Err(failed),
+                _ => 0,
             };
-            return Err(start_again(commands, &members[..stopped], &contexts, failed).await);
+            return Err(ActionError::Restore {
+                step,
+                member: member.name.clone(),
+                error,
+                started_again: start_again(commands, &members[..stopped], &contexts).await,
+            });
         }
     }
     let deadline = Instant::now() + commands.timeout;
@@ -257,14 +263,13 @@ pub async fn run(
     })
 }
 
-/// Runs the start command for `members` after `failed` (a stop or a restore: their data
-/// is untouched) and says how that went.
+/// Runs the start command for `members` after a failed stop or restore (their data is
+/// untouched) and says how that went for each.
 async fn start_again(
     commands: &RestoreCommands,
     members: &[MemberView],
     contexts: &[Vec<(&str, String)>],
-    failed: String,
-) -> String {
+) -> Vec<String> {
     let mut outcomes = Vec::new();
     for (member, context) in members.iter().zip(contexts) {
         let command = render(&commands.start, context);
@@ -274,11 +279,7 @@ async fn start_again(
             Err(err) => format!("starting {} again failed: {err}", member.name),
         });
     }
-    if outcomes.is_empty() {
-        failed
-    } else {
-        format!("{failed}; data untouched: {}", outcomes.join(", "))
-    }
+    outcomes
 }
 
 /// `--member-data-dir` for `member`.
@@ -306,7 +307,7 @@ fn shell_quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', r"'\''"))
 }
 
-async fn run_command(command: &str, timeout: Duration) -> Result<(), String> {
+async fn run_command(command: &str, timeout: Duration) -> Result<(), CommandError> {
     let child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
@@ -315,16 +316,15 @@ async fn run_command(command: &str, timeout: Duration) -> Result<(), String> {
         .output();
     let output = tokio::time::timeout(timeout, child)
         .await
-        .map_err(|_| format!("did not finish within {timeout:?}"))?
-        .map_err(|err| format!("cannot run sh: {err}"))?;
+        .map_err(|_| CommandError::Timeout(timeout))?
+        .map_err(CommandError::Spawn)?;
     if output.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "{}: {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
+        Err(CommandError::Exit {
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
     }
 }
 
@@ -401,10 +401,11 @@ mod tests {
         let err = run_command("echo boom >&2; exit 3", Duration::from_secs(5))
             .await
             .unwrap_err();
-        assert!(err.contains("boom"), "{err}");
+        assert!(matches!(err, CommandError::Exit { .. }), "{err:?}");
+        assert!(err.to_string().contains("boom"), "{err}");
         let err = run_command("sleep 5", Duration::from_millis(100))
             .await
             .unwrap_err();
-        assert!(err.contains("did not finish"), "{err}");
+        assert!(err.to_string().contains("did not finish"), "{err}");
     }
 }

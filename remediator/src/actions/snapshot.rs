@@ -14,7 +14,8 @@ use ring::digest::{Context, SHA256, SHA256_OUTPUT_LEN};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
-use crate::cluster::{EtcdAccess, current_revision};
+use crate::error::{ActionError, FileError};
+use crate::etcd::{EtcdAccess, EtcdError, current_revision};
 
 const PREFIX: &str = "snapshot-";
 const SUFFIX: &str = ".db";
@@ -30,70 +31,80 @@ pub struct SnapshotInfo {
     pub duration_seconds: f64,
 }
 
-/// Streams a snapshot into `dir`, verifies it and keeps the newest `retain`.
-pub async fn take(
-    access: &EtcdAccess,
-    dir: &Path,
-    retain: usize,
-    timeout: Duration,
-) -> Result<SnapshotInfo, String> {
-    let started = std::time::Instant::now();
-    let mut client = access.live_client(timeout).await?;
-    let revision = current_revision(&mut client, access.timeout).await?;
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or_default();
-    let name = format!("{PREFIX}{millis:016}-rev{revision}{SUFFIX}");
-    let final_path = dir.join(&name);
-    let part = Partial::new(dir.join(format!("{name}.part")));
-    let part_path = part.path.as_path();
+/// Where snapshots go, how many stay and how long one may take: built once from the flags,
+/// the same for the scheduled, the remediation's and the one-off snapshot.
+#[derive(Clone, Debug)]
+pub struct SnapshotPolicy {
+    pub dir: PathBuf,
+    /// The newest this many are kept.
+    pub retain: usize,
+    /// Deadline for one download.
+    pub timeout: Duration,
+}
 
-    let download = async {
-        let mut stream = client
-            .snapshot()
-            .await
-            .map_err(|err| format!("starting the snapshot stream: {err}"))?;
-        let file = tokio::fs::File::create(part_path)
-            .await
-            .map_err(|err| format!("creating {}: {err}", part_path.display()))?;
-        let mut file = tokio::io::BufWriter::with_capacity(1 << 20, file);
-        // Hashed while it streams, so the file is not read a second time.
-        let mut check = TrailerCheck::new();
-        while let Some(message) = stream
-            .message()
-            .await
-            .map_err(|err| format!("snapshot stream broke: {err}"))?
-        {
-            check.update(message.blob());
-            file.write_all(message.blob())
+impl SnapshotPolicy {
+    /// Streams a snapshot into the dir, verifies it and keeps the newest `retain`.
+    pub async fn take(&self, access: &EtcdAccess) -> Result<SnapshotInfo, ActionError> {
+        let (dir, timeout) = (self.dir.as_path(), self.timeout);
+        let started = std::time::Instant::now();
+        let mut client = access.live_client(timeout).await?;
+        let revision = current_revision(&mut client, access.timeout).await?;
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default();
+        let name = format!("{PREFIX}{millis:016}-rev{revision}{SUFFIX}");
+        let final_path = dir.join(&name);
+        let part = Partial::new(dir.join(format!("{name}.part")));
+        let part_path = part.path.as_path();
+
+        let download = async {
+            let mut stream = client
+                .snapshot()
                 .await
-                .map_err(|err| format!("writing {}: {err}", part_path.display()))?;
-        }
-        file.flush()
-            .await
-            .map_err(|err| format!("writing {}: {err}", part_path.display()))?;
-        file.get_ref()
-            .sync_all()
-            .await
-            .map_err(|err| format!("fsync {}: {err}", part_path.display()))?;
-        check.finish(part_path)
-    };
-    let verified = match tokio::time::timeout(timeout, download).await {
-        Ok(result) => result,
-        Err(_) => Err(format!("snapshot did not finish within {timeout:?}")),
-    };
-    let (size_bytes, sha256) = verified?;
-    part.rename_to(&final_path)?;
-    sync_dir(dir)?;
-    prune(dir, retain)?;
-    Ok(SnapshotInfo {
-        path: final_path,
-        size_bytes,
-        revision,
-        sha256,
-        duration_seconds: started.elapsed().as_secs_f64(),
-    })
+                .map_err(|err| EtcdError::request("starting the snapshot stream", err))?;
+            let file = tokio::fs::File::create(part_path)
+                .await
+                .map_err(FileError::on("creating", part_path))?;
+            let mut file = tokio::io::BufWriter::with_capacity(1 << 20, file);
+            // Hashed while it streams, so the file is not read a second time.
+            let mut check = TrailerCheck::new();
+            while let Some(message) = stream
+                .message()
+                .await
+                .map_err(|err| EtcdError::request("snapshot stream broke", err))?
+            {
+                check.update(message.blob());
+                file.write_all(message.blob())
+                    .await
+                    .map_err(FileError::on("writing", part_path))?;
+            }
+            file.flush()
+                .await
+                .map_err(FileError::on("writing", part_path))?;
+            file.get_ref()
+                .sync_all()
+                .await
+                .map_err(FileError::on("fsync", part_path))?;
+            check.finish(part_path)
+        };
+        // Not an etcd deadline alone: the file is written and hashed in the same time.
+        let verified = match tokio::time::timeout(timeout, download).await {
+            Ok(result) => result,
+            Err(_) => Err(ActionError::SnapshotTimeout(timeout)),
+        };
+        let (size_bytes, sha256) = verified?;
+        part.rename_to(&final_path)?;
+        sync_dir(dir)?;
+        prune(dir, self.retain)?;
+        Ok(SnapshotInfo {
+            path: final_path,
+            size_bytes,
+            revision,
+            sha256,
+            duration_seconds: started.elapsed().as_secs_f64(),
+        })
+    }
 }
 
 /// A download in progress. A partial or corrupt file is never used, so it is removed
@@ -112,13 +123,11 @@ impl Partial {
         }
     }
 
-    fn rename_to(mut self, to: &Path) -> Result<(), String> {
-        std::fs::rename(&self.path, to).map_err(|err| {
-            format!(
-                "renaming {} to {}: {err}",
-                self.path.display(),
-                to.display()
-            )
+    fn rename_to(mut self, to: &Path) -> Result<(), ActionError> {
+        std::fs::rename(&self.path, to).map_err(|error| ActionError::Rename {
+            from: self.path.clone(),
+            to: to.to_path_buf(),
+            error,
         })?;
         self.renamed = true;
         Ok(())
@@ -166,7 +175,7 @@ impl TrailerCheck {
         }
     }
 
-    fn finish(self, path: &Path) -> Result<(u64, String), String> {
+    fn finish(self, path: &Path) -> Result<(u64, String), ActionError> {
         check_shape(path, self.size)?;
         let digest = self.context.finish();
         compare(path, digest.as_ref(), &self.held)?;
@@ -174,36 +183,34 @@ impl TrailerCheck {
     }
 }
 
-fn check_shape(path: &Path, size: u64) -> Result<(), String> {
+fn check_shape(path: &Path, size: u64) -> Result<(), ActionError> {
     let trailer_len = SHA256_OUTPUT_LEN as u64;
     if size < trailer_len + 512 || size % 512 != trailer_len {
-        return Err(format!(
-            "{}: {size} bytes is not a database plus a SHA-256 trailer (truncated or not a snapshot)",
-            path.display()
-        ));
+        return Err(ActionError::NotASnapshot {
+            path: path.to_path_buf(),
+            size,
+        });
     }
     Ok(())
 }
 
-fn compare(path: &Path, digest: &[u8], trailer: &[u8]) -> Result<(), String> {
+fn compare(path: &Path, digest: &[u8], trailer: &[u8]) -> Result<(), ActionError> {
     if digest != trailer {
-        return Err(format!(
-            "{}: SHA-256 mismatch (content {}, trailer {}): the snapshot is corrupt",
-            path.display(),
-            hex(digest),
-            hex(trailer)
-        ));
+        return Err(ActionError::Corrupt {
+            path: path.to_path_buf(),
+            content: hex(digest),
+            trailer: hex(trailer),
+        });
     }
     Ok(())
 }
 
 /// Checks a snapshot file's SHA-256 trailer; returns (size, hex digest) when it matches.
-pub fn verify_file(path: &Path) -> Result<(u64, String), String> {
-    let mut file =
-        std::fs::File::open(path).map_err(|err| format!("opening {}: {err}", path.display()))?;
+pub fn verify_file(path: &Path) -> Result<(u64, String), ActionError> {
+    let mut file = std::fs::File::open(path).map_err(FileError::on("opening", path))?;
     let size = file
         .metadata()
-        .map_err(|err| format!("reading {}: {err}", path.display()))?
+        .map_err(FileError::on("reading", path))?
         .len();
     check_shape(path, size)?;
     let mut remaining = size - SHA256_OUTPUT_LEN as u64;
@@ -215,21 +222,20 @@ pub fn verify_file(path: &Path) -> Result<(u64, String), String> {
             .min(usize::try_from(remaining).unwrap_or(usize::MAX));
         let chunk = &mut buffer[..want];
         file.read_exact(chunk)
-            .map_err(|err| format!("reading {}: {err}", path.display()))?;
+            .map_err(FileError::on("reading", path))?;
         context.update(chunk);
         remaining -= want as u64;
     }
     let mut trailer = [0u8; SHA256_OUTPUT_LEN];
     file.read_exact(&mut trailer)
-        .map_err(|err| format!("reading {}: {err}", path.display()))?;
+        .map_err(FileError::on("reading", path))?;
     compare(path, context.finish().as_ref(), &trailer)?;
     Ok((size, hex(&trailer)))
 }
 
 /// Verified snapshots in `dir`, newest first (names sort by time).
-pub fn list(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|err| format!("listing {}: {err}", dir.display()))?;
+pub fn list(dir: &Path) -> Result<Vec<PathBuf>, FileError> {
+    let entries = std::fs::read_dir(dir).map_err(FileError::on("listing", dir))?;
     let mut found: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
@@ -244,19 +250,19 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(found)
 }
 
-fn prune(dir: &Path, retain: usize) -> Result<(), String> {
+fn prune(dir: &Path, retain: usize) -> Result<(), FileError> {
     for old in list(dir)?.into_iter().skip(retain) {
-        std::fs::remove_file(&old).map_err(|err| format!("removing {}: {err}", old.display()))?;
+        std::fs::remove_file(&old).map_err(FileError::on("removing", &old))?;
         tracing::info!(path = %old.display(), "removed old snapshot (retention)");
     }
     Ok(())
 }
 
 /// Makes a rename durable.
-fn sync_dir(dir: &Path) -> Result<(), String> {
+fn sync_dir(dir: &Path) -> Result<(), FileError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|err| format!("fsync {}: {err}", dir.display()))
+        .map_err(FileError::on("fsync", dir))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -299,10 +305,14 @@ mod tests {
         let path = sample(dir.path());
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
-        assert!(verify_file(&path).unwrap_err().contains("truncated"));
+        let err = verify_file(&path).unwrap_err();
+        assert!(matches!(err, ActionError::NotASnapshot { .. }), "{err:?}");
+        assert!(err.to_string().contains("truncated"));
         // Cut at a sector boundary plus 32: the shape is right, the hash is not.
         std::fs::write(&path, &bytes[..4096 * 2 + 32]).unwrap();
-        assert!(verify_file(&path).unwrap_err().contains("mismatch"));
+        let err = verify_file(&path).unwrap_err();
+        assert!(matches!(err, ActionError::Corrupt { .. }), "{err:?}");
+        assert!(err.to_string().contains("mismatch"));
     }
 
     #[test]
@@ -319,10 +329,22 @@ mod tests {
         flipped[100] ^= 0x80;
         let mut check = TrailerCheck::new();
         flipped.chunks(1000).for_each(|c| check.update(c));
-        assert!(check.finish(&path).unwrap_err().contains("mismatch"));
+        assert!(
+            check
+                .finish(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("mismatch")
+        );
         let mut check = TrailerCheck::new();
         check.update(&bytes[..bytes.len() - 1]);
-        assert!(check.finish(&path).unwrap_err().contains("truncated"));
+        assert!(
+            check
+                .finish(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("truncated")
+        );
     }
 
     #[test]
@@ -332,7 +354,12 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[1234] ^= 0x01;
         std::fs::write(&path, &bytes).unwrap();
-        assert!(verify_file(&path).unwrap_err().contains("mismatch"));
+        assert!(
+            verify_file(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("mismatch")
+        );
     }
 
     #[test]

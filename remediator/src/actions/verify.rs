@@ -3,7 +3,8 @@
 
 use serde::Serialize;
 
-use crate::cluster::{ClusterView, EtcdAccess};
+use crate::cluster::ClusterView;
+use crate::etcd::{self, EtcdAccess, EtcdError, bounded_long};
 
 /// Where the sentinel lives; one key, overwritten by each check.
 pub const SENTINEL_KEY: &str = "/etcd-dr/sentinel";
@@ -28,11 +29,11 @@ pub async fn check(access: &EtcdAccess, token: &str) -> Health {
         (Err(_), Ok(view)) if view.nospace => {
             Health::Degraded("NOSPACE alarm still raised; writes refused".into())
         }
-        (Err(err), _) => Health::Unavailable(err),
-        (Ok(()), Err(err)) => Health::Degraded(err),
+        (Err(errors), _) => Health::Unavailable(etcd::joined(&errors)),
+        (Ok(()), Err(err)) => Health::Degraded(err.to_string()),
         (Ok(()), Ok(view)) => {
             if let Err(reason) = view.safe_to_act() {
-                Health::Degraded(reason)
+                Health::Degraded(reason.to_string())
             } else if view.nospace {
                 Health::Degraded("NOSPACE alarm still raised".into())
             } else {
@@ -43,8 +44,9 @@ pub async fn check(access: &EtcdAccess, token: &str) -> Health {
 }
 
 /// Succeeds if any endpoint's member takes the write and reads it back: one live member
-/// with quorum behind it is enough, a dead one in the list must not decide.
-async fn write_and_read_back(access: &EtcdAccess, token: &str) -> Result<(), String> {
+/// with quorum behind it is enough, a dead one in the list must not decide. Otherwise
+/// each endpoint's failure.
+async fn write_and_read_back(access: &EtcdAccess, token: &str) -> Result<(), Vec<EtcdError>> {
     let mut errors = Vec::new();
     for endpoint in &access.endpoints {
         let call = async {
@@ -54,25 +56,24 @@ async fn write_and_read_back(access: &EtcdAccess, token: &str) -> Result<(), Str
             client
                 .put(SENTINEL_KEY, token, None)
                 .await
-                .map_err(|err| format!("sentinel write: {err}"))?;
+                .map_err(|err| EtcdError::request("sentinel write", err))?;
             let read = client
                 .get(SENTINEL_KEY, None)
                 .await
-                .map_err(|err| format!("sentinel read: {err}"))?;
+                .map_err(|err| EtcdError::request("sentinel read", err))?;
             match read.kvs().first() {
                 Some(kv) if kv.value() == token.as_bytes() => Ok(()),
-                Some(_) => Err("sentinel read back a different value".to_owned()),
-                None => Err("sentinel missing after write".to_owned()),
+                Some(_) => Err(EtcdError::Unexpected(
+                    "sentinel read back a different value",
+                )),
+                None => Err(EtcdError::Unexpected("sentinel missing after write")),
             }
         };
-        match tokio::time::timeout(access.timeout * 2, call).await {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(err)) => errors.push(format!("{endpoint}: {err}")),
-            Err(_) => errors.push(format!(
-                "{endpoint}: timed out after {:?}",
-                access.timeout * 2
-            )),
+        // The endpoint names the exchange: "<endpoint>: timed out after 10s".
+        match bounded_long("", access.timeout * 2, call).await {
+            Ok(()) => return Ok(()),
+            Err(err) => errors.push(err.at(endpoint)),
         }
     }
-    Err(errors.join("; "))
+    Err(errors)
 }

@@ -1,0 +1,43 @@
+//! What the HTTP handlers and the scheduler share, built once from the configuration.
+
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use prometheus_client::registry::Registry;
+
+use crate::audit::Audit;
+use crate::config::Config;
+use crate::gate::Gate;
+use crate::metrics::Metrics;
+use crate::remediation::Remediator;
+
+pub struct App {
+    pub remediator: Arc<Remediator>,
+    pub gate: Arc<Gate>,
+    /// The bearer token `/webhook` wants; `None` leaves it open.
+    pub webhook_token: Option<String>,
+}
+
+impl App {
+    pub fn new(config: Config, registry: &mut Registry) -> anyhow::Result<Arc<Self>> {
+        let audit = Arc::new(Audit::open(&config.snapshots.dir)?);
+        let metrics = Metrics::register(registry);
+        let gate = Gate::new(&config, audit.clone())
+            .map_err(|err| anyhow!("building the HTTP client: {err}"))?;
+        let remediator = Remediator {
+            access: config.etcd_access(),
+            snapshots: config.snapshots,
+            defrag_timeout: config.defrag_timeout,
+            health_wait: config.health_wait,
+            restore: config.restore,
+            dry_run: config.dry_run,
+            audit,
+            metrics,
+        };
+        Ok(Arc::new(App {
+            remediator: Arc::new(remediator),
+            gate: Arc::new(gate),
+            webhook_token: config.webhook_token,
+        }))
+    }
+}

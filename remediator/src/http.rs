@@ -1,0 +1,104 @@
+//! The HTTP layer: `POST /webhook` (authenticated, bounded, parsed, then answered with the
+//! gate's decision), `GET /actions`, and the ops endpoints.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use dr_common::http::{ApiError, Readiness, ops_router};
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::app::App;
+use crate::gate::Decision;
+use crate::webhook::{Payload, authorized};
+
+/// Alertmanager bodies are a few KB; this leaves room for large groups.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// `/webhook`, `/actions` and the ops endpoints.
+pub fn router(app: Arc<App>, readiness: Readiness, registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/webhook", post(webhook))
+        .route("/actions", get(actions))
+        .with_state(app)
+        .merge(ops_router(readiness, registry))
+}
+
+async fn webhook(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let metrics = &app.remediator.metrics;
+    if let Some(token) = &app.webhook_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if !authorized(given, token) {
+            metrics.count_webhook("unauthorized");
+            return Err(ApiError::Unauthorized(
+                "missing or wrong bearer token".into(),
+            ));
+        }
+    }
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            metrics.count_webhook("too_large");
+            ApiError::PayloadTooLarge(format!("webhook body over {MAX_BODY_BYTES} bytes"))
+        })?;
+    let payload = Payload::parse(&bytes).map_err(|err| {
+        metrics.count_webhook("malformed");
+        ApiError::BadRequest(err)
+    })?;
+    Ok(match app.gate.admit(&payload).await {
+        Decision::Skip { reason, .. } => {
+            metrics.count_webhook("skipped");
+            (
+                StatusCode::OK,
+                Json(json!({ "skipped": reason.to_string() })),
+            )
+        }
+        Decision::Unrecorded { .. } => {
+            metrics.count_webhook("failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({ "error": "cannot write the audit log; not acting" })),
+            )
+        }
+        Decision::Run(permit) => {
+            metrics.count_webhook("started");
+            let action_id = permit.action_id().to_owned();
+            // Alertmanager gets its answer now; the run goes on in the background.
+            let remediator = app.remediator.clone();
+            tokio::spawn(async move { permit.run(&remediator).await });
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({ "action_id": action_id })),
+            )
+        }
+    })
+}
+
+#[derive(Deserialize)]
+struct ActionsQuery {
+    limit: Option<usize>,
+}
+
+async fn actions(
+    State(app): State<Arc<App>>,
+    query: Result<Query<ActionsQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    // axum's own rejection is plain text; errors here are JSON.
+    let Query(query) = query.map_err(|err| ApiError::BadRequest(err.body_text()))?;
+    let limit = query.limit.unwrap_or(50).min(1000);
+    Ok(Json(
+        json!({ "actions": app.remediator.audit.actions(limit) }),
+    ))
+}
