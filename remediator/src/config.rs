@@ -171,6 +171,37 @@ pub enum RestoreMode {
     Command,
 }
 
+/// Why the flags were refused at start-up; the text names the flag.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--etcd-endpoints {endpoint}: not a URL ({reason}); want http(s)://host:port")]
+    NotAUrl { endpoint: String, reason: String },
+    #[error("--etcd-endpoints {0}: want an http:// or https:// URL with a host")]
+    NotHttp(String),
+    #[error("--snapshot-retain must be at least 1")]
+    NoRetention,
+    #[error("--alert-name must not be empty")]
+    NoAlertName,
+    #[error("--snapshot-dir {}: cannot create: {error}", .path.display())]
+    SnapshotDir {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("--webhook-token-file {}: cannot read: {error}", .path.display())]
+    TokenUnreadable {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("--webhook-token-file {}: empty", .0.display())]
+    TokenEmpty(PathBuf),
+    /// The TLS files, as dr-common reads them.
+    #[error("{0}")]
+    Tls(String),
+    /// `--restore-mode command` without this command and without a preset that has it.
+    #[error("--restore-mode command needs {0} (or --restore-preset)")]
+    RestoreCommand(&'static str),
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -197,42 +228,39 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_args(args: Args) -> Result<Self, String> {
+    pub fn from_args(args: Args) -> Result<Self, ConfigError> {
         for endpoint in &args.etcd_endpoints {
-            let url = Url::parse(endpoint).map_err(|err| {
-                format!("--etcd-endpoints {endpoint}: not a URL ({err}); want http(s)://host:port")
+            let url = Url::parse(endpoint).map_err(|err| ConfigError::NotAUrl {
+                endpoint: endpoint.clone(),
+                reason: err.to_string(),
             })?;
             if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-                return Err(format!(
-                    "--etcd-endpoints {endpoint}: want an http:// or https:// URL with a host"
-                ));
+                return Err(ConfigError::NotHttp(endpoint.clone()));
             }
         }
         if args.snapshot_retain == 0 {
-            return Err("--snapshot-retain must be at least 1".into());
+            return Err(ConfigError::NoRetention);
         }
         if args.alert_name.is_empty() {
-            return Err("--alert-name must not be empty".into());
+            return Err(ConfigError::NoAlertName);
         }
-        std::fs::create_dir_all(&args.snapshot_dir).map_err(|err| {
-            format!(
-                "--snapshot-dir {}: cannot create: {err}",
-                args.snapshot_dir.display()
-            )
+        std::fs::create_dir_all(&args.snapshot_dir).map_err(|error| ConfigError::SnapshotDir {
+            path: args.snapshot_dir.clone(),
+            error,
         })?;
         let webhook_token = args
             .webhook_token_file
             .as_deref()
             .map(|path| {
-                let text = std::fs::read_to_string(path).map_err(|err| {
-                    format!(
-                        "--webhook-token-file {}: cannot read: {err}",
-                        path.display()
-                    )
+                let text = std::fs::read_to_string(path).map_err(|error| {
+                    ConfigError::TokenUnreadable {
+                        path: path.to_path_buf(),
+                        error,
+                    }
                 })?;
                 let token = text.trim().to_owned();
                 if token.is_empty() {
-                    return Err(format!("--webhook-token-file {}: empty", path.display()));
+                    return Err(ConfigError::TokenEmpty(path.to_path_buf()));
                 }
                 Ok(token)
             })
@@ -241,7 +269,8 @@ impl Config {
             args.cacert.as_deref(),
             args.cert.as_deref(),
             args.key.as_deref(),
-        )?;
+        )
+        .map_err(ConfigError::Tls)?;
         let restore = match args.restore_mode {
             RestoreMode::None => None,
             RestoreMode::Command => Some(RestoreCommands::resolve(
@@ -307,6 +336,7 @@ mod tests {
         assert!(missing.is_empty(), "{missing:?}");
     }
 
+    /// Refusals by clap or by the checks here, as the message a person reads.
     fn parse(extra: &[&str]) -> Result<Config, String> {
         let dir = std::env::temp_dir().join("dr-remediator-config-test");
         let dir = dir.to_string_lossy().into_owned();
@@ -319,7 +349,7 @@ mod tests {
         ];
         args.extend_from_slice(extra);
         let args = Args::try_parse_from(args).map_err(|e| e.to_string())?;
-        Config::from_args(args)
+        Config::from_args(args).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -364,7 +394,7 @@ mod tests {
             "/tmp",
         ])
         .map_err(|e| e.to_string())
-        .and_then(Config::from_args)
+        .and_then(|args| Config::from_args(args).map_err(|e| e.to_string()))
         .unwrap_err();
         assert!(err.contains("want an http"), "{err}");
     }

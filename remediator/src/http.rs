@@ -55,7 +55,7 @@ async fn webhook(
         })?;
     let payload = Payload::parse(&bytes).map_err(|err| {
         metrics.count_webhook("malformed");
-        ApiError::BadRequest(err)
+        ApiError::BadRequest(err.to_string())
     })?;
     Ok(match app.gate.admit(&payload).await {
         Decision::Skip { reason, .. } => {

@@ -120,13 +120,7 @@ impl Remediator {
                     .await
                     .map(|revision| json!({ "revision": revision })),
                 Step::Defrag { endpoint, .. } => {
-                    let done = defrag::member(
-                        &self.access,
-                        endpoint,
-                        self.defrag_timeout,
-                        self.access.timeout * 6,
-                    )
-                    .await;
+                    let done = defrag::member(&self.access, endpoint, self.defrag_timeout).await;
                     self.metrics.count_defrag(done.is_ok());
                     done.map(|outcome| json!(outcome))
                 }

@@ -42,15 +42,20 @@ pub enum Trigger {
     Other { names: Vec<String> },
 }
 
+/// Why a body is not a webhook we read (answered 400).
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error("not an Alertmanager webhook body: {0}")]
+    NotAWebhook(serde_json::Error),
+    #[error("webhook payload version {0:?}; this receiver speaks version 4")]
+    Version(String),
+}
+
 impl Payload {
-    pub fn parse(body: &[u8]) -> Result<Self, String> {
-        let payload: Payload = serde_json::from_slice(body)
-            .map_err(|err| format!("not an Alertmanager webhook body: {err}"))?;
+    pub fn parse(body: &[u8]) -> Result<Self, PayloadError> {
+        let payload: Payload = serde_json::from_slice(body).map_err(PayloadError::NotAWebhook)?;
         if payload.version != "4" {
-            return Err(format!(
-                "webhook payload version {:?}; this receiver speaks version 4",
-                payload.version
-            ));
+            return Err(PayloadError::Version(payload.version));
         }
         Ok(payload)
     }
@@ -128,11 +133,12 @@ mod tests {
         assert!(Payload::parse(b"{not json").is_err());
         assert!(Payload::parse(br#"{"alerts": []}"#).is_err());
         let v3 = FIRING.replace(r#""version": "4""#, r#""version": "3""#);
+        let err = Payload::parse(v3.as_bytes()).unwrap_err();
         assert!(
-            Payload::parse(v3.as_bytes())
-                .unwrap_err()
-                .contains("version 4")
+            matches!(&err, PayloadError::Version(v) if v == "3"),
+            "{err:?}"
         );
+        assert!(err.to_string().contains("version 4"));
     }
 
     #[test]

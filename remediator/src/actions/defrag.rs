@@ -1,7 +1,8 @@
 //! What runs on each member during a defrag, in order: its Status (the size before), the
 //! Defragment call on that member alone with the long `--defrag-timeout`, then its Status
 //! again until it answers (the size after). Defrag blocks the member while it runs (and
-//! stalls writes on the leader), so the plan goes one member at a time, followers first.
+//! stalls writes on the leader), so the plan goes one member at a time, followers first;
+//! the run records each member's defrag in the audit log before and after it.
 
 use std::time::{Duration, Instant};
 
@@ -18,13 +19,14 @@ pub struct DefragOutcome {
     pub duration_seconds: f64,
 }
 
-/// Defragments the member at `endpoint`; then its Status must answer within `settle`.
+/// Defragments the member at `endpoint` within `timeout` (`--defrag-timeout`); then its
+/// Status must answer again within six `--etcd-timeout`s.
 pub async fn member(
     access: &EtcdAccess,
     endpoint: &str,
     timeout: Duration,
-    settle: Duration,
 ) -> Result<DefragOutcome, ActionError> {
+    let settle = access.timeout * 6;
     let started = Instant::now();
     let before = member_status(access, endpoint).await?;
     let mut client = access.client_for(&[endpoint.to_owned()], timeout).await?;

@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::actions::snapshot::verify_file;
 use crate::actions::verify::{self, Health};
 use crate::cluster::MemberView;
+use crate::config::ConfigError;
 use crate::error::{ActionError, CommandError};
 use crate::etcd::EtcdAccess;
 
@@ -66,14 +67,14 @@ impl RestoreCommands {
         given: CommandFlags,
         data_dir: String,
         timeout: Duration,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ConfigError> {
         let preset = preset.map(|preset| match preset {
             RestorePreset::Kubeadm => Kubeadm::commands(kubeadm_manifest),
         });
-        let pick = |given: Option<String>, flag: &str, preset: Option<&str>| {
+        let pick = |given: Option<String>, flag: &'static str, preset: Option<&str>| {
             given
                 .or_else(|| preset.map(str::to_owned))
-                .ok_or_else(|| format!("--restore-mode command needs {flag} (or --restore-preset)"))
+                .ok_or(ConfigError::RestoreCommand(flag))
         };
         let p = preset.as_ref();
         Ok(RestoreCommands {
@@ -393,7 +394,14 @@ mod tests {
             Duration::from_secs(1),
         )
         .unwrap_err();
-        assert!(missing.contains("--restore-stop-cmd"), "{missing}");
+        assert!(
+            matches!(missing, ConfigError::RestoreCommand("--restore-stop-cmd")),
+            "{missing}"
+        );
+        assert!(
+            missing.to_string().contains("--restore-stop-cmd"),
+            "{missing}"
+        );
     }
 
     #[tokio::test]
