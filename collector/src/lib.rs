@@ -10,4 +10,4 @@ pub mod exposition;
 pub mod metrics;
 pub mod push;
 pub mod scrape;
-pub mod service;
+pub mod serve;

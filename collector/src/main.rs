@@ -7,7 +7,7 @@ use clap::Parser;
 use dr_collector::collect::Collector;
 use dr_collector::config::{Args, Config};
 use dr_collector::metrics::CollectorMetrics;
-use dr_collector::service;
+use dr_collector::serve;
 use dr_common::process;
 use prometheus_client::registry::Registry;
 
@@ -33,7 +33,7 @@ async fn main() -> ExitCode {
     }
     process::serve(NAME, config.listen, |listener| {
         tracing::info!(listen = %config.listen, targets = config.targets.len(), "collector started");
-        service::run(config, listener, dr_common::shutdown::signal())
+        serve::run(config, listener, dr_common::shutdown::signal())
     })
     .await
 }

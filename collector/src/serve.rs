@@ -1,5 +1,5 @@
-//! The long-running collector: a collection every interval for each target, and the
-//! `/healthz` `/readyz` `/metrics` endpoints, until shutdown.
+//! The service's life: a collection every interval for each target, and the `/healthz`
+//! `/readyz` `/metrics` endpoints, until shutdown; then it drains.
 
 use std::future::Future;
 use std::sync::Arc;
