@@ -5,17 +5,22 @@
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use dr_testkit::{ChildGuard, EtcdCluster, EtcdOptions, Pushgateway, Workdir, free_port, http_get};
+use dr_testkit::{
+    ChildGuard, EtcdCluster, EtcdOptions, Pushgateway, Workdir, free_port, http_get, run_within,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_dr-collector");
 
+/// `--once` and bad flags end within seconds; a hung run fails the test here.
+const RUN_LIMIT: Duration = Duration::from_secs(60);
+
 fn run(args: &[&str]) -> (Output, Duration) {
     let started = Instant::now();
-    let output = Command::new(BIN)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
+    let output = run_within(
+        Command::new(BIN).args(args).env_remove("RUST_LOG"),
+        RUN_LIMIT,
+    )
+    .unwrap();
     (output, started.elapsed())
 }
 

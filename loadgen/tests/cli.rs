@@ -5,7 +5,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use dr_testkit::{EtcdCluster, EtcdOptions, EtcdVersion, free_port};
+use dr_testkit::{EtcdCluster, EtcdOptions, EtcdVersion, free_port, output_within};
 use serde_json::Value;
 
 fn spawn(args: &[&str]) -> Child {
@@ -20,20 +20,8 @@ fn spawn(args: &[&str]) -> Child {
 }
 
 /// Waits for the process at most `limit`; kills it and fails the test past that.
-fn finish(mut child: Child, limit: Duration) -> Output {
-    let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "dr-loadgen still running after {limit:?}; stderr: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
+fn finish(child: Child, limit: Duration) -> Output {
+    output_within(child, limit).unwrap_or_else(|err| panic!("dr-loadgen: {err:#}"))
 }
 
 fn run(args: &[&str], limit: Duration) -> (Output, Duration) {

@@ -6,7 +6,7 @@
 //! static `--initial-cluster`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use crate::certs::{TlsFiles, generate_tls};
 use crate::http::http_get;
 use crate::ports::free_port;
-use crate::process::{ChildGuard, STARTUP_TIMEOUT, Workdir, find_binary};
+use crate::process::{ChildGuard, STARTUP_TIMEOUT, Workdir, find_binary, run_within};
 
 /// Which etcd server binary to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +86,10 @@ pub fn etcdctl_binary() -> Result<PathBuf> {
         "the Debian package etcd-client",
     )
 }
+
+/// How long [`EtcdCluster::etcdctl`] waits for etcdctl: well past its own dial and command
+/// timeouts.
+const ETCDCTL_LIMIT: Duration = Duration::from_secs(60);
 
 /// Every harness cluster's `--initial-cluster-token`.
 pub const CLUSTER_TOKEN: &str = "dr-testkit";
@@ -409,11 +413,7 @@ impl EtcdCluster {
 
     /// Runs `etcdctl <args>`; stdout on success, an error with stderr otherwise.
     pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
-        let out: Output = self
-            .etcdctl_command()?
-            .args(args)
-            .output()
-            .context("running etcdctl")?;
+        let out = run_within(self.etcdctl_command()?.args(args), ETCDCTL_LIMIT)?;
         if !out.status.success() {
             bail!(
                 "etcdctl {} failed ({}): {}",

@@ -29,7 +29,7 @@ pub use etcd::{EtcdCluster, EtcdMember, EtcdOptions, EtcdVersion, etcdctl_binary
 pub use http::{http_get, http_post, http_put, url_encode};
 pub use loopback::LoopbackServer;
 pub use ports::free_port;
-pub use process::{ChildGuard, Workdir, pid_alive};
+pub use process::{ChildGuard, Workdir, output_within, pid_alive, run_within};
 pub use prometheus::{Prometheus, PrometheusOptions};
 pub use pushgateway::{Pushgateway, PushgatewayOptions};
 pub use restore::{MarkerAction, RestoreMarkers};

@@ -9,7 +9,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -299,6 +300,68 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Runs `cmd` to its end with stdin closed and stdout and stderr captured, as
+/// [`Command::output`] does, but waits at most `limit` (see [`output_within`]).
+pub fn run_within(cmd: &mut Command, limit: Duration) -> Result<Output> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {program}"))?;
+    output_within(child, limit).with_context(|| format!("running {program}"))
+}
+
+/// Waits for `child` at most `limit` and collects what it wrote to its piped stdout and
+/// stderr, as [`Child::wait_with_output`] does. Past the limit it is killed (by PID: it
+/// is our unreaped child) and reaped, and the error quotes its stderr.
+pub fn output_within(mut child: Child, limit: Duration) -> Result<Output> {
+    // Read both pipes while waiting, so a child that writes a lot never blocks on them.
+    let stdout = read_pipe(child.stdout.take());
+    let stderr = read_pipe(child.stderr.take());
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        let waited = child.try_wait();
+        if let Ok(Some(status)) = waited {
+            break Some(status);
+        }
+        if waited.is_err() || Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        sleep(Duration::from_millis(20));
+    };
+    let (stdout, stderr) = (stdout(), stderr());
+    match status {
+        Some(status) => Ok(Output {
+            status,
+            stdout,
+            stderr,
+        }),
+        None => bail!(
+            "pid {} still running after {limit:?}, killed; stderr: {}",
+            child.id(),
+            String::from_utf8_lossy(&stderr)
+        ),
+    }
+}
+
+/// Reads `pipe` to its end on a thread; the returned function hands over what was read.
+/// A pipe that a grandchild keeps open is given up on a second after that is asked.
+fn read_pipe<R: Read + Send + 'static>(pipe: Option<R>) -> impl FnOnce() -> Vec<u8> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut buf);
+        }
+        let _ = tx.send(buf);
+    });
+    move || rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default()
+}
+
 /// The last `lines` lines of a file (reads at most the last 64 KiB).
 pub fn log_tail(path: &Path, lines: usize) -> String {
     let Ok(mut f) = File::open(path) else {
@@ -419,6 +482,29 @@ mod tests {
             .to_string();
         assert!(err.contains("failer"), "{err}");
         assert!(err.contains("boom-marker"), "{err}");
+    }
+
+    #[test]
+    fn output_within_collects_or_kills_at_the_limit() {
+        let out = run_within(
+            Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(out.stdout, b"out\n");
+        assert_eq!(out.stderr, b"err\n");
+
+        let started = Instant::now();
+        let err = run_within(
+            Command::new("sh").args(["-c", "echo late-marker >&2; exec sleep 600"]),
+            Duration::from_millis(300),
+        )
+        .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let err = format!("{err:#}");
+        assert!(err.contains("still running"), "{err}");
+        assert!(err.contains("late-marker"), "{err}");
     }
 
     #[test]

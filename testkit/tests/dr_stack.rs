@@ -2,16 +2,22 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
-use dr_testkit::{http_get, pid_alive};
+use dr_testkit::{http_get, pid_alive, run_within};
+
+/// Every dr-stack command ends well within this (its own waits are bounded too).
+const LIMIT: Duration = Duration::from_secs(120);
 
 fn dr_stack(args: &[&str], dir: &Path) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_dr-stack"))
-        .args(args)
-        .arg("--dir")
-        .arg(dir)
-        .output()
-        .expect("running dr-stack");
+    let out = run_within(
+        Command::new(env!("CARGO_BIN_EXE_dr-stack"))
+            .args(args)
+            .arg("--dir")
+            .arg(dir),
+        LIMIT,
+    )
+    .expect("running dr-stack");
     assert!(
         out.status.success(),
         "dr-stack {args:?} failed: {}",
@@ -45,10 +51,12 @@ fn pids(dir: &Path) -> Vec<(u32, String)> {
 struct Down<'a>(&'a Path);
 impl Drop for Down<'_> {
     fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_dr-stack"))
-            .args(["down", "--dir"])
-            .arg(self.0)
-            .output();
+        let _ = run_within(
+            Command::new(env!("CARGO_BIN_EXE_dr-stack"))
+                .args(["down", "--dir"])
+                .arg(self.0),
+            LIMIT,
+        );
     }
 }
 
@@ -95,11 +103,13 @@ fn up_env_member_restart_and_down() {
     assert!(started.iter().all(|(pid, _)| pid_alive(*pid)));
 
     // A second `up` on the same dir refuses rather than orphaning the first stack.
-    let again = Command::new(env!("CARGO_BIN_EXE_dr-stack"))
-        .args(["up", "--dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let again = run_within(
+        Command::new(env!("CARGO_BIN_EXE_dr-stack"))
+            .args(["up", "--dir"])
+            .arg(&dir),
+        LIMIT,
+    )
+    .unwrap();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already running"));
 

@@ -5,8 +5,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use dr_testkit::{
-    EtcdCluster, EtcdOptions, EtcdVersion, generate_unrelated_ca, http_get, pid_alive,
+    EtcdCluster, EtcdOptions, EtcdVersion, generate_unrelated_ca, http_get, pid_alive, run_within,
 };
+
+/// etcdctl and curl give up on their own well within this.
+const LIMIT: Duration = Duration::from_secs(30);
 
 #[test]
 fn single_etcd_3_4_round_trip_metrics_and_cleanup() {
@@ -85,13 +88,15 @@ fn etcd_with_tls_requires_the_client_certificate() {
     etcd.etcdctl(&["put", "tls", "ok"]).unwrap();
 
     // Same CA, no client certificate: the handshake is refused.
-    let out = Command::new(dr_testkit::etcdctl_binary().unwrap())
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={}", etcd.client_endpoints()[0]))
-        .arg(format!("--cacert={}", tls.ca_cert.display()))
-        .args(["--dial-timeout=2s", "--command-timeout=3s", "get", "tls"])
-        .output()
-        .unwrap();
+    let out = run_within(
+        Command::new(dr_testkit::etcdctl_binary().unwrap())
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", etcd.client_endpoints()[0]))
+            .arg(format!("--cacert={}", tls.ca_cert.display()))
+            .args(["--dial-timeout=2s", "--command-timeout=3s", "get", "tls"]),
+        LIMIT,
+    )
+    .unwrap();
     assert!(
         !out.status.success(),
         "etcdctl without client cert succeeded"
@@ -104,15 +109,17 @@ fn etcd_with_tls_requires_the_client_certificate() {
 
     // A client certificate from an unrelated CA is refused too.
     let other = generate_unrelated_ca(etcd.workdir(), "other").unwrap();
-    let out = Command::new(dr_testkit::etcdctl_binary().unwrap())
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={}", etcd.client_endpoints()[0]))
-        .arg(format!("--cacert={}", tls.ca_cert.display()))
-        .arg(format!("--cert={}", other.client_cert.display()))
-        .arg(format!("--key={}", other.client_key.display()))
-        .args(["--dial-timeout=2s", "--command-timeout=3s", "get", "tls"])
-        .output()
-        .unwrap();
+    let out = run_within(
+        Command::new(dr_testkit::etcdctl_binary().unwrap())
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", etcd.client_endpoints()[0]))
+            .arg(format!("--cacert={}", tls.ca_cert.display()))
+            .arg(format!("--cert={}", other.client_cert.display()))
+            .arg(format!("--key={}", other.client_key.display()))
+            .args(["--dial-timeout=2s", "--command-timeout=3s", "get", "tls"]),
+        LIMIT,
+    )
+    .unwrap();
     assert!(
         !out.status.success(),
         "etcdctl with a foreign client cert succeeded"
@@ -152,7 +159,7 @@ fn curl(url: &str, ca: &Path, cert_key: Option<(&Path, &Path)>) -> String {
     if let Some((cert, key)) = cert_key {
         cmd.arg("--cert").arg(cert).arg("--key").arg(key);
     }
-    let out = cmd.arg(url).output().expect("curl is installed");
+    let out = run_within(cmd.arg(url), LIMIT).expect("curl is installed");
     if out.status.success() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     } else {
