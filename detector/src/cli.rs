@@ -18,8 +18,8 @@ use serde_json::json;
 use crate::model::features::FeatureSpec;
 use crate::model::inference::Scorer;
 use crate::model::model_dir::ModelBundle;
-use crate::serving::live::Detector;
-use crate::serving::pull::PromClient;
+use crate::prometheus::PromClient;
+use crate::serving::live::LiveScorer;
 use crate::training::dataset::Dataset;
 use crate::training::train::{EpochReport, TrainOptions};
 
@@ -413,7 +413,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
 }
 
 /// The model loaded and the detector with its routes, before anything listens.
-fn serving_state(args: &ServeArgs) -> anyhow::Result<(Arc<Detector>, axum::Router)> {
+fn serving_state(args: &ServeArgs) -> anyhow::Result<(Arc<LiveScorer>, axum::Router)> {
     let scorer = load_model(args.model.as_deref())?;
     let meta = &scorer.bundle.meta;
     tracing::info!(
@@ -432,14 +432,14 @@ fn serving_state(args: &ServeArgs) -> anyhow::Result<(Arc<Detector>, axum::Route
         "instances whose last push is older get no score"
     );
     let mut registry = Registry::default();
-    let state = Arc::new(Detector::new(
+    let state = Arc::new(LiveScorer::new(
         scorer,
         PromClient::new(&args.prometheus_url, args.prometheus_timeout)?,
         args.max_gap_steps,
         max_push_age,
         &mut registry,
     ));
-    let app = crate::serving::live::app(state.clone(), registry, args.body_limit);
+    let app = crate::serving::http::app(state.clone(), registry, args.body_limit);
     Ok((state, app))
 }
 

@@ -8,11 +8,13 @@
 //!   synthetic data, export of training data from Prometheus).
 //! - [`serving`]: live windows from Prometheus scored, on `/score` and `/metrics`.
 //!
+//! [`prometheus`] is the Prometheus HTTP API client that export and serving share;
 //! [`cli`] is the command line.
 // Not `forbid(unsafe_code)` like the other crates: `model::fused` makes one measured
 // `unsafe` call, explained there; the workspace's lints deny every other.
 
 pub mod cli;
 pub mod model;
+pub mod prometheus;
 pub mod serving;
 pub mod training;

@@ -14,8 +14,9 @@ use dr_detector::model::features::FeatureSpec;
 use dr_detector::model::inference::Scorer;
 use dr_detector::model::lstm::{Architecture, init_varmap, varmap_to_safetensors};
 use dr_detector::model::model_dir::{FORMAT_VERSION, ModelBundle, ModelMeta, TrainingMetrics};
-use dr_detector::serving::live::{Detector, app};
-use dr_detector::serving::pull::PromClient;
+use dr_detector::prometheus::PromClient;
+use dr_detector::serving::http::app;
+use dr_detector::serving::live::LiveScorer;
 use dr_detector::training::dataset::{Dataset, Normalisation};
 use dr_detector::training::export::export;
 use dr_testkit::http::http_request;
@@ -162,7 +163,7 @@ fn scrape_pushgateway(addr: &str, interval: &str, honor_labels: bool) -> String 
 
 /// The detector over `model` and `prometheus`, served on loopback.
 struct Served {
-    state: Arc<Detector>,
+    state: Arc<LiveScorer>,
     base: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -171,7 +172,7 @@ struct Served {
 impl Served {
     async fn start(model: ModelBundle, prometheus_url: &str, max_push_age: Duration) -> Served {
         let mut registry = Registry::default();
-        let state = Arc::new(Detector::new(
+        let state = Arc::new(LiveScorer::new(
             Scorer::new(model).unwrap(),
             PromClient::new(prometheus_url, Duration::from_secs(3)).unwrap(),
             MAX_GAP,
@@ -267,7 +268,7 @@ impl Rig {
         }
     }
 
-    fn state(&self) -> &Arc<Detector> {
+    fn state(&self) -> &Arc<LiveScorer> {
         &self.served.state
     }
 

@@ -8,10 +8,10 @@
 //!   Prometheus scraping every 30 s, under a 1 s model) leave the features' rate windows
 //!   of a few steps empty or flat. The spacing of new values in `push_time_seconds` (or of
 //!   `up` samples, when Prometheus scrapes etcd directly) shows it.
+//!
+//! The judges read `(timestamp, value)` points; `serving::pull` asks Prometheus for them.
 
 use std::time::Duration;
-
-use crate::serving::pull::Series;
 
 /// New data arriving this many steps apart, or more, is coarser than the step; a push
 /// loop's jitter stays well below.
@@ -22,12 +22,6 @@ const COARSE_FACTOR: f64 = 1.5;
 /// scrape of the Pushgateway at 1-2 s steps.
 pub fn default_max_push_age(step_seconds: f64) -> Duration {
     Duration::from_secs_f64((3.0 * step_seconds).max(10.0))
-}
-
-/// How much history the spacing is judged on: enough to see several pushes of a
-/// collector at a 30-60 s interval.
-pub fn history_seconds(step_seconds: f64) -> f64 {
-    (10.0 * step_seconds).max(300.0).ceil()
 }
 
 fn median(mut values: Vec<f64>) -> Option<f64> {
@@ -90,12 +84,13 @@ pub fn mismatch_message(instance: &str, spacing: f64, step: f64) -> String {
     )
 }
 
-/// Judges an instance by its `push_time_seconds` series (one per job that pushes it; the
-/// freshest counts) as of `end`. No series: nothing to judge (no Pushgateway), `Fresh`.
-/// `max_push_age` of zero turns the staleness check off; the step check stays.
+/// Judges an instance by the points of its `push_time_seconds` series (one per job that
+/// pushes it; the freshest counts) as of `end`. No series: nothing to judge (no
+/// Pushgateway), `Fresh`. `max_push_age` of zero turns the staleness check off; the step
+/// check stays.
 pub fn judge_pushes(
     instance: &str,
-    series: &[&Series],
+    series: &[&[(f64, f64)]],
     step: f64,
     end: f64,
     max_push_age: Duration,
@@ -103,14 +98,14 @@ pub fn judge_pushes(
     let freshest = series
         .iter()
         .filter_map(|s| {
-            let last = s.points.iter().rev().find(|(_, v)| v.is_finite())?;
+            let last = s.iter().rev().find(|(_, v)| v.is_finite())?;
             Some((last.1, *s))
         })
         .max_by(|a, b| a.0.total_cmp(&b.0));
     let Some((last_push, s)) = freshest else {
         return Verdict::Fresh;
     };
-    let coarse = new_value_spacing(&s.points).filter(|&sp| sp > COARSE_FACTOR * step);
+    let coarse = new_value_spacing(s).filter(|&sp| sp > COARSE_FACTOR * step);
     let age = (end - last_push).max(0.0);
     let limit = max_push_age.as_secs_f64();
     // A collector pushing coarser than the step is up to its spacing late every time:
@@ -131,11 +126,11 @@ pub fn judge_pushes(
     }
 }
 
-/// Judges an instance scraped directly (no Pushgateway) by its `up` samples: the step
-/// mismatch message when they are coarser than the step.
-pub fn judge_scrapes(instance: &str, up: &[Series], step: f64) -> Option<String> {
+/// Judges an instance scraped directly (no Pushgateway) by the points of its `up` series:
+/// the step mismatch message when they are coarser than the step.
+pub fn judge_scrapes(instance: &str, up: &[&[(f64, f64)]], step: f64) -> Option<String> {
     up.iter()
-        .filter_map(|s| sample_spacing(&s.points))
+        .filter_map(|s| sample_spacing(s))
         .min_by(f64::total_cmp)
         .filter(|&sp| sp > COARSE_FACTOR * step)
         .map(|spacing| mismatch_message(instance, spacing, step))
@@ -145,17 +140,10 @@ pub fn judge_scrapes(instance: &str, up: &[Series], step: f64) -> Option<String>
 mod tests {
     use super::*;
 
-    fn series(points: Vec<(f64, f64)>) -> Series {
-        Series {
-            labels: [("instance".to_string(), "etcd-1".to_string())].into(),
-            points,
-        }
-    }
-
     /// `push_time_seconds` as Prometheus samples it: scraped every `scrape` seconds, each
     /// sample holding the time of the last push (pushes every `push` seconds, the last one
     /// at `last_push`).
-    fn pushes(scrape: f64, push: f64, last_push: f64, until: f64) -> Series {
+    fn pushes(scrape: f64, push: f64, last_push: f64, until: f64) -> Vec<(f64, f64)> {
         let mut points = Vec::new();
         let mut t = until - 300.0;
         while t <= until {
@@ -163,7 +151,7 @@ mod tests {
             points.push((t, pushed));
             t += scrape;
         }
-        series(points)
+        points
     }
 
     const LIMIT: Duration = Duration::from_secs(10);
@@ -171,9 +159,9 @@ mod tests {
     #[test]
     fn pushes_at_the_step_are_fresh() {
         let s = pushes(1.0, 1.0, 1000.0, 1000.0);
-        assert_eq!(new_value_spacing(&s.points), Some(1.0));
+        assert_eq!(new_value_spacing(&s), Some(1.0));
         assert_eq!(
-            judge_pushes("etcd-1", &[&s], 1.0, 1000.0, LIMIT),
+            judge_pushes("etcd-1", &[&s[..]], 1.0, 1000.0, LIMIT),
             Verdict::Fresh
         );
         // No push_time_seconds at all: Prometheus scrapes etcd directly; nothing to judge.
@@ -190,7 +178,8 @@ mod tests {
         // The collector pushes every second; Prometheus scrapes every 30 s.
         let slow_scrape = pushes(30.0, 1.0, 1000.0, 1000.0);
         for s in [slow_push, slow_scrape] {
-            let Verdict::StepMismatch(message) = judge_pushes("etcd-1", &[&s], 1.0, 1000.0, LIMIT)
+            let Verdict::StepMismatch(message) =
+                judge_pushes("etcd-1", &[&s[..]], 1.0, 1000.0, LIMIT)
             else {
                 panic!("not a mismatch");
             };
@@ -211,7 +200,7 @@ mod tests {
     fn a_collector_that_stopped_pushing_is_stale() {
         // Pushed every second until t=940, scraped since: 60 s old at t=1000.
         let s = pushes(1.0, 1.0, 940.0, 1000.0);
-        let Verdict::Stale(message) = judge_pushes("etcd-1", &[&s], 1.0, 1000.0, LIMIT) else {
+        let Verdict::Stale(message) = judge_pushes("etcd-1", &[&s[..]], 1.0, 1000.0, LIMIT) else {
             panic!("not stale");
         };
         assert!(
@@ -220,13 +209,13 @@ mod tests {
         );
         // The check can be turned off.
         assert_eq!(
-            judge_pushes("etcd-1", &[&s], 1.0, 1000.0, Duration::ZERO),
+            judge_pushes("etcd-1", &[&s[..]], 1.0, 1000.0, Duration::ZERO),
             Verdict::Fresh
         );
         // A second job still pushing the same instance keeps it fresh.
         let live = pushes(1.0, 1.0, 1000.0, 1000.0);
         assert_eq!(
-            judge_pushes("etcd-1", &[&s, &live], 1.0, 1000.0, LIMIT),
+            judge_pushes("etcd-1", &[&s[..], &live[..]], 1.0, 1000.0, LIMIT),
             Verdict::Fresh
         );
     }
@@ -236,28 +225,26 @@ mod tests {
         // 30 s pushes, the last one (at 960) 40 s ago: late, but that is its cadence.
         let late = pushes(1.0, 30.0, 975.0, 1000.0);
         assert!(matches!(
-            judge_pushes("etcd-1", &[&late], 1.0, 1000.0, LIMIT),
+            judge_pushes("etcd-1", &[&late[..]], 1.0, 1000.0, LIMIT),
             Verdict::StepMismatch(_)
         ));
         // The last one (at 900) 100 s ago: it has missed two, it has stopped.
         let dead = pushes(1.0, 30.0, 910.0, 1000.0);
         assert!(matches!(
-            judge_pushes("etcd-1", &[&dead], 1.0, 1000.0, LIMIT),
+            judge_pushes("etcd-1", &[&dead[..]], 1.0, 1000.0, LIMIT),
             Verdict::Stale(_)
         ));
     }
 
     #[test]
     fn direct_scrapes_are_judged_by_up() {
-        let every = |spacing: f64| {
-            series(
-                (0..20)
-                    .map(|k| (1000.0 + k as f64 * spacing, 1.0))
-                    .collect(),
-            )
+        let every = |spacing: f64| -> Vec<(f64, f64)> {
+            (0..20)
+                .map(|k| (1000.0 + k as f64 * spacing, 1.0))
+                .collect()
         };
-        assert_eq!(judge_scrapes("etcd-1", &[every(1.0)], 1.0), None);
-        let message = judge_scrapes("etcd-1", &[every(15.0)], 1.0).unwrap();
+        assert_eq!(judge_scrapes("etcd-1", &[&every(1.0)[..]], 1.0), None);
+        let message = judge_scrapes("etcd-1", &[&every(15.0)[..]], 1.0).unwrap();
         assert!(message.contains("every 15s"), "{message}");
         assert_eq!(default_max_push_age(1.0), Duration::from_secs(10));
         assert_eq!(default_max_push_age(30.0), Duration::from_secs(90));

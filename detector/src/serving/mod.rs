@@ -2,5 +2,7 @@
 //! `/metrics`.
 
 pub mod freshness;
+pub mod http;
 pub mod live;
+pub mod metrics;
 pub mod pull;

@@ -1,252 +1,217 @@
-//! Reading the model's feature queries from the Prometheus HTTP API (`query_range`), and
-//! turning the answers into one complete window per etcd instance: short gaps are filled
-//! explicitly (interpolated inside, carried at the edges), longer ones refuse the window
-//! with a message that names the instance, the feature and the missing time span. A
-//! latency quantile that is NaN or absent (no requests in its rate window) is 0; an
-//! infinite value refuses the window.
+//! How a window is pulled from Prometheus for live scoring, from the query to the verdict
+//! on each etcd instance:
+//!
+//! 1. The window ends at the last step boundary ([`window_end`]) and spans the model's
+//!    `window` steps.
+//! 2. Every feature query (and the defrag mask) runs as `query_range` over it, all at
+//!    once, together with the Pushgateway's raw `push_time_seconds` over the look-back
+//!    ([`history_seconds`]); one timeout bounds the whole pull.
+//! 3. The answers become one complete window per instance ([`assemble`]): short gaps are
+//!    filled explicitly (interpolated inside, carried at the edges), longer ones refuse
+//!    the window with a message that names the instance, the feature and the missing time
+//!    span. A latency quantile that is NaN or absent (no requests in its rate window) is
+//!    0; an infinite value refuses the window.
+//! 4. Each instance's push times are judged ([`freshness`]): a collector that stopped
+//!    pushing, or data coarser than the model's step, refuse it. An instance scraped
+//!    directly (no push times) whose window has gaps gets its raw `up` samples asked for,
+//!    to tell a coarse scrape interval from a plain gap.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
-use dr_common::reqwest_error::describe;
-use serde::Deserialize;
+use dr_common::http::ApiError;
 
 use crate::model::model_dir::ModelMeta;
-use crate::serving::freshness;
-
-/// Why Prometheus gave no usable answer.
-#[derive(Debug, thiserror::Error)]
-pub enum PromError {
-    /// Not reachable, or no answer within the timeout.
-    #[error("{url} did not answer: {message}")]
-    Unreachable { url: String, message: String },
-    /// It answered, but refused the query or sent something unreadable.
-    #[error("{url} refused query `{query}`: {message}")]
-    Query {
-        url: String,
-        query: String,
-        message: String,
-    },
-}
-
-/// One series of a range query: its labels and `(timestamp, value)` points. Values are as
-/// Prometheus sent them, NaN and +-Inf included: what they mean depends on the feature.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Series {
-    pub labels: BTreeMap<String, String>,
-    pub points: Vec<(f64, f64)>,
-}
-
-#[derive(Deserialize)]
-struct ApiResponse {
-    status: String,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    data: Option<ApiData>,
-}
-
-#[derive(Deserialize)]
-struct ApiData {
-    result: Vec<ApiSeries>,
-}
-
-#[derive(Deserialize)]
-struct ApiSeries {
-    metric: BTreeMap<String, String>,
-    values: Vec<(f64, String)>,
-}
-
-/// A Prometheus HTTP API client with one timeout for every request.
-#[derive(Clone, Debug)]
-pub struct PromClient {
-    base: String,
-    http: reqwest::Client,
-    timeout: Duration,
-}
-
-impl PromClient {
-    pub fn new(base: &str, timeout: Duration) -> anyhow::Result<PromClient> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .build()
-            .map_err(|err| anyhow::anyhow!("building the HTTP client: {err}"))?;
-        Ok(PromClient {
-            base: base.trim_end_matches('/').to_string(),
-            http,
-            timeout,
-        })
-    }
-
-    pub fn url(&self) -> &str {
-        &self.base
-    }
-
-    /// The bound on one request, and on one whole `fetch` (its queries run at once).
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
-    /// `GET /api/v1/query_range`.
-    pub async fn query_range(
-        &self,
-        query: &str,
-        start: f64,
-        end: f64,
-        step_seconds: f64,
-    ) -> Result<Vec<Series>, PromError> {
-        self.get_matrix(
-            "query_range",
-            query,
-            &[
-                ("start", format!("{start:.3}")),
-                ("end", format!("{end:.3}")),
-                ("step", format!("{step_seconds}")),
-            ],
-        )
-        .await
-    }
-
-    /// `GET /api/v1/query` of a range selector (`metric[5m]`) at `time`: its raw samples.
-    pub async fn raw_samples(&self, query: &str, time: f64) -> Result<Vec<Series>, PromError> {
-        self.get_matrix("query", query, &[("time", format!("{time:.3}"))])
-            .await
-    }
-
-    async fn get_matrix(
-        &self,
-        endpoint: &str,
-        query: &str,
-        params: &[(&str, String)],
-    ) -> Result<Vec<Series>, PromError> {
-        let url = format!("{}/api/v1/{endpoint}", self.base);
-        let unreachable = |err: reqwest::Error| PromError::Unreachable {
-            url: self.base.clone(),
-            message: describe(&err.without_url()).detail().to_string(),
-        };
-        let refused = |message: String| PromError::Query {
-            url: self.base.clone(),
-            query: query.to_string(),
-            message,
-        };
-        let mut all_params = vec![("query", query.to_string())];
-        all_params.extend(params.iter().map(|(k, v)| (*k, v.clone())));
-        let response = self
-            .http
-            .get(&url)
-            .query(&all_params)
-            .send()
-            .await
-            .map_err(unreachable)?;
-        let status = response.status();
-        let body = response.bytes().await.map_err(unreachable)?;
-        parse_matrix(&body, status).map_err(refused)
-    }
-
-    /// The window ending at `end` (a step boundary, see [`window_end`]) of every feature
-    /// (and the mask) for every instance found.
-    pub async fn fetch(&self, meta: &ModelMeta, end: f64) -> Result<Fetched, PromError> {
-        let step = meta.step_seconds;
-        let start = end - (meta.window as f64 - 1.0) * step;
-        // All queries at once: one slow answer bounds the pull, not the sum of them.
-        let mut queries: Vec<String> = meta.features.iter().map(|f| f.query.clone()).collect();
-        if let Some(mask) = &meta.mask {
-            queries.push(mask.query.clone());
-        }
-        let mut tasks = tokio::task::JoinSet::new();
-        let n_queries = queries.len();
-        for (index, query) in queries.into_iter().enumerate() {
-            let client = self.clone();
-            tasks.spawn(async move { (index, client.query_range(&query, start, end, step).await) });
-        }
-        // The Pushgateway's push times, for a dead collector and the push cadence.
-        let pushes = format!(
-            "push_time_seconds[{}s]",
-            freshness::history_seconds(step) as u64
-        );
-        let client = self.clone();
-        tasks.spawn(async move { (n_queries, client.raw_samples(&pushes, end).await) });
-        let mut answers: Vec<Option<Vec<Series>>> = vec![None; tasks.len()];
-        while let Some(joined) = tasks.join_next().await {
-            let (index, answer) = joined.map_err(|err| PromError::Unreachable {
-                url: self.base.clone(),
-                message: format!("query task failed: {err}"),
-            })?;
-            answers[index] = Some(answer?);
-        }
-        let mut answers: Vec<Vec<Series>> =
-            answers.into_iter().map(Option::unwrap_or_default).collect();
-        let pushes = answers.pop().unwrap_or_default();
-        let mask = if meta.mask.is_some() {
-            answers.pop().unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let features = answers;
-        Ok(Fetched {
-            start,
-            end,
-            features,
-            mask,
-            pushes,
-        })
-    }
-
-    /// The raw `up` samples of `instance` before `end`: how often Prometheus scrapes it
-    /// when it scrapes etcd directly.
-    pub async fn up_samples(
-        &self,
-        instance: &str,
-        end: f64,
-        step_seconds: f64,
-    ) -> Result<Vec<Series>, PromError> {
-        let query = format!(
-            "up{{instance={}}}[{}s]",
-            promql_string(instance),
-            freshness::history_seconds(step_seconds) as u64
-        );
-        self.raw_samples(&query, end).await
-    }
-}
+use crate::prometheus::{PromClient, PromError, Series, promql_string};
+use crate::serving::freshness::{self, Verdict};
 
 /// The end of the latest window at `now`: the last step boundary.
 pub fn window_end(now: f64, step_seconds: f64) -> f64 {
     (now / step_seconds).floor() * step_seconds
 }
 
-/// The series of a Prometheus API answer whose result is a matrix, or why it is not one.
-fn parse_matrix(body: &[u8], status: reqwest::StatusCode) -> Result<Vec<Series>, String> {
-    let parsed: ApiResponse = serde_json::from_slice(body).map_err(|err| {
-        format!(
-            "HTTP {status}, not a Prometheus API answer ({err}): {}",
-            String::from_utf8_lossy(&body[..body.len().min(200)])
-        )
-    })?;
-    if parsed.status != "success" {
-        return Err(parsed.error.unwrap_or_else(|| format!("HTTP {status}")));
-    }
-    let data = parsed
-        .data
-        .ok_or_else(|| "a success without data".to_string())?;
-    Ok(data
-        .result
-        .into_iter()
-        .map(|s| Series {
-            labels: s.metric,
-            // Prometheus writes NaN and +-Inf as "NaN", "+Inf", "-Inf", which parse.
-            points: s
-                .values
-                .into_iter()
-                .filter_map(|(t, v)| v.parse::<f64>().ok().map(|v| (t, v)))
-                .collect(),
-        })
-        .collect())
+/// How far back the push times and `up` samples are read, to judge their spacing: enough
+/// to see several pushes of a collector at a 30-60 s interval.
+pub fn history_seconds(step_seconds: f64) -> f64 {
+    (10.0 * step_seconds).max(300.0).ceil()
 }
 
-/// `text` as a PromQL double-quoted string.
-fn promql_string(text: &str) -> String {
-    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+/// Why an instance has no score; each maps to the status `/score` answers with.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Refusal {
+    /// Too few points for a window, or a window that cannot be scored (422).
+    Window(String),
+    /// Its series arrive coarser than the model's step (422); while no instance scores
+    /// for this, `/readyz` says so too: the set-up, not the moment, is wrong.
+    StepMismatch(String),
+    /// Its collector stopped pushing: a dead dependency (503 naming the collector).
+    StaleCollector(String),
+}
+
+impl Refusal {
+    pub fn message(&self) -> &str {
+        match self {
+            Refusal::Window(m) | Refusal::StepMismatch(m) | Refusal::StaleCollector(m) => m,
+        }
+    }
+
+    pub fn into_api_error(self) -> ApiError {
+        match self {
+            Refusal::Window(m) | Refusal::StepMismatch(m) => ApiError::Unprocessable(m),
+            Refusal::StaleCollector(message) => ApiError::Unavailable {
+                dependency: "collector".into(),
+                message,
+            },
+        }
+    }
+}
+
+/// What one pull gave: each instance's window, or why it has none, in name order.
+#[derive(Debug)]
+pub struct Pulled {
+    /// Unix seconds of the windows' last step.
+    pub end: f64,
+    pub windows: Vec<(String, Result<InstanceWindow, Refusal>)>,
+}
+
+/// Where live windows come from: Prometheus, with the limits on filling gaps and on the
+/// age of a collector's last push.
+#[derive(Clone, Debug)]
+pub struct WindowSource {
+    /// Its timeout bounds one whole pull (all queries).
+    prometheus: PromClient,
+    max_gap_steps: usize,
+    /// Instances whose last push is older get no window; zero turns the check off.
+    max_push_age: Duration,
+}
+
+impl WindowSource {
+    pub fn new(prometheus: PromClient, max_gap_steps: usize, max_push_age: Duration) -> Self {
+        WindowSource {
+            prometheus,
+            max_gap_steps,
+            max_push_age,
+        }
+    }
+
+    /// Every instance's window ending at `end` (a step boundary), judged. Prometheus
+    /// unreachable, refusing a query or slower than the timeout: a 503 naming it.
+    pub async fn pull(&self, meta: &ModelMeta, end: f64) -> Result<Pulled, ApiError> {
+        let step = meta.step_seconds;
+        let timeout = self.prometheus.timeout();
+        let unavailable = |message: String| ApiError::Unavailable {
+            dependency: "prometheus".into(),
+            message,
+        };
+        let started = Instant::now();
+        let fetched = tokio::time::timeout(timeout, fetch(&self.prometheus, meta, end))
+            .await
+            .map_err(|_| {
+                unavailable(format!(
+                    "{} did not answer within {}",
+                    self.prometheus.url(),
+                    humantime::format_duration(timeout)
+                ))
+            })?
+            .map_err(|err| unavailable(err.to_string()))?;
+        let mut windows = Vec::new();
+        for (instance, window) in assemble(meta, &fetched, self.max_gap_steps) {
+            let pushes = fetched.pushes_of(&instance);
+            let verdict =
+                freshness::judge_pushes(&instance, &pushes, step, fetched.end, self.max_push_age);
+            let window = match (verdict, window) {
+                (Verdict::Stale(why), _) => Err(Refusal::StaleCollector(why)),
+                (Verdict::StepMismatch(why), _) => Err(Refusal::StepMismatch(why)),
+                // Scraped directly (no push times): gaps may still come from a coarse
+                // scrape interval, which only `up` shows. Asked only when needed, and only
+                // a diagnosis: if it fails, the gap message stands.
+                (Verdict::Fresh, Err(gaps)) if pushes.is_empty() => {
+                    let left = timeout.saturating_sub(started.elapsed());
+                    let up = tokio::time::timeout(
+                        left,
+                        up_samples(&self.prometheus, &instance, fetched.end, step),
+                    )
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
+                    let up: Vec<&[(f64, f64)]> = up.iter().map(|s| s.points.as_slice()).collect();
+                    match freshness::judge_scrapes(&instance, &up, step) {
+                        Some(why) => Err(Refusal::StepMismatch(why)),
+                        None => Err(Refusal::Window(gaps)),
+                    }
+                }
+                (Verdict::Fresh, window) => window.map_err(Refusal::Window),
+            };
+            windows.push((instance, window));
+        }
+        Ok(Pulled {
+            end: fetched.end,
+            windows,
+        })
+    }
+}
+
+/// The window ending at `end` (a step boundary, see [`window_end`]) of every feature
+/// (and the mask) for every instance found.
+async fn fetch(client: &PromClient, meta: &ModelMeta, end: f64) -> Result<Fetched, PromError> {
+    let step = meta.step_seconds;
+    let start = end - (meta.window as f64 - 1.0) * step;
+    // All queries at once: one slow answer bounds the pull, not the sum of them.
+    let mut queries: Vec<String> = meta.features.iter().map(|f| f.query.clone()).collect();
+    if let Some(mask) = &meta.mask {
+        queries.push(mask.query.clone());
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    let n_queries = queries.len();
+    for (index, query) in queries.into_iter().enumerate() {
+        let client = client.clone();
+        tasks.spawn(async move { (index, client.query_range(&query, start, end, step).await) });
+    }
+    // The Pushgateway's push times, for a dead collector and the push cadence.
+    let pushes = format!("push_time_seconds[{}s]", history_seconds(step) as u64);
+    let pushes_client = client.clone();
+    tasks.spawn(async move { (n_queries, pushes_client.raw_samples(&pushes, end).await) });
+    let mut answers: Vec<Option<Vec<Series>>> = vec![None; tasks.len()];
+    while let Some(joined) = tasks.join_next().await {
+        let (index, answer) = joined.map_err(|err| PromError::Unreachable {
+            url: client.url().to_string(),
+            message: format!("query task failed: {err}"),
+        })?;
+        answers[index] = Some(answer?);
+    }
+    let mut answers: Vec<Vec<Series>> =
+        answers.into_iter().map(Option::unwrap_or_default).collect();
+    let pushes = answers.pop().unwrap_or_default();
+    let mask = if meta.mask.is_some() {
+        answers.pop().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let features = answers;
+    Ok(Fetched {
+        start,
+        end,
+        features,
+        mask,
+        pushes,
+    })
+}
+
+/// The raw `up` samples of `instance` before `end`: how often Prometheus scrapes it when
+/// it scrapes etcd directly.
+async fn up_samples(
+    client: &PromClient,
+    instance: &str,
+    end: f64,
+    step_seconds: f64,
+) -> Result<Vec<Series>, PromError> {
+    let query = format!(
+        "up{{instance={}}}[{}s]",
+        promql_string(instance),
+        history_seconds(step_seconds) as u64
+    );
+    client.raw_samples(&query, end).await
 }
 
 /// The raw answers for one window.
@@ -262,11 +227,13 @@ pub struct Fetched {
 }
 
 impl Fetched {
-    /// The `push_time_seconds` series of `instance` (one per job that pushes it).
-    pub fn pushes_of(&self, instance: &str) -> Vec<&Series> {
+    /// The points of each `push_time_seconds` series of `instance` (one per job that
+    /// pushes it).
+    pub fn pushes_of(&self, instance: &str) -> Vec<&[(f64, f64)]> {
         self.pushes
             .iter()
-            .filter(|s| instance_of(s) == instance)
+            .filter(|s| s.instance() == instance)
+            .map(|s| s.points.as_slice())
             .collect()
     }
 }
@@ -280,15 +247,6 @@ pub struct InstanceWindow {
     pub mask: Vec<bool>,
     /// How many points were filled in.
     pub filled_points: usize,
-}
-
-/// The instance label a series belongs to.
-fn instance_of(series: &Series) -> String {
-    series
-        .labels
-        .get("instance")
-        .cloned()
-        .unwrap_or_else(|| "(no instance label)".to_string())
 }
 
 /// Places points on the window's grid; off-grid or out-of-range points are ignored.
@@ -367,7 +325,12 @@ pub fn assemble(
     max_gap: usize,
 ) -> Vec<(String, Result<InstanceWindow, String>)> {
     let (w, step) = (meta.window, meta.step_seconds);
-    let instances: BTreeSet<String> = fetched.features.iter().flatten().map(instance_of).collect();
+    let instances: BTreeSet<String> = fetched
+        .features
+        .iter()
+        .flatten()
+        .map(|s| s.instance().to_string())
+        .collect();
     let mut out = Vec::with_capacity(instances.len());
     for instance in instances {
         let mut columns = Vec::with_capacity(meta.features.len());
@@ -375,7 +338,7 @@ pub fn assemble(
         let mut problems = Vec::new();
         for (spec, series) in meta.features.iter().zip(&fetched.features) {
             let mut grid: Vec<Option<f64>> = vec![None; w];
-            for s in series.iter().filter(|s| instance_of(s) == instance) {
+            for s in series.iter().filter(|s| s.instance() == instance) {
                 for (cell, v) in grid
                     .iter_mut()
                     .zip(to_grid(&s.points, fetched.start, step, w))
@@ -426,7 +389,7 @@ pub fn assemble(
             continue;
         }
         let mut mask = vec![false; w];
-        for s in fetched.mask.iter().filter(|s| instance_of(s) == instance) {
+        for s in fetched.mask.iter().filter(|s| s.instance() == instance) {
             for (m, v) in mask
                 .iter_mut()
                 .zip(to_grid(&s.points, fetched.start, step, w))
@@ -454,6 +417,7 @@ pub fn assemble(
 mod tests {
     use super::*;
     use crate::model::model_dir::tests::meta;
+    use axum::http::StatusCode;
 
     #[test]
     fn short_gaps_are_filled_long_ones_refused() {
@@ -505,20 +469,6 @@ mod tests {
     }
 
     #[test]
-    fn nan_and_infinities_reach_the_caller() {
-        let body = br#"{"status":"success","data":{"resultType":"matrix","result":[
-            {"metric":{"instance":"a"},"values":[[10,"NaN"],[12,"+Inf"],[14,"0.5"],[16,"x"]]}]}}"#;
-        let series = parse_matrix(body, reqwest::StatusCode::OK).unwrap();
-        let points = &series[0].points;
-        assert_eq!(points.len(), 3, "{points:?}");
-        assert!(points[0].1.is_nan());
-        assert_eq!(points[1].1, f64::INFINITY);
-        let refused = br#"{"status":"error","error":"parse error at char 3"}"#;
-        let err = parse_matrix(refused, reqwest::StatusCode::BAD_REQUEST).unwrap_err();
-        assert!(err.contains("parse error"), "{err}");
-    }
-
-    #[test]
     fn an_idle_member_has_zero_latency_but_an_infinite_one_is_refused() {
         // Features 0..6 of the catalogue; the sixth (index 5) is wal_fsync_p99.
         let m = meta(6, 4, 4);
@@ -561,8 +511,23 @@ mod tests {
     }
 
     #[test]
-    fn instance_names_are_quoted_for_promql() {
-        assert_eq!(promql_string("10.0.0.1:2381"), r#""10.0.0.1:2381""#);
-        assert_eq!(promql_string(r#"a"b\c"#), r#""a\"b\\c""#);
+    fn refusals_map_to_the_contract_statuses() {
+        let stale = Refusal::StaleCollector("instance x: last push 60s ago".into());
+        let error = stale.into_api_error();
+        assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            error
+                .to_string()
+                .starts_with("collector unavailable: instance x")
+        );
+        for refusal in [
+            Refusal::Window("too few points".into()),
+            Refusal::StepMismatch("every 30s".into()),
+        ] {
+            assert_eq!(
+                refusal.into_api_error().status(),
+                StatusCode::UNPROCESSABLE_ENTITY
+            );
+        }
     }
 }

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 
 use crate::model::features::DEFRAG_MASK;
 use crate::model::model_dir::ModelMeta;
-use crate::serving::pull::{PromClient, Series};
+use crate::prometheus::PromClient;
 
 /// Prometheus refuses more than 11,000 points per series in one range query.
 const MAX_POINTS_PER_QUERY: f64 = 10_000.0;
@@ -22,10 +22,6 @@ pub struct Exported {
     pub rows: usize,
     /// Steps left out because some feature had no value there.
     pub skipped_steps: usize,
-}
-
-fn instance_label(series: &Series) -> Option<&str> {
-    series.labels.get("instance").map(String::as_str)
 }
 
 /// Queries `[start, end]` in chunks and writes `timestamp,<features>,defrag_inflight,label`
@@ -55,13 +51,7 @@ pub async fn export(
                 .await
                 .with_context(|| format!("exporting feature `{}`", spec.name))?;
             for s in &series {
-                let entry = column
-                    .entry(
-                        instance_label(s)
-                            .unwrap_or("(no instance label)")
-                            .to_string(),
-                    )
-                    .or_default();
+                let entry = column.entry(s.instance().to_string()).or_default();
                 for &(t, v) in &s.points {
                     entry.insert((t * 1000.0).round() as i64, v);
                 }

@@ -1,0 +1,134 @@
+//! The detector's own metrics: each instance's anomaly score, the threshold, the time of
+//! a forward pass, and the background refreshes by result.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+/// The detector's own metrics.
+/// The detector's own metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    score: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// The instances that have a score gauge, so a refresh removes just the ones that lost
+    /// their score (clearing all would leave a scrape between clear and set with none).
+    scored: Arc<Mutex<BTreeSet<String>>>,
+    threshold: Gauge<f64, AtomicU64>,
+    inference: Histogram,
+    refreshes: Family<Labels, Counter>,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let metrics = Metrics {
+            score: Family::default(),
+            scored: Arc::default(),
+            threshold: Gauge::default(),
+            // 5 us .. ~20 ms: a fused forward is tens of microseconds.
+            inference: Histogram::new(exponential_buckets(5e-6, 2.0, 12)),
+            refreshes: Family::default(),
+        };
+        registry.register(
+            "etcd_dr_anomaly_score",
+            "Reconstruction error of the latest window per etcd instance",
+            metrics.score.clone(),
+        );
+        registry.register(
+            "etcd_dr_anomaly_threshold",
+            "Score above which a window is anomalous",
+            metrics.threshold.clone(),
+        );
+        registry.register(
+            "etcd_dr_detector_inference_duration_seconds",
+            "Time of one forward pass and scoring of a window",
+            metrics.inference.clone(),
+        );
+        registry.register(
+            "etcd_dr_detector_refreshes",
+            "Background score refreshes by result",
+            metrics.refreshes.clone(),
+        );
+        metrics
+    }
+
+    /// The model's threshold, set once: a served model does not change.
+    pub fn set_threshold(&self, threshold: f64) {
+        self.threshold.set(threshold);
+    }
+
+    /// One forward pass and scoring took `seconds`.
+    pub fn observe_inference(&self, seconds: f64) {
+        self.inference.observe(seconds);
+    }
+
+    /// One background refresh ended, `success` or `failure`.
+    pub fn count_refresh(&self, result: &str) {
+        self.refreshes
+            .get_or_create(&vec![("result".to_string(), result.to_string())])
+            .inc();
+    }
+
+    fn score_labels(instance: &str) -> Labels {
+        vec![("instance".to_string(), instance.to_string())]
+    }
+
+    /// Sets the gauge of every scored instance and removes the gauges of instances that
+    /// have none now (vanished, or unscorable), so an alert never fires on a stale value.
+    pub fn set_scores(&self, scores: &[(String, f64)]) {
+        let mut scored = self
+            .scored
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now: BTreeSet<String> = scores.iter().map(|(i, _)| i.clone()).collect();
+        for gone in scored.difference(&now) {
+            self.score.remove(&Self::score_labels(gone));
+        }
+        for (instance, score) in scores {
+            self.score
+                .get_or_create(&Self::score_labels(instance))
+                .set(*score);
+        }
+        *scored = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refresh_keeps_the_gauges_of_instances_still_scored_and_drops_the_rest() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let encoded = || {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+            text
+        };
+        metrics.set_scores(&[("a".into(), 0.5), ("b".into(), 0.7)]);
+        // A handle on a's series, as a scrape in progress would hold it: a round that
+        // re-creates the series (clear, then set) would leave it behind.
+        let a = metrics
+            .score
+            .get_or_create(&Metrics::score_labels("a"))
+            .clone();
+        metrics.set_scores(&[("a".into(), 0.9)]);
+        assert_eq!(a.get(), 0.9, "a's series was replaced, not updated");
+        let text = encoded();
+        assert!(
+            text.contains("etcd_dr_anomaly_score{instance=\"a\"} 0.9"),
+            "{text}"
+        );
+        assert!(!text.contains("instance=\"b\""), "{text}");
+        metrics.set_scores(&[]);
+        assert!(!encoded().contains("instance=\"a\""));
+    }
+}
