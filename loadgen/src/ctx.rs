@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use tokio::time::Instant;
 
 use crate::config::Load;
-use crate::errors;
+use crate::etcd;
 use crate::rate::Pacer;
 use crate::stats::{Op, Stats};
 use crate::stop::{Stop, StopReason};
@@ -116,13 +116,13 @@ impl Ctx {
                 Outcome::Done(response)
             }
             Err(err) => {
-                let kind = errors::classify(&err);
+                let kind = etcd::classify(&err);
                 self.stats.failure(kind);
-                if errors::is_fatal(kind) {
-                    tracing::error!(op = op.as_str(), error = %errors::describe(&err), "etcd refused a request that would fail again; stopping");
+                if etcd::is_fatal(kind) {
+                    tracing::error!(op = op.as_str(), error = %etcd::describe(&err), "etcd refused a request that would fail again; stopping");
                     self.stop.stop(StopReason::FatalError);
                 } else {
-                    tracing::debug!(op = op.as_str(), error = %errors::describe(&err), "request failed");
+                    tracing::debug!(op = op.as_str(), error = %etcd::describe(&err), "request failed");
                 }
                 Outcome::Failed(kind)
             }

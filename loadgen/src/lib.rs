@@ -4,7 +4,7 @@
 
 pub mod config;
 mod ctx;
-mod errors;
+mod etcd;
 mod histogram;
 mod progress;
 mod rate;

@@ -5,12 +5,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, StatusResponse};
+use etcd_client::StatusResponse;
 use tokio::time::{Instant, timeout};
 
 use crate::config::Config;
 use crate::ctx::Ctx;
-use crate::errors;
+use crate::etcd::connect;
 use crate::progress;
 use crate::scenarios;
 use crate::stop::StopReason;
@@ -68,31 +68,4 @@ pub async fn run(config: Config, interrupt: impl Future<Output = ()>) -> Result<
         },
         ctx.stats.recorded(),
     ))
-}
-
-/// A client, and proof that etcd answers: its status, within the connect timeout.
-async fn connect(config: &Config) -> Result<(Client, StatusResponse), String> {
-    let endpoints = config.endpoints.join(",");
-    let attempt = async {
-        let mut client = dr_common::etcd::connect(
-            &config.endpoints,
-            config.tls.as_ref(),
-            config.connect_timeout,
-            config.request_timeout,
-        )
-        .await?;
-        let status = client.status().await?;
-        Ok::<_, etcd_client::Error>((client, status))
-    };
-    match timeout(config.connect_timeout, attempt).await {
-        Ok(Ok(connected)) => Ok(connected),
-        Ok(Err(err)) => Err(format!(
-            "cannot reach etcd at {endpoints}: {}",
-            errors::describe(&err)
-        )),
-        Err(_) => Err(format!(
-            "cannot reach etcd at {endpoints}: no answer within {}",
-            humantime::format_duration(config.connect_timeout)
-        )),
-    }
 }

@@ -82,7 +82,7 @@ impl Stats {
         counts.bytes_written += bytes;
     }
 
-    /// A failed request, by kind (see `errors::classify`). Failures have no latency: a
+    /// A failed request, by kind (see `etcd::classify`). Failures have no latency: a
     /// NOSPACE refusal takes microseconds and would flatter the percentiles.
     pub fn failure(&self, kind: &'static str) {
         *self.lock().errors.entry(kind).or_default() += 1;

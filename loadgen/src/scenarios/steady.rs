@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 
 use super::{len_u64, random_value, run_workers};
 use crate::ctx::{Ctx, Outcome};
-use crate::errors;
+use crate::etcd;
 use crate::stats::Op;
 
 /// Shares of the operation mix (the rest are deletes).
@@ -131,12 +131,12 @@ async fn watch(ctx: Arc<Ctx>) {
                         break;
                     }
                     Err(err) => {
-                        ctx.stats.failure(errors::classify(&err));
+                        ctx.stats.failure(etcd::classify(&err));
                         break;
                     }
                 }
             },
-            Err(err) => ctx.stats.failure(errors::classify(&err)),
+            Err(err) => ctx.stats.failure(etcd::classify(&err)),
         }
         if !ctx.pause(REWATCH_AFTER).await {
             return;

@@ -1,4 +1,10 @@
-//! Names for the ways an etcd request fails, as counted in the summary.
+//! How the loadgen talks to etcd: a client with proof that etcd answers ([`connect`]), and
+//! names for the ways a request fails, as counted in the summary.
+
+use etcd_client::{Client, StatusResponse};
+use tokio::time::timeout;
+
+use crate::config::Config;
 
 /// etcd's answer once the backend reaches its quota (and while the NOSPACE alarm is raised).
 const NOSPACE_MESSAGE: &str = "database space exceeded";
@@ -66,6 +72,33 @@ pub fn is_fatal(kind: &str) -> bool {
         kind,
         "request_too_large" | "invalid_argument" | "permission_denied" | "unauthenticated"
     )
+}
+
+/// A client, and proof that etcd answers: its status, within the connect timeout.
+pub async fn connect(config: &Config) -> Result<(Client, StatusResponse), String> {
+    let endpoints = config.endpoints.join(",");
+    let attempt = async {
+        let mut client = dr_common::etcd::connect(
+            &config.endpoints,
+            config.tls.as_ref(),
+            config.connect_timeout,
+            config.request_timeout,
+        )
+        .await?;
+        let status = client.status().await?;
+        Ok::<_, etcd_client::Error>((client, status))
+    };
+    match timeout(config.connect_timeout, attempt).await {
+        Ok(Ok(connected)) => Ok(connected),
+        Ok(Err(err)) => Err(format!(
+            "cannot reach etcd at {endpoints}: {}",
+            describe(&err)
+        )),
+        Err(_) => Err(format!(
+            "cannot reach etcd at {endpoints}: no answer within {}",
+            humantime::format_duration(config.connect_timeout)
+        )),
+    }
 }
 
 #[cfg(test)]
