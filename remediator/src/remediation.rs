@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::actions::disarm::{self, Disarm};
 use crate::actions::restore::{self, RestoreCommands};
-use crate::actions::snapshot::SnapshotPolicy;
+use crate::actions::snapshot::{SnapshotInfo, SnapshotPolicy};
 use crate::actions::verify::{self, Health};
 use crate::actions::{compact, defrag};
 use crate::audit::{Audit, Phase};
@@ -43,6 +43,14 @@ pub struct Outcome {
 }
 
 impl Remediator {
+    /// A snapshot by the policy, counted in the metrics (the run's first step and the
+    /// scheduled ones).
+    pub async fn take_snapshot(&self) -> Result<SnapshotInfo, ActionError> {
+        let taken = self.snapshots.take(&self.access).await;
+        self.metrics.snapshot_done(taken.is_ok());
+        taken
+    }
+
     fn record(&self, id: &str, step: &str, phase: Phase, detail: Value) -> Result<(), AuditError> {
         self.audit
             .record(id, KIND, step, phase, detail, self.dry_run)
@@ -108,14 +116,10 @@ impl Remediator {
                 return Outcome { health, restored };
             }
             let result: Result<Value, ActionError> = match step {
-                Step::Snapshot => {
-                    let taken = self.snapshots.take(&self.access).await;
-                    self.metrics.snapshot_done(taken.is_ok());
-                    taken.map(|info| {
-                        snapshot_path = Some(info.path.clone());
-                        json!(info)
-                    })
-                }
+                Step::Snapshot => self.take_snapshot().await.map(|info| {
+                    snapshot_path = Some(info.path.clone());
+                    json!(info)
+                }),
                 Step::Compact => compact::to_current_revision(&self.access)
                     .await
                     .map(|revision| json!({ "revision": revision })),

@@ -103,9 +103,7 @@ async fn scheduled_snapshot(app: &App) {
     if record(Phase::Start, Value::Null).is_err() {
         return;
     }
-    let taken = r.snapshots.take(&r.access).await;
-    r.metrics.snapshot_done(taken.is_ok());
-    let _ = match taken {
+    let _ = match r.take_snapshot().await {
         Ok(info) => record(Phase::Ok, json!(info)),
         Err(err) => record(Phase::Failed, json!(err.to_string())),
     };
