@@ -9,11 +9,13 @@
 //! - [`serving`]: live windows from Prometheus scored, on `/score` and `/metrics`.
 //!
 //! [`prometheus`] is the Prometheus HTTP API client that export and serving share;
-//! [`cli`] is the command line.
+//! [`cli`] parses the command line and dispatches to [`commands`], one file per
+//! subcommand with its flags and body.
 // Not `forbid(unsafe_code)` like the other crates: `model::fused` makes one measured
 // `unsafe` call, explained there; the workspace's lints deny every other.
 
 pub mod cli;
+pub mod commands;
 pub mod model;
 pub mod prometheus;
 pub mod serving;
