@@ -50,6 +50,21 @@ pub struct Args {
     /// etcd's --quota-backend-bytes, in MiB (the drill's default).
     #[arg(long, default_value_t = 64)]
     pub quota_mib: u64,
+    /// etcd members: 1 or 3 (one member has no leader to move: no `leader` incidents).
+    #[arg(long, default_value_t = 3, value_parser = members)]
+    pub members: usize,
+    /// The normal load's rate, a factor on the default 30-120 ops/s (0.3 to 10 are the
+    /// clusters the detector must hold on).
+    #[arg(long, default_value_t = 1.0, value_parser = load_scale)]
+    pub load_scale: f64,
+    /// The incidents to play in turn, comma-separated (`space,churn,leader,disk`), or
+    /// `none` for a recording of normal operation only.
+    #[arg(long, default_value = "space,churn,leader,disk", value_parser = incidents)]
+    pub incidents: IncidentList,
+    /// Also write every other member's rows, to `<out stem>.<member>.csv` (the same
+    /// labels: an incident is the cluster's).
+    #[arg(long)]
+    pub all_members: bool,
     /// Where dr-collector, dr-detector and dr-loadgen are.
     #[arg(long)]
     pub bin_dir: PathBuf,
@@ -60,10 +75,45 @@ pub struct Args {
 /// Steps after an incident's end that still show it: the features' rate windows look
 /// back four steps.
 const TAIL_STEPS: f64 = 4.0;
-const MEMBERS: usize = 3;
 
-#[derive(Debug, Clone, Copy)]
-enum Incident {
+fn members(s: &str) -> Result<usize, String> {
+    match s.parse() {
+        Ok(n @ (1 | 3)) => Ok(n),
+        _ => Err(format!("{s}: the harness runs 1 or 3 members")),
+    }
+}
+
+fn load_scale(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.05..=50.0).contains(&f) => Ok(f),
+        _ => Err(format!("{s}: a factor from 0.05 to 50")),
+    }
+}
+
+/// The incidents a recording plays, in turn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncidentList(Vec<Incident>);
+
+fn incidents(s: &str) -> Result<IncidentList, String> {
+    if s == "none" {
+        return Ok(IncidentList(Vec::new()));
+    }
+    s.split(',')
+        .map(|k| match k.trim() {
+            "space" => Ok(Incident::Space),
+            "churn" => Ok(Incident::Churn),
+            "leader" => Ok(Incident::Leader),
+            "disk" => Ok(Incident::Disk),
+            other => Err(format!(
+                "{other}: incidents are space, churn, leader and disk (or none)"
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(IncidentList)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Incident {
     Space,
     Churn,
     Leader,
@@ -107,6 +157,7 @@ struct Recorder<'a> {
     rt: &'a Runtime,
     client: Client,
     rng: Rng,
+    load_scale: f64,
     started: Instant,
     last_compaction: Instant,
     /// `(kind, start, end)` in unix seconds.
@@ -115,6 +166,9 @@ struct Recorder<'a> {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if args.members == 1 && args.incidents.0.contains(&Incident::Leader) {
+        bail!("one member has no leader to move: leave `leader` out of --incidents");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -134,7 +188,7 @@ pub fn run(args: Args) -> Result<()> {
         dir: &dir,
         bin_dir: &bin_dir,
         version: EtcdVersion::parse(&args.etcd_version)?,
-        members: MEMBERS,
+        members: args.members,
         quota_bytes: args.quota_mib * 1024 * 1024,
         step: args.step,
         model: None,
@@ -149,6 +203,7 @@ pub fn run(args: Args) -> Result<()> {
         rt: &rt,
         client,
         rng: Rng(args.seed.max(1)),
+        load_scale: args.load_scale,
         started: Instant::now(),
         last_compaction: Instant::now(),
         incidents: Vec::new(),
@@ -158,14 +213,9 @@ pub fn run(args: Args) -> Result<()> {
     rec.normal(warm_up)?;
     let start = unix_now();
     let end_at = Instant::now() + total;
-    let kinds = [
-        Incident::Space,
-        Incident::Churn,
-        Incident::Leader,
-        Incident::Disk,
-    ];
+    let kinds = &args.incidents.0;
     let mut n = 0;
-    while Instant::now() + Duration::from_secs(90) < end_at {
+    while !kinds.is_empty() && Instant::now() + Duration::from_secs(90) < end_at {
         let calm = Duration::from_secs(rec.rng.between(50, 100));
         let maintain = n % 3 == 2;
         rec.normal(calm / 2)?;
@@ -184,33 +234,45 @@ pub fn run(args: Args) -> Result<()> {
     let maintenance = rec.maintenance;
     drop(rec);
 
-    let raw = dir.join("export.csv");
-    let status = Command::new(bin_dir.join("dr-detector"))
-        .arg("export")
-        .arg("--prometheus-url")
-        .arg(stack.prometheus.url())
-        .arg("--start")
-        .arg(format!("{start:.0}"))
-        .arg("--end")
-        .arg(format!("{end:.0}"))
-        .arg("--step")
-        .arg(format!("{}s", args.step.as_secs()))
-        .arg("--instance")
-        .arg(&stack.etcd.member(0).name)
-        .arg("--out")
-        .arg(&raw)
-        .status()
-        .context("running dr-detector export")?;
-    if !status.success() {
-        bail!("dr-detector export failed ({status})");
-    }
-    let csv = fs::read_to_string(&raw)?;
     let step = args.step.as_secs_f64();
-    let (labelled, rows, incident_rows) = label(&csv, &incidents, TAIL_STEPS * step)?;
-    if let Some(parent) = args.out.parent() {
-        fs::create_dir_all(parent)?;
+    let member_count = if args.all_members { args.members } else { 1 };
+    let (mut rows, mut incident_rows) = (0, 0);
+    for i in 0..member_count {
+        let member = &stack.etcd.member(i).name;
+        let raw = dir.join(format!("export-{member}.csv"));
+        let status = Command::new(bin_dir.join("dr-detector"))
+            .arg("export")
+            .arg("--prometheus-url")
+            .arg(stack.prometheus.url())
+            .arg("--start")
+            .arg(format!("{start:.0}"))
+            .arg("--end")
+            .arg(format!("{end:.0}"))
+            .arg("--step")
+            .arg(format!("{}s", args.step.as_secs()))
+            .arg("--instance")
+            .arg(member)
+            .arg("--out")
+            .arg(&raw)
+            .status()
+            .context("running dr-detector export")?;
+        if !status.success() {
+            bail!("dr-detector export failed for {member} ({status})");
+        }
+        let csv = fs::read_to_string(&raw)?;
+        let (labelled, n, positive) = label(&csv, &incidents, TAIL_STEPS * step)?;
+        let out = if i == 0 {
+            args.out.clone()
+        } else {
+            member_path(&args.out, member)
+        };
+        if let Some(parent) = out.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::write(&out, labelled).with_context(|| format!("writing {}", out.display()))?;
+        rows += n;
+        incident_rows += positive;
     }
-    fs::write(&args.out, labelled).with_context(|| format!("writing {}", args.out.display()))?;
     let schedule: Vec<String> = incidents
         .iter()
         .map(|(k, s, e)| format!("{k},{:.0},{:.0}", s - start, e - start))
@@ -223,11 +285,19 @@ pub fn run(args: Args) -> Result<()> {
         ),
     )?;
     println!(
-        "wrote {} ({rows} rows, {incident_rows} labelled incident steps, {} incidents, {maintenance} maintenance defrags)",
+        "wrote {} ({member_count} member(s), {rows} rows, {incident_rows} labelled incident steps, {} incidents, {maintenance} maintenance defrags)",
         args.out.display(),
         incidents.len()
     );
     Ok(())
+}
+
+/// `data/x.csv` and `etcd-1` give `data/x.etcd-1.csv`.
+fn member_path(out: &std::path::Path, member: &str) -> PathBuf {
+    let stem = out
+        .file_stem()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    out.with_file_name(format!("{stem}.{member}.csv"))
 }
 
 /// Sets the label of every row whose timestamp falls in an incident (plus `tail`).
@@ -263,7 +333,7 @@ impl Recorder<'_> {
     }
 
     fn steady(&mut self) -> Result<()> {
-        let rate = self.rng.between(30, 120) as u32;
+        let rate = ((self.rng.between(30, 120) as f64 * self.load_scale).round() as u32).max(1);
         let seed = self.rng.next();
         self.stack.start_steady_load(rate, seed)
     }
@@ -494,6 +564,25 @@ mod tests {
             "timestamp,a,defrag_inflight,label\n100,1,0,0\n101,1,0,1\n105,1,0,1\n106,1,0,0\n"
         );
         assert!(label("timestamp,a\n1,2\n", &[], 0.0).is_err());
+    }
+
+    #[test]
+    fn flags_take_incidents_members_and_load_scale() {
+        assert_eq!(
+            incidents("space,disk").unwrap(),
+            IncidentList(vec![Incident::Space, Incident::Disk])
+        );
+        assert_eq!(incidents("none").unwrap(), IncidentList(Vec::new()));
+        assert!(incidents("space,fire").unwrap_err().contains("fire"));
+        assert_eq!(members("1"), Ok(1));
+        assert!(members("5").is_err());
+        assert_eq!(load_scale("0.3"), Ok(0.3));
+        assert!(load_scale("0").is_err());
+        assert!(load_scale("x").is_err());
+        assert_eq!(
+            member_path(std::path::Path::new("data/x.csv"), "etcd-1"),
+            PathBuf::from("data/x.etcd-1.csv")
+        );
     }
 
     #[test]
