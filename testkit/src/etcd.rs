@@ -372,12 +372,7 @@ impl EtcdCluster {
             bail!("etcd member {i} is already running");
         }
         let guard = self.spawn_member(i, true)?;
-        let health = self.members[i].health_url.clone();
-        guard.wait_until(
-            &format!("answering on {health}"),
-            self.startup_timeout,
-            || http_get(&health).map(|_| true),
-        )?;
+        wait_answering(&guard, &self.members[i].health_url, self.startup_timeout)?;
         self.guards[i] = Some(guard);
         Ok(())
     }
@@ -389,7 +384,7 @@ impl EtcdCluster {
             let Some(g) = g else { continue };
             let remaining = deadline.saturating_duration_since(Instant::now());
             g.wait_until(&format!("healthy at {}", m.health_url), remaining, || {
-                member_healthy(m)
+                member_healthy(&m.health_url)
             })?;
         }
         Ok(())
@@ -442,12 +437,21 @@ impl EtcdCluster {
     }
 }
 
-/// One `/health` check: `Ok(true)` when healthy, an error saying why not otherwise.
-pub fn member_healthy(m: &EtcdMember) -> Result<bool> {
-    let (status, body) = http_get(&m.health_url)?;
+/// One check of a member's `/health` URL: `Ok(true)` when healthy, an error saying why
+/// not otherwise.
+pub fn member_healthy(health_url: &str) -> Result<bool> {
+    let (status, body) = http_get(health_url)?;
     if status == 200 && body.contains(r#""health":"true""#) {
         Ok(true)
     } else {
-        bail!("{} answered {status}: {}", m.health_url, body.trim())
+        bail!("{health_url} answered {status}: {}", body.trim())
     }
+}
+
+/// Waits until a (re)started member's health listener answers at all; healthy needs
+/// quorum, which may still be missing.
+pub fn wait_answering(guard: &ChildGuard, health_url: &str, timeout: Duration) -> Result<()> {
+    guard.wait_until(&format!("answering on {health_url}"), timeout, || {
+        http_get(health_url).map(|_| true)
+    })
 }

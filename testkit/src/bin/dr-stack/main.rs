@@ -15,8 +15,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
-use dr_testkit::etcd::{EtcdMember, member_healthy};
-use dr_testkit::http_get;
+use dr_testkit::etcd::{member_healthy, wait_answering};
 use dr_testkit::process::{ChildGuard, STARTUP_TIMEOUT, STOP_TIMEOUT, pid_alive, stop_foreign_pid};
 
 use crate::pids::{PidEntry, is_ours, read_pids, write_pids};
@@ -190,10 +189,7 @@ fn start_member(dir: &Path, n: &str) -> Result<()> {
     let mut cmd = Command::new(&m.bin);
     cmd.args(&m.restart_args).current_dir(dir.join("etcd"));
     let guard = ChildGuard::spawn(&m.name, cmd, &m.log_path, true)?;
-    let health = m.health_url.clone();
-    guard.wait_until(&format!("answering on {health}"), STARTUP_TIMEOUT, || {
-        http_get(&health).map(|_| true)
-    })?;
+    wait_answering(&guard, &m.health_url, STARTUP_TIMEOUT)?;
     let pid = guard.disarm();
     entries.retain(|e| e.role != m.name);
     entries.push(PidEntry::started(m.name.clone(), pid));
@@ -210,17 +206,8 @@ fn wait_healthy(dir: &Path, timeout: Duration) -> Result<()> {
         if !entries.iter().any(|e| e.role == m.name && is_ours(e, dir)) {
             continue;
         }
-        let member = EtcdMember {
-            name: m.name.clone(),
-            data_dir: PathBuf::new(),
-            client_url: m.client_url.clone(),
-            peer_url: String::new(),
-            metrics_url: String::new(),
-            health_url: m.health_url.clone(),
-            log_path: m.log_path.clone(),
-        };
         loop {
-            match member_healthy(&member) {
+            match member_healthy(&m.health_url) {
                 Ok(_) => break,
                 Err(e) if Instant::now() >= deadline => {
                     bail!(
