@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
-CLIP = 20.0  # dataset::CLIP
+CLIP = 20.0  # model::normalisation::CLIP
 
 
 def sigmoid(x):

@@ -23,7 +23,7 @@ pub struct ScoreArgs {
 pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
     let scorer = load_model(args.model.as_deref())?;
     let meta = &scorer.bundle.meta;
-    let data = meta.select_data(&Dataset::read(&args.data)?)?;
+    let data = Dataset::read(&args.data)?.for_model(meta)?;
     let starts = data.window_starts(meta.window, meta.step_seconds);
     anyhow::ensure!(
         !starts.is_empty(),

@@ -5,4 +5,5 @@ pub mod fused;
 pub mod inference;
 pub mod lstm;
 pub mod model_dir;
+pub mod normalisation;
 pub mod scoring;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::features::FeatureSpec;
 use crate::model::lstm::Architecture;
-use crate::training::dataset::{Dataset, Normalisation};
+use crate::model::normalisation::Normalisation;
 
 pub const FORMAT_VERSION: u32 = 1;
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -121,21 +121,6 @@ impl ModelMeta {
     pub fn feature_names(&self) -> Vec<String> {
         self.features.iter().map(|f| f.name.clone()).collect()
     }
-
-    /// `data`'s columns in this model's feature order, once its rows are known to be
-    /// `step_seconds` apart (to 1%): the queries' rate windows and the window's span are
-    /// for that step, so data at another step scores as nonsense. What `eval` and `score`
-    /// read a CSV through.
-    pub fn select_data(&self, data: &Dataset) -> anyhow::Result<Dataset> {
-        let selected = data.select_features(&self.feature_names())?;
-        let step = data.step_seconds()?;
-        ensure!(
-            (step - self.step_seconds).abs() <= 0.01 * self.step_seconds,
-            "the data's step is {step}s but the model was trained at {}s; its queries and windows are for that step",
-            self.step_seconds
-        );
-        Ok(selected)
-    }
 }
 
 /// A loaded model: its description and its raw weights.
@@ -207,6 +192,7 @@ impl ModelBundle {
 pub(crate) mod tests {
     use super::*;
     use crate::model::features::default_features;
+    use crate::training::dataset::Dataset;
 
     pub(crate) fn meta(n_features: usize, hidden: usize, window: usize) -> ModelMeta {
         let mut features = default_features(2.0);
@@ -309,31 +295,6 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = format!("{:#}", ModelBundle::load(dir.path()).unwrap_err());
         assert!(err.contains("model.json"), "{err}");
-    }
-
-    #[test]
-    fn data_is_read_in_the_models_order_and_only_at_its_step() {
-        let m = meta(2, 4, 5);
-        let (a, b) = (&m.features[0].name, &m.features[1].name);
-        let at = |step: f64| {
-            let rows: String = (0..4)
-                .map(|k| format!("{},{k},{}\n", k as f64 * step, 10 * k))
-                .collect();
-            Dataset::parse(&format!("timestamp,{b},{a}\n{rows}")).unwrap()
-        };
-        let data = m.select_data(&at(2.0)).unwrap();
-        assert_eq!(data.feature_names, m.feature_names());
-        assert_eq!(data.rows[1], [10.0, 1.0]);
-        let err = m.select_data(&at(1.0)).unwrap_err().to_string();
-        assert!(
-            err.contains("step is 1s") && err.contains("trained at 2s"),
-            "{err}"
-        );
-        let err = m
-            .select_data(&Dataset::parse(&format!("timestamp,{a}\n0,1\n2,1\n")).unwrap())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains(b.as_str()), "{err}");
     }
 
     #[test]

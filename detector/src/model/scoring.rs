@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::training::dataset::Normalisation;
+use crate::model::normalisation::Normalisation;
 
 /// A window's anomaly score and which features drove it.
 #[derive(Clone, Debug, PartialEq, Serialize)]

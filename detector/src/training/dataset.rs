@@ -1,12 +1,12 @@
-//! The training CSV (`timestamp,<feature...>[,defrag_inflight],label`, one row per step),
-//! time-contiguous windows over it, and the per-feature normalisation saved with a model.
+//! The training CSV (`timestamp,<feature...>[,defrag_inflight],label`, one row per step)
+//! and time-contiguous windows over it.
 
 use std::path::Path;
 
-use anyhow::{Context, bail};
-use serde::{Deserialize, Serialize};
+use anyhow::{Context, bail, ensure};
 
 use crate::model::features::DEFRAG_MASK;
+use crate::model::model_dir::ModelMeta;
 
 /// A parsed CSV: rows in time order, optional labels and defrag mask.
 #[derive(Clone, Debug)]
@@ -206,89 +206,27 @@ impl Dataset {
             mask: self.mask.clone(),
         })
     }
-}
 
-/// Normalised values are clipped to this many standard deviations: an incident far out of
-/// range still scores high, but no single wild value swamps the error or the recurrence.
-pub const CLIP: f64 = 20.0;
-
-/// Per-feature `(x - mean) / std`, fitted on normal training rows and saved in model.json.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Normalisation {
-    pub mean: Vec<f64>,
-    /// Already at least `std_floor`: serving and the numpy reference divide by it as is.
-    pub std: Vec<f64>,
-    /// The floor each feature's std was held to, in the feature's units (see
-    /// `features::std_floor`); for the record and for `validate`. Empty in models saved
-    /// before floors were recorded.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub std_floor: Vec<f64>,
-}
-
-impl Normalisation {
-    /// Fits on `rows`. A feature that never moves in normal data (leader changes, failed
-    /// proposals) would have a zero std; its floor (`floors[j]`, in its own units) keeps a
-    /// first event at a few standard deviations instead of the clip limit. A feature
-    /// without a known floor gets 0.1% of its mean, at least 1e-6.
-    pub fn fit<'a>(rows: impl Iterator<Item = &'a [f64]>, floors: &[Option<f64>]) -> Normalisation {
-        let n_features = floors.len();
-        let mut count = 0usize;
-        let mut sum = vec![0.0; n_features];
-        let mut sum_sq = vec![0.0; n_features];
-        for row in rows {
-            count += 1;
-            for (j, &v) in row.iter().enumerate() {
-                sum[j] += v;
-                sum_sq[j] += v * v;
-            }
-        }
-        let n = count.max(1) as f64;
-        let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
-        let std_floor: Vec<f64> = floors
-            .iter()
-            .zip(&mean)
-            .map(|(floor, m)| floor.unwrap_or((1e-3 * m.abs()).max(1e-6)))
-            .collect();
-        let std = sum_sq
-            .iter()
-            .zip(&mean)
-            .zip(&std_floor)
-            .map(|((sq, m), floor)| (sq / n - m * m).max(0.0).sqrt().max(*floor))
-            .collect();
-        Normalisation {
-            mean,
-            std,
-            std_floor,
-        }
-    }
-
-    pub fn n_features(&self) -> usize {
-        self.mean.len()
-    }
-
-    /// Normalises a step-major window into the f32 input of the model.
-    pub fn apply(&self, values: &[f64]) -> Vec<f32> {
-        let f = self.n_features();
-        values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| ((v - self.mean[i % f]) / self.std[i % f]).clamp(-CLIP, CLIP) as f32)
-            .collect()
-    }
-
-    pub fn invert(&self, normalised: &[f32]) -> Vec<f64> {
-        let f = self.n_features();
-        normalised
-            .iter()
-            .enumerate()
-            .map(|(i, &z)| f64::from(z) * self.std[i % f] + self.mean[i % f])
-            .collect()
+    /// The columns `model` reads, in its feature order, once the rows are known to be its
+    /// `step_seconds` apart (to 1%): the queries' rate windows and the window's span are
+    /// for that step, so data at another step scores as nonsense. What `eval` and `score`
+    /// read a CSV through.
+    pub fn for_model(&self, model: &ModelMeta) -> anyhow::Result<Dataset> {
+        let selected = self.select_features(&model.feature_names())?;
+        let step = self.step_seconds()?;
+        ensure!(
+            (step - model.step_seconds).abs() <= 0.01 * model.step_seconds,
+            "the data's step is {step}s but the model was trained at {}s; its queries and windows are for that step",
+            model.step_seconds
+        );
+        Ok(selected)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::model_dir::tests::meta;
 
     const CSV: &str =
         "timestamp,a,b,label\n0,1.0,10,0\n2,2.0,20,0\n4,3.0,30,1\n8,4.0,40,0\n10,5.0,50,0\n";
@@ -342,51 +280,37 @@ mod tests {
     }
 
     #[test]
-    fn normalisation_round_trips_and_floors_constant_features() {
-        let rows = [[1.0, 0.0], [3.0, 0.0], [5.0, 0.0]];
-        let norm = Normalisation::fit(rows.iter().map(|r| &r[..]), &[None, None]);
-        assert!((norm.mean[0] - 3.0).abs() < 1e-12);
-        assert!(
-            norm.std[1] > 0.0,
-            "a constant feature must not divide by zero"
-        );
-        let window = [2.0, 0.0, 4.0, 0.5e-6];
-        let z = norm.apply(&window);
-        let back = norm.invert(&z);
-        for (a, b) in window.iter().zip(&back) {
-            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
-        }
-        // Far outside the normal range is clipped, not infinite.
-        assert_eq!(norm.apply(&[1e12, 0.0])[0], CLIP as f32);
-    }
-
-    #[test]
-    fn a_first_event_scores_by_its_floor_not_the_clip_limit() {
-        // Leader changes never moved in training; one election is one event per range.
-        let rows = [[0.0, 0.004], [0.0, 0.008], [0.0, 0.006]];
-        let norm = Normalisation::fit(rows.iter().map(|r| &r[..]), &[Some(1.0), Some(1e-3)]);
-        assert_eq!(norm.std[0], 1.0);
-        assert_eq!(norm.std_floor, [1.0, 1e-3]);
-        assert!((norm.apply(&[1.0, 0.004])[0] - 1.0).abs() < 1e-6);
-        // A std above its floor is kept.
-        let sample_std = (8.0f64 / 3.0).sqrt() * 1e-3;
-        assert!((norm.std[1] - sample_std).abs() < 1e-9, "{}", norm.std[1]);
-    }
-
-    #[test]
-    fn models_saved_before_floors_were_recorded_still_load() {
-        let old: Normalisation = serde_json::from_str(r#"{"mean": [1.0], "std": [1e-6]}"#).unwrap();
-        assert!(old.std_floor.is_empty());
-        let text = serde_json::to_string(&old).unwrap();
-        assert!(!text.contains("std_floor"), "{text}");
-    }
-
-    #[test]
     fn select_features_reorders_or_names_what_is_missing() {
         let data = Dataset::parse(CSV).unwrap();
         let swapped = data.select_features(&["b".into(), "a".into()]).unwrap();
         assert_eq!(swapped.rows[0], [10.0, 1.0]);
         let err = data.select_features(&["c".into()]).unwrap_err().to_string();
         assert!(err.contains("c") && err.contains("a, b"), "{err}");
+    }
+
+    #[test]
+    fn data_is_read_in_the_models_order_and_only_at_its_step() {
+        let m = meta(2, 4, 5);
+        let (a, b) = (&m.features[0].name, &m.features[1].name);
+        let at = |step: f64| {
+            let rows: String = (0..4)
+                .map(|k| format!("{},{k},{}\n", k as f64 * step, 10 * k))
+                .collect();
+            Dataset::parse(&format!("timestamp,{b},{a}\n{rows}")).unwrap()
+        };
+        let data = at(2.0).for_model(&m).unwrap();
+        assert_eq!(data.feature_names, m.feature_names());
+        assert_eq!(data.rows[1], [10.0, 1.0]);
+        let err = at(1.0).for_model(&m).unwrap_err().to_string();
+        assert!(
+            err.contains("step is 1s") && err.contains("trained at 2s"),
+            "{err}"
+        );
+        let err = Dataset::parse(&format!("timestamp,{a}\n0,1\n2,1\n"))
+            .unwrap()
+            .for_model(&m)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(b.as_str()), "{err}");
     }
 }

@@ -30,7 +30,7 @@ pub fn evaluate(scorer: &Scorer, data: &Dataset) -> anyhow::Result<EvalReport> {
         data.labels.is_some(),
         "the data has no `label` column; eval needs labelled rows"
     );
-    let data = meta.select_data(data)?;
+    let data = data.for_model(meta)?;
     let starts = data.window_starts(meta.window, meta.step_seconds);
     let (scores, labels) = score_windows(scorer, &data, &starts);
     ensure!(

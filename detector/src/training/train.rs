@@ -19,7 +19,8 @@ use crate::model::lstm::{
     Architecture, Autoencoder, SeededRng, init_varmap, varmap_to_safetensors,
 };
 use crate::model::model_dir::{FORMAT_VERSION, ModelBundle, ModelMeta, TrainingMetrics};
-use crate::training::dataset::{Dataset, Normalisation};
+use crate::model::normalisation::Normalisation;
+use crate::training::dataset::Dataset;
 use crate::training::roc;
 
 /// The knobs of one training run.
