@@ -1,5 +1,10 @@
 //! dr-collector: scrape etcd's `/metrics`, keep the families that matter, push them to a
 //! Pushgateway.
+//!
+//! Where things are: [`serve`] (the service's life: a collection every interval, the ops
+//! endpoints, the drain), [`collect`] (one collection with its retries), [`scrape`],
+//! [`exposition`] (the parser), [`allowlist`], [`push`], [`error`] (why a collection
+//! failed), [`metrics`], [`config`].
 #![forbid(unsafe_code)]
 
 pub mod allowlist;

@@ -3,6 +3,12 @@
 //! test panics). Used by the services' tests and, through the `dr-stack` binary, by the
 //! e2e scripts.
 //!
+//! Where things are: [`process`] (child processes stopped by PID, bounded runs),
+//! [`loopback`] (the one start-up of the Prometheus project's servers), [`pushgateway`],
+//! [`prometheus`], [`alertmanager`] (each server's kind and flags), [`etcd`] (clusters of 1
+//! or 3 members), [`restore`] (the remediator's restore procedure for harness members),
+//! [`certs`], [`http`] (a tiny blocking client for checks), [`ports`].
+//!
 //! ```no_run
 //! use dr_testkit::{EtcdCluster, EtcdOptions, EtcdVersion};
 //! let etcd = EtcdCluster::start(EtcdOptions { version: EtcdVersion::V3_6, members: 3,
