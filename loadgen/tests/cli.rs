@@ -100,7 +100,7 @@ fn steady_holds_its_rate_and_writes_under_the_prefix() {
             "--rate",
             "100",
             "--duration",
-            "2s",
+            "3s",
             "--seed",
             "1",
             "--json",
@@ -114,9 +114,10 @@ fn steady_holds_its_rate_and_writes_under_the_prefix() {
     assert_eq!(s["seed"], 1);
     assert_eq!(s["errors_total"], 0, "{s}");
     let ops = s["operations_total"].as_u64().unwrap();
+    // Within 20%: the schedule is fixed, but two busy cores can delay the first slots.
     assert!(
-        (170..=230).contains(&ops),
-        "{ops} operations for 100/s over 2s: {s}"
+        (240..=360).contains(&ops),
+        "{ops} operations for 100/s over 3s: {s}"
     );
     for kind in ["get", "put", "range", "delete", "lease_grant"] {
         assert!(
@@ -203,10 +204,13 @@ fn bigkey_fills_the_quota_and_reports_nospace() {
 
     let alarms = etcd.etcdctl(&["alarm", "list"]).unwrap();
     assert!(alarms.contains("NOSPACE"), "alarm list: {alarms}");
-    assert_eq!(
-        keys_under(&etcd, "/dr-loadgen/bigkey/").len() as u64,
-        puts,
-        "every put a new key"
+    // Every put a new key. A put etcd applied can still be answered with an error (the one
+    // that crosses the quota, or one past its deadline on a loaded machine), so up to one
+    // key per concurrent task (4 by default) may exist beyond the successful puts.
+    let keys = keys_under(&etcd, "/dr-loadgen/bigkey/").len() as u64;
+    assert!(
+        (puts..=puts + 4).contains(&keys),
+        "{keys} keys for {puts} successful puts: every put a new key"
     );
 }
 
