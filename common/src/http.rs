@@ -174,14 +174,18 @@ pub fn finish(router: Router, request_timeout: Duration) -> Router {
         .layer(middleware::from_fn_with_state(request_timeout, bounded))
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then drains. Every request is
+/// Serves `router` on `listener` (a `TcpListener`, or an [`https::TlsListener`](crate::https::TlsListener)) until `shutdown` resolves, then drains. Every request is
 /// bounded by `request_timeout`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
+pub async fn serve<L>(
+    listener: L,
     router: Router,
     request_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     axum::serve(listener, finish(router, request_timeout))
         .with_graceful_shutdown(shutdown)
         .await
@@ -189,12 +193,16 @@ pub async fn serve(
 
 /// [`serve`] in its own task, draining once `stop` (see [`crate::shutdown::flag`]) turns
 /// true, so the service's own loop can watch the same flag.
-pub fn spawn_serve(
-    listener: tokio::net::TcpListener,
+pub fn spawn_serve<L>(
+    listener: L,
     router: Router,
     request_timeout: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<std::io::Result<()>> {
+) -> tokio::task::JoinHandle<std::io::Result<()>>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     tokio::spawn(serve(listener, router, request_timeout, async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
     }))

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::anyhow;
+use dr_common::reload::Reloading;
 use prometheus_client::registry::Registry;
 
 use crate::audit::Audit;
@@ -14,14 +15,25 @@ use crate::remediation::Remediator;
 pub struct App {
     pub remediator: Arc<Remediator>,
     pub gate: Arc<Gate>,
-    /// The bearer token `/webhook` wants; `None` leaves it open.
-    pub webhook_token: Option<String>,
+    /// The bearer token `/webhook` and `/actions` want; `None` leaves them open.
+    pub webhook_token: Option<Arc<Reloading<String>>>,
+    /// HTTPS on the listener when set.
+    pub listener_tls: Option<Arc<Reloading<rustls::ServerConfig>>>,
 }
 
 impl App {
     pub fn new(config: Config, registry: &mut Registry) -> anyhow::Result<Arc<Self>> {
         let audit = Arc::new(Audit::open(&config.snapshots.dir)?);
         let metrics = Metrics::register(registry);
+        if let Some(token) = &config.webhook_token {
+            token.count_into(&metrics.reloads);
+        }
+        if let Some(tls) = &config.tls {
+            tls.count_into(&metrics.reloads);
+        }
+        if let Some(tls) = &config.listener_tls {
+            tls.count_into(&metrics.reloads);
+        }
         let gate = Gate::new(&config, audit.clone())
             .map_err(|err| anyhow!("building the HTTP client: {err}"))?;
         let remediator = Remediator {
@@ -38,6 +50,7 @@ impl App {
             remediator: Arc::new(remediator),
             gate: Arc::new(gate),
             webhook_token: config.webhook_token,
+            listener_tls: config.listener_tls,
         }))
     }
 }

@@ -1,11 +1,13 @@
 //! Command-line flags (each also read from `DR_REMEDIATOR_<FLAG>`), checked once at start-up.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use dr_common::duration::parse_duration;
+use dr_common::reload::Reloading;
 use dr_common::telemetry::LogFormat;
 use dr_common::tls::TlsMaterial;
 use reqwest::Url;
@@ -50,9 +52,19 @@ pub struct Args {
     #[arg(long, env = "DR_REMEDIATOR_DETECTOR_URL")]
     pub detector_url: Option<Url>,
 
-    /// File holding the bearer token Alertmanager must send; without it /webhook is open.
+    /// File holding the bearer token /webhook and /actions want; without it they are open.
+    /// Read again when it changes.
     #[arg(long, env = "DR_REMEDIATOR_WEBHOOK_TOKEN_FILE")]
     pub webhook_token_file: Option<PathBuf>,
+
+    /// Serve HTTPS with this certificate (PEM, chain first); needs --tls-key-file. Read
+    /// again when it changes.
+    #[arg(long, env = "DR_REMEDIATOR_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert-file.
+    #[arg(long, env = "DR_REMEDIATOR_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
 
     /// The alert that triggers a remediation; other alerts are skipped.
     #[arg(
@@ -197,6 +209,9 @@ pub enum ConfigError {
     /// The TLS files, as dr-common reads them.
     #[error("{0}")]
     Tls(String),
+    /// The listener's certificate and key.
+    #[error("--tls-cert-file/--tls-key-file: {0}")]
+    ListenerTls(String),
     /// `--restore-mode command` without this command and without a preset that has it.
     #[error("--restore-mode command needs {0} (or --restore-preset)")]
     RestoreCommand(&'static str),
@@ -208,9 +223,13 @@ pub struct Config {
     pub etcd_endpoints: Vec<String>,
     /// Where snapshots go (with the audit log), how many stay, how long one may take.
     pub snapshots: SnapshotPolicy,
-    pub tls: Option<TlsMaterial>,
+    /// etcd's TLS files, read again when they change.
+    pub tls: Option<Arc<Reloading<TlsMaterial>>>,
     pub detector_url: Option<Url>,
-    pub webhook_token: Option<String>,
+    /// The bearer token, read again when its file changes; never empty.
+    pub webhook_token: Option<Arc<Reloading<String>>>,
+    /// The listener's certificate: HTTPS when set.
+    pub listener_tls: Option<Arc<Reloading<rustls::ServerConfig>>>,
     pub alert_name: String,
     pub health_wait: Duration,
     pub cooldown: Duration,
@@ -251,26 +270,34 @@ impl Config {
         let webhook_token = args
             .webhook_token_file
             .as_deref()
-            .map(|path| {
-                let text = std::fs::read_to_string(path).map_err(|error| {
-                    ConfigError::TokenUnreadable {
-                        path: path.to_path_buf(),
-                        error,
-                    }
-                })?;
-                let token = text.trim().to_owned();
-                if token.is_empty() {
-                    return Err(ConfigError::TokenEmpty(path.to_path_buf()));
-                }
-                Ok(token)
-            })
-            .transpose()?;
-        let tls = TlsMaterial::from_files(
+            .map(webhook_token)
+            .transpose()?
+            .map(Arc::new);
+        let tls = TlsMaterial::reloading(
             args.cacert.as_deref(),
             args.cert.as_deref(),
             args.key.as_deref(),
+            RELOAD_CHECK_INTERVAL,
         )
-        .map_err(ConfigError::Tls)?;
+        .map_err(ConfigError::Tls)?
+        .map(Arc::new);
+        let listener_tls = match (args.tls_cert_file.as_deref(), args.tls_key_file.as_deref()) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(Arc::new(
+                dr_common::https::server_tls(cert, key, RELOAD_CHECK_INTERVAL)
+                    .map_err(ConfigError::ListenerTls)?,
+            )),
+            (Some(_), None) => {
+                return Err(ConfigError::ListenerTls(
+                    "the certificate needs its key".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::ListenerTls(
+                    "the key needs its certificate".into(),
+                ));
+            }
+        };
         let restore = match args.restore_mode {
             RestoreMode::None => None,
             RestoreMode::Command => Some(RestoreCommands::resolve(
@@ -296,6 +323,7 @@ impl Config {
             tls,
             detector_url: args.detector_url,
             webhook_token,
+            listener_tls,
             alert_name: args.alert_name,
             health_wait: args.health_wait,
             cooldown: args.cooldown,
@@ -311,6 +339,41 @@ impl Config {
             otlp_endpoint: args.otlp_endpoint,
         })
     }
+}
+
+/// How often, at most, the token and certificate files are looked at for a change: a
+/// rotation is in use a second after it lands, and a busy webhook costs one `stat` a second.
+pub const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The token file, kept current. At start-up a file that cannot be read or is empty is a
+/// refusal; later such a state keeps the last token (an empty one would let everyone in).
+fn webhook_token(path: &Path) -> Result<Reloading<String>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::TokenUnreadable {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    if text.trim().is_empty() {
+        return Err(ConfigError::TokenEmpty(path.to_path_buf()));
+    }
+    let shown = path.display().to_string();
+    Reloading::new(
+        "webhook_token",
+        vec![path.to_path_buf()],
+        RELOAD_CHECK_INTERVAL,
+        move |contents| {
+            let token = String::from_utf8_lossy(contents.first().map_or(&[][..], Vec::as_slice))
+                .trim()
+                .to_owned();
+            if token.is_empty() {
+                return Err(format!("--webhook-token-file {shown}: empty"));
+            }
+            Ok(token)
+        },
+    )
+    .map_err(|reason| ConfigError::TokenUnreadable {
+        path: path.to_path_buf(),
+        error: std::io::Error::other(reason),
+    })
 }
 
 impl Config {
@@ -380,6 +443,20 @@ mod tests {
             parse(&["--webhook-token-file", "/nonexistent/token"])
                 .unwrap_err()
                 .contains("cannot read")
+        );
+        assert_eq!(
+            parse(&["--tls-cert-file", "/nonexistent/tls.crt"]).unwrap_err(),
+            "--tls-cert-file/--tls-key-file: the certificate needs its key"
+        );
+        assert!(
+            parse(&[
+                "--tls-cert-file",
+                "/nonexistent/c",
+                "--tls-key-file",
+                "/nonexistent/k"
+            ])
+            .unwrap_err()
+            .contains("/nonexistent/c")
         );
         assert!(
             parse(&["--restore-mode", "command"])

@@ -2,8 +2,10 @@
 //! ([`EtcdError`]), and the deadline every call gets ([`bounded`], [`bounded_long`]).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
+use dr_common::reload::Reloading;
 use dr_common::tls::TlsMaterial;
 use etcd_client::Client;
 
@@ -14,7 +16,8 @@ const REVISION_PROBE_KEY: &str = "/etcd-dr/revision-probe";
 #[derive(Clone, Debug)]
 pub struct EtcdAccess {
     pub endpoints: Vec<String>,
-    pub tls: Option<TlsMaterial>,
+    /// Read again when the files change: every client is built with what they hold then.
+    pub tls: Option<Arc<Reloading<TlsMaterial>>>,
     pub timeout: Duration,
     /// Assumed for members that do not report their quota (etcd before 3.6).
     pub default_quota_bytes: u64,
@@ -194,7 +197,8 @@ impl EtcdAccess {
         endpoints: &[String],
         timeout: Duration,
     ) -> Result<Client, EtcdError> {
-        dr_common::etcd::connect(endpoints, self.tls.as_ref(), self.timeout, timeout)
+        let tls = self.tls.as_ref().map(|tls| tls.current());
+        dr_common::etcd::connect(endpoints, tls.as_deref(), self.timeout, timeout)
             .await
             .map_err(|err| {
                 EtcdError::request(format!("connecting to {}", endpoints.join(",")), err)

@@ -1,5 +1,5 @@
 //! The HTTP layer: `POST /webhook` (authenticated, bounded, parsed, then answered with the
-//! gate's decision), `GET /actions`, and the ops endpoints.
+//! gate's decision), `GET /actions` (authenticated), and the ops endpoints.
 
 use std::sync::Arc;
 
@@ -30,23 +30,31 @@ pub fn router(app: Arc<App>, readiness: Readiness, registry: Arc<Registry>) -> R
         .merge(ops_router(readiness, registry))
 }
 
+/// The bearer token check `/webhook` and `/actions` share, against the token's file as it
+/// is now.
+fn check_token(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &app.webhook_token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if authorized(given, &token.current()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized(
+            "missing or wrong bearer token".into(),
+        ))
+    }
+}
+
 async fn webhook(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let metrics = &app.remediator.metrics;
-    if let Some(token) = &app.webhook_token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        if !authorized(given, token) {
-            metrics.count_webhook("unauthorized");
-            return Err(ApiError::Unauthorized(
-                "missing or wrong bearer token".into(),
-            ));
-        }
-    }
+    check_token(&app, &headers).inspect_err(|_| metrics.count_webhook("unauthorized"))?;
     let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
         .map_err(|_| {
@@ -93,8 +101,11 @@ struct ActionsQuery {
 
 async fn actions(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     query: Result<Query<ActionsQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    // It names endpoints, snapshots and errors: as private as the webhook.
+    check_token(&app, &headers)?;
     // axum's own rejection is plain text; errors here are JSON.
     let Query(query) = query.map_err(|err| ApiError::BadRequest(err.body_text()))?;
     let limit = query.limit.unwrap_or(50).min(1000);

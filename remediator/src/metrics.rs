@@ -2,6 +2,7 @@
 
 use std::sync::atomic::AtomicU64;
 
+use dr_common::reload::ReloadCounter;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -28,6 +29,8 @@ pub struct Metrics {
     pub remediation_duration: Histogram,
     pub last_snapshot_timestamp: Gauge<f64, AtomicU64>,
     pub webhooks: Family<OutcomeLabel, Counter>,
+    /// The token and certificate files read again (`file`, `result` ok or failed).
+    pub reloads: ReloadCounter,
 }
 
 impl Metrics {
@@ -43,7 +46,13 @@ impl Metrics {
             ]),
             last_snapshot_timestamp: Gauge::default(),
             webhooks: Family::default(),
+            reloads: ReloadCounter::default(),
         };
+        registry.register(
+            "etcd_dr_reloads",
+            "Token and certificate files read again after a change, by file set and result",
+            metrics.reloads.clone(),
+        );
         registry.register(
             "etcd_dr_snapshot_success",
             "Snapshots written and verified",

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dr_common::http::{Readiness, spawn_serve};
+use dr_common::https::TlsListener;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 
@@ -36,12 +37,16 @@ pub async fn run(
     let app = App::new(config, &mut registry)?;
     let readiness = Readiness::not_ready("etcd not reached yet");
     let mut stop = dr_common::shutdown::flag(shutdown);
-    let server = spawn_serve(
-        listener,
-        router(app.clone(), readiness.clone(), Arc::new(registry)),
-        REQUEST_TIMEOUT,
-        stop.clone(),
-    );
+    let router = router(app.clone(), readiness.clone(), Arc::new(registry));
+    let server = match &app.listener_tls {
+        Some(tls) => spawn_serve(
+            TlsListener::new(listener, tls.clone())?,
+            router,
+            REQUEST_TIMEOUT,
+            stop.clone(),
+        ),
+        None => spawn_serve(listener, router, REQUEST_TIMEOUT, stop.clone()),
+    };
     // Ready once etcd answers; re-checked each interval of the readiness loop.
     let mut next_snapshot = tokio::time::Instant::now() + interval;
     loop {

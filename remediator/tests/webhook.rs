@@ -66,9 +66,14 @@ async fn bad_requests_are_refused_and_change_nothing() {
         "audit log changed"
     );
     assert!(r.snapshots().is_empty());
-    let (_, actions) = r.get("/actions").await;
+    // /actions tells endpoints, snapshots and errors: the token guards it too.
+    let (status, body) = r.get("/actions").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, _) = r.get_as("/actions", Some("wrong-token")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (_, actions) = r.get_as("/actions", Some(TOKEN)).await;
     assert_eq!(actions["actions"], json!([]));
-    let (status, body) = r.get("/actions?limit=many").await;
+    let (status, body) = r.get_as("/actions?limit=many", Some(TOKEN)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body["error"].as_str().unwrap().contains("limit"), "{body}");
 }
@@ -93,7 +98,7 @@ async fn resolved_and_other_alerts_are_skipped_with_a_reason() {
     );
 
     // The skips are on record, newest first.
-    let (_, actions) = r.get("/actions").await;
+    let (_, actions) = r.get_as("/actions", Some(TOKEN)).await;
     let actions = actions["actions"].as_array().unwrap();
     assert_eq!(actions.len(), 2);
     assert_eq!(actions[0]["last_phase"], "skipped");

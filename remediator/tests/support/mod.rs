@@ -30,8 +30,9 @@ pub struct Remediator {
     pub snapshot_dir: PathBuf,
 }
 
-/// A remediator on `endpoints` with `extra` flags; its snapshot dir is `dir`.
-pub fn remediator<S: AsRef<str>>(endpoints: &[String], dir: &Path, extra: &[S]) -> Remediator {
+/// The configuration of a remediator on `endpoints` with `extra` flags; its snapshot dir
+/// is `dir`.
+pub fn config<S: AsRef<str>>(endpoints: &[String], dir: &Path, extra: &[S]) -> Config {
     let endpoints = endpoints.join(",");
     let dir_text = dir.display().to_string();
     let mut args = vec![
@@ -44,7 +45,12 @@ pub fn remediator<S: AsRef<str>>(endpoints: &[String], dir: &Path, extra: &[S]) 
         "127.0.0.1:0",
     ];
     args.extend(extra.iter().map(AsRef::as_ref));
-    let config = Config::from_args(Args::try_parse_from(args).unwrap()).unwrap();
+    Config::from_args(Args::try_parse_from(args).unwrap()).unwrap()
+}
+
+/// A remediator on `endpoints` with `extra` flags; its snapshot dir is `dir`.
+pub fn remediator<S: AsRef<str>>(endpoints: &[String], dir: &Path, extra: &[S]) -> Remediator {
+    let config = config(endpoints, dir, extra);
     let mut registry = Registry::default();
     let app = App::new(config, &mut registry).unwrap();
     let router = router(
@@ -70,8 +76,16 @@ impl Remediator {
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.call(Request::get(path).body(Body::empty()).unwrap())
-            .await
+        self.get_as(path, None).await
+    }
+
+    /// A GET with the bearer token, when given.
+    pub async fn get_as(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        let mut request = Request::get(path);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        self.call(request.body(Body::empty()).unwrap()).await
     }
 
     async fn call(&self, request: Request<Body>) -> (StatusCode, Value) {
@@ -205,4 +219,108 @@ pub async fn db_sizes(endpoints: &[String]) -> Vec<i64> {
         sizes.push(c.status().await.unwrap().db_size());
     }
     sizes
+}
+
+/// A directory laid out as the kubelet writes a Secret volume: each file a symlink
+/// `<name> -> ..data/<name>`, `..data` a symlink to the current version's directory,
+/// replaced in one rename when the Secret changes.
+pub struct SecretDir {
+    pub dir: PathBuf,
+    version: usize,
+}
+
+impl SecretDir {
+    /// The files of the first version: (name, contents).
+    pub fn new(dir: &Path, files: &[(&str, Vec<u8>)]) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut secret = SecretDir {
+            dir: dir.to_path_buf(),
+            version: 0,
+        };
+        secret.update(files);
+        for (name, _) in files {
+            std::os::unix::fs::symlink(format!("..data/{name}"), dir.join(name)).unwrap();
+        }
+        secret
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Writes a new version and swaps `..data` to it atomically.
+    pub fn update(&mut self, files: &[(&str, Vec<u8>)]) {
+        self.version += 1;
+        let version = format!("..v{}", self.version);
+        std::fs::create_dir(self.dir.join(&version)).unwrap();
+        for (name, contents) in files {
+            std::fs::write(self.dir.join(&version).join(name), contents).unwrap();
+        }
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+    }
+}
+
+/// A remediator serving on a loopback port in this runtime, as `main` runs it.
+pub struct Served {
+    pub addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Starts `serve::run` as [`remediator`] configures it, on a loopback port of its own.
+pub async fn serve<S: AsRef<str>>(endpoints: &[String], dir: &Path, extra: &[S]) -> Served {
+    let config = config(endpoints, dir, extra);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(dr_remediator::serve::run(config, listener, async move {
+        let _ = stopped.await;
+    }));
+    Served {
+        addr,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+impl Served {
+    /// Drains it, within the service's own drain bound.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(60), task)
+                .await
+                .expect("the remediator drains in time")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// An HTTP client for the tests: bounded, trusting only `ca` (PEM) when given.
+pub fn http_client(ca: Option<&[u8]>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+    if let Some(ca) = ca {
+        builder = builder
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(ca).unwrap());
+    }
+    builder.build().unwrap()
+}
+
+/// The firing fixture with its own fingerprint, so no cooldown joins two posts.
+pub fn firing_with_fingerprint(fingerprint: &str) -> String {
+    FIRING.replace("f146eb540a7ae47b", fingerprint)
 }
