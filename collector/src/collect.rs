@@ -57,18 +57,20 @@ pub fn filter_page(page: &str, allowlist: &Allowlist) -> Result<Filtered, String
 }
 
 pub struct Collector {
-    etcd_http: Client,
+    etcd_http: scrape::EtcdHttp,
     push_http: Client,
     pushgateway_url: Url,
     job: String,
     allowlist: Allowlist,
-    presents_identity: bool,
     metrics: CollectorMetrics,
 }
 
 impl Collector {
     pub fn new(config: &Config, metrics: CollectorMetrics) -> Result<Self, String> {
-        let etcd_http = scrape::etcd_client(config.tls.as_ref(), config.timeout)?;
+        if let Some(tls) = &config.tls {
+            tls.count_into(&metrics.reloads);
+        }
+        let etcd_http = scrape::EtcdHttp::new(config.tls.clone(), config.timeout)?;
         let push_http = Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
@@ -84,23 +86,20 @@ impl Collector {
             pushgateway_url: config.pushgateway_url.clone(),
             job: config.job.clone(),
             allowlist: config.allowlist.clone(),
-            presents_identity: config.tls.as_ref().is_some_and(|t| t.identity.is_some()),
             metrics,
         })
     }
 
     async fn scrape(&self, target: &Target) -> Result<Filtered, CollectError> {
-        let outcome =
-            scrape::fetch_page(&self.etcd_http, &target.metrics_url, self.presents_identity)
-                .await
-                .and_then(|page| {
-                    filter_page(&page, &self.allowlist).map_err(|detail| {
-                        CollectError::NotExposition {
-                            url: target.metrics_url.to_string(),
-                            detail,
-                        }
-                    })
-                });
+        let (etcd_http, presents_identity) = self.etcd_http.client();
+        let outcome = scrape::fetch_page(&etcd_http, &target.metrics_url, presents_identity)
+            .await
+            .and_then(|page| {
+                filter_page(&page, &self.allowlist).map_err(|detail| CollectError::NotExposition {
+                    url: target.metrics_url.to_string(),
+                    detail,
+                })
+            });
         self.metrics.count_scrape(&target.instance, outcome.is_ok());
         outcome
     }

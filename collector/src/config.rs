@@ -2,10 +2,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use dr_common::duration::parse_duration;
+use dr_common::reload::Reloading;
 use dr_common::telemetry::LogFormat;
 use dr_common::tls::TlsMaterial;
 use reqwest::Url;
@@ -103,7 +105,8 @@ pub struct Config {
     pub interval: Duration,
     pub job: String,
     pub allowlist: Allowlist,
-    pub tls: Option<TlsMaterial>,
+    /// etcd's TLS files, read again when they change.
+    pub tls: Option<Arc<Reloading<TlsMaterial>>>,
     pub once: bool,
     pub listen: SocketAddr,
     pub timeout: Duration,
@@ -157,11 +160,13 @@ impl Config {
                 humantime::format_duration(args.interval)
             ));
         }
-        let tls = TlsMaterial::from_files(
+        let tls = TlsMaterial::reloading(
             args.cacert.as_deref(),
             args.cert.as_deref(),
             args.key.as_deref(),
-        )?;
+            RELOAD_CHECK_INTERVAL,
+        )?
+        .map(Arc::new);
         let targets = args
             .etcd_metrics_urls
             .into_iter()
@@ -186,6 +191,9 @@ impl Config {
         })
     }
 }
+
+/// How often, at most, a scrape looks at the TLS files for a change (a `stat` each).
+pub const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 fn default_instance(url: &Url) -> String {
     match (url.host_str(), url.port_or_known_default()) {

@@ -2,6 +2,7 @@
 
 use std::sync::atomic::AtomicU64;
 
+use dr_common::reload::ReloadCounter;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -25,6 +26,8 @@ pub struct CollectorMetrics {
     pub pushes: Family<ResultLabels, Counter>,
     pub last_success: Family<InstanceLabels, Gauge<f64, AtomicU64>>,
     pub families_pushed: Family<InstanceLabels, Gauge>,
+    /// The TLS files read again after a change (`file`, `result` ok or failed).
+    pub reloads: ReloadCounter,
 }
 
 impl CollectorMetrics {
@@ -51,6 +54,11 @@ impl CollectorMetrics {
             "etcd_dr_collector_families_pushed",
             "Metric families in the last successful push",
             metrics.families_pushed.clone(),
+        );
+        registry.register(
+            "etcd_dr_collector_reloads",
+            "TLS files read again after a change, by file set and result",
+            metrics.reloads.clone(),
         );
         metrics
     }

@@ -1,7 +1,9 @@
 //! Fetching etcd's metrics page over http, or https with a CA and a client certificate.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dr_common::reload::Reloading;
 use dr_common::reqwest_error::{Failure, describe};
 use dr_common::tls::TlsMaterial;
 use reqwest::{Client, Url};
@@ -35,6 +37,54 @@ pub fn etcd_client(tls: Option<&TlsMaterial>, timeout: Duration) -> Result<Clien
     builder
         .build()
         .map_err(|err| format!("building the etcd HTTP client: {err}"))
+}
+
+/// The HTTP client for etcd, built again when the TLS files change: the new client comes
+/// with a new connection pool, so the next scrape handshakes with the new certificates.
+pub struct EtcdHttp {
+    tls: Option<Arc<Reloading<TlsMaterial>>>,
+    timeout: Duration,
+    /// The client and the material it was built from.
+    built: Mutex<(Option<Arc<TlsMaterial>>, Client)>,
+}
+
+impl EtcdHttp {
+    pub fn new(
+        tls: Option<Arc<Reloading<TlsMaterial>>>,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let material = tls.as_ref().map(|tls| tls.current());
+        let client = etcd_client(material.as_deref(), timeout)?;
+        Ok(EtcdHttp {
+            tls,
+            timeout,
+            built: Mutex::new((material, client)),
+        })
+    }
+
+    /// The client for the TLS files as they are now, and whether it presents a client
+    /// certificate. A client that cannot be built from new files leaves the last one.
+    pub fn client(&self) -> (Client, bool) {
+        let material = self.tls.as_ref().map(|tls| tls.current());
+        let mut built = self
+            .built
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let changed = match (&material, &built.0) {
+            (Some(now), Some(then)) => !Arc::ptr_eq(now, then),
+            _ => false,
+        };
+        if changed {
+            match etcd_client(material.as_deref(), self.timeout) {
+                Ok(client) => *built = (material, client),
+                Err(err) => {
+                    tracing::warn!(error = %err, "keeping the etcd client of the last good TLS files")
+                }
+            }
+        }
+        let presents_identity = built.0.as_ref().is_some_and(|t| t.identity.is_some());
+        (built.1.clone(), presents_identity)
+    }
 }
 
 /// Fetches one metrics page as text. `presents_identity` says whether the client sends a

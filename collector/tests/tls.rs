@@ -102,3 +102,50 @@ async fn no_client_certificate_is_refused_by_etcd() {
     assert!(matches!(err, CollectError::EtcdTls { .. }), "{err}");
     assert!(err.to_string().contains("give --cert and --key"), "{err}");
 }
+
+/// A client certificate renewed on disk is used by the next scrape of the same collector,
+/// with no restart: first a certificate etcd refuses, then, after the swap, the right one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_client_certificate_is_used_by_the_next_scrape() {
+    let etcd = tls_etcd();
+    let tls = etcd.tls().unwrap();
+    let stranger = generate_unrelated_ca(etcd.workdir(), "old").unwrap();
+    let pushgateway = Pushgateway::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    // Written aside and renamed in place, as a certificate manager does.
+    let install = |from: &std::path::Path, to: &std::path::Path| {
+        let aside = to.with_extension("new");
+        std::fs::copy(from, &aside).unwrap();
+        std::fs::rename(&aside, to).unwrap();
+    };
+    install(&stranger.client_cert, &cert);
+    install(&stranger.client_key, &key);
+    let config = config(&[
+        "--etcd-metrics-url",
+        &etcd.member(0).client_metrics_url(),
+        "--pushgateway-url",
+        &pushgateway.url(),
+        "--cacert",
+        tls.ca_cert.to_str().unwrap(),
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    let collector = collector(&config);
+    let target = &config.targets[0];
+    tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        let err = collector.collect_once(target).await.unwrap_err();
+        assert!(matches!(err, CollectError::EtcdTls { .. }), "{err}");
+
+        install(&tls.client_cert, &cert);
+        install(&tls.client_key, &key);
+        // The files are looked at once a second at most.
+        tokio::time::sleep(dr_collector::config::RELOAD_CHECK_INTERVAL).await;
+        let pushed = collector.collect_once(target).await.unwrap();
+        assert!(pushed.families > 10, "{pushed:?}");
+    })
+    .await
+    .expect("the scrapes end in time");
+}
