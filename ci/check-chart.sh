@@ -73,6 +73,14 @@ METADATA = {"type": "object", "required": ["name", "namespace"], "properties": {
     "namespace": {"type": "string"}, "labels": STRMAP, "annotations": STRMAP}}
 
 
+# How Alertmanager and Prometheus check a server's certificate (SafeTLSConfig), as set here.
+SECRET_KEY = {"type": "object", "required": ["name", "key"], "additionalProperties": False,
+              "properties": {"name": {"type": "string", "minLength": 1}, "key": {"type": "string", "minLength": 1}}}
+TLS_CONFIG = {"type": "object", "additionalProperties": False, "properties": {
+    "ca": {"type": "object", "additionalProperties": False, "properties": {"secret": SECRET_KEY, "configMap": SECRET_KEY}},
+    "serverName": {"type": "string"}, "insecureSkipVerify": {"type": "boolean"}}}
+
+
 def crd(spec):
     return {"type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
             "additionalProperties": False, "properties": {
@@ -91,7 +99,8 @@ CRD_SCHEMAS = {
                 "type": "object", "additionalProperties": False, "properties": {
                     "port": {"type": "string"}, "path": {"type": "string", "pattern": "^/"},
                     "scheme": {"enum": ["http", "https"]}, "interval": DURATION,
-                    "scrapeTimeout": DURATION, "honorLabels": {"type": "boolean"}}}}}}),
+                    "scrapeTimeout": DURATION, "honorLabels": {"type": "boolean"},
+                    "tlsConfig": TLS_CONFIG}}}}}),
     ("monitoring.coreos.com/v1", "PrometheusRule"): crd({
         "type": "object", "required": ["groups"], "additionalProperties": False, "properties": {
             "groups": {"type": "array", "items": {
@@ -133,7 +142,23 @@ CRD_SCHEMAS = {
                                         "credentials": {"type": "object", "required": ["name", "key"],
                                                         "additionalProperties": False, "properties": {
                                                             "name": {"type": "string"},
-                                                            "key": {"type": "string"}}}}}}}}}}}}}}}),
+                                                            "key": {"type": "string"}}}}},
+                                "tlsConfig": TLS_CONFIG}}}}}}}}}}),
+    # cert-manager's Certificate (remediator.https.certManager), the fields this chart sets.
+    ("cert-manager.io/v1", "Certificate"): crd({
+        "type": "object", "required": ["secretName", "issuerRef"], "additionalProperties": False,
+        "properties": {
+            "secretName": {"type": "string", "minLength": 1},
+            "dnsNames": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+            "duration": DURATION, "renewBefore": DURATION,
+            "usages": {"type": "array", "items": {"enum": ["server auth", "client auth", "digital signature",
+                                                           "key encipherment"]}},
+            "privateKey": {"type": "object", "additionalProperties": False, "properties": {
+                "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]}, "size": {"type": "integer"},
+                "rotationPolicy": {"enum": ["Never", "Always"]}}},
+            "issuerRef": {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {
+                "name": {"type": "string", "minLength": 1}, "kind": {"enum": ["Issuer", "ClusterIssuer"]},
+                "group": {"type": "string"}}}}}),
 }
 
 
@@ -342,6 +367,157 @@ def check_images(name, values, by_kind):
                     fail(f"[{name}] {kind} {w['metadata']['name']}: image {ref} is not tagged {tag}")
 
 
+def merged(values, chart):
+    """A subchart's values as the render sees them: its defaults, then the user's."""
+    def merge(base, over):
+        out = dict(base)
+        for k, v in (over or {}).items():
+            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        return out
+    defaults = yaml.safe_load((CHART / "charts" / chart / "values.yaml").read_text())
+    return merge(defaults, values.get(chart))
+
+
+def check_remediator(name, values, by_kind):
+    """The remediator's listener, token and detector URL, as the values ask."""
+    remediator = merged(values, "remediator")
+    if not remediator["enabled"] or not (values.get("remediator") or {}).get("enabled", True):
+        return
+    glob = {**yaml.safe_load((CHART / "values.yaml").read_text())["global"], **(values.get("global") or {})}
+    [deployment] = [d for d in by_kind.get("Deployment", []) if d["metadata"]["name"].endswith("-remediator")]
+    pod = deployment["spec"]["template"]
+    [container] = pod["spec"]["containers"]
+    args = dict(a.split("=", 1) for a in container["args"] if "=" in a)
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    service = next(s for s in by_kind["Service"] if s["metadata"]["name"].endswith("-remediator"))
+    server_name = f"{service['metadata']['name']}.{NAMESPACE}.svc"
+    https = remediator["https"]["enabled"]
+    tls_secret = remediator["https"]["secretName"] or f"{service['metadata']['name']}-tls"
+
+    # The listener: HTTPS from the Secret's files, probed over HTTPS.
+    if https:
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        if args.get("--tls-cert-file") != f"{mounts.get('https')}/tls.crt" or \
+                args.get("--tls-key-file") != f"{mounts.get('https')}/tls.key" or \
+                volumes.get("https", {}).get("secret", {}).get("secretName") != tls_secret:
+            fail(f"[{name}] remediator: HTTPS on, but --tls-cert-file/--tls-key-file do not read {tls_secret}")
+    elif "--tls-cert-file" in args or "https" in volumes:
+        fail(f"[{name}] remediator: HTTPS off, but the pod is given a certificate")
+    for probe in ("livenessProbe", "readinessProbe"):
+        if container[probe]["httpGet"].get("scheme") != ("HTTPS" if https else "HTTP"):
+            fail(f"[{name}] remediator: {probe} is not {'HTTPS' if https else 'HTTP'}")
+    wanted_tls = {"ca": {"secret": {"name": tls_secret, "key": remediator["https"]["caKey"]}}, "serverName": server_name}
+    # Alertmanager: https to the Service, the certificate checked against the CA and name.
+    for am in by_kind.get("AlertmanagerConfig", []):
+        for receiver in am["spec"]["receivers"]:
+            for hook in receiver.get("webhookConfigs", []):
+                tls = hook.get("httpConfig", {}).get("tlsConfig")
+                if https and (not hook["url"].startswith(f"https://{server_name}:") or tls != wanted_tls):
+                    fail(f"[{name}] remediator HTTPS: Alertmanager posts to {hook['url']} with tlsConfig {tls}, "
+                         f"want https://{server_name} and {wanted_tls}")
+                if not https and (not hook["url"].startswith("http://") or tls):
+                    fail(f"[{name}] remediator HTTP: Alertmanager posts to {hook['url']} with tlsConfig {tls}")
+                credentials = hook["httpConfig"]["authorization"]["credentials"]["name"]
+                if credentials != volumes["webhook-token"]["secret"]["secretName"]:
+                    fail(f"[{name}] Alertmanager sends the token of {credentials}, the remediator reads another")
+    for sm in by_kind.get("ServiceMonitor", []):
+        if sm["metadata"]["name"] == service["metadata"]["name"]:
+            [endpoint] = sm["spec"]["endpoints"]
+            if https and (endpoint.get("scheme") != "https" or endpoint.get("tlsConfig") != wanted_tls):
+                fail(f"[{name}] remediator HTTPS: its ServiceMonitor scrapes {endpoint}")
+            if not https and (endpoint.get("scheme", "http") != "http" or "tlsConfig" in endpoint):
+                fail(f"[{name}] remediator HTTP: its ServiceMonitor scrapes {endpoint}")
+    certificates = by_kind.get("Certificate", [])
+    if https and remediator["https"]["certManager"]["enabled"]:
+        if [c["spec"]["secretName"] for c in certificates] != [tls_secret] or \
+                server_name not in certificates[0]["spec"]["dnsNames"]:
+            fail(f"[{name}] remediator HTTPS: no Certificate writes {tls_secret} for {server_name}")
+    elif certificates:
+        fail(f"[{name}] a Certificate without remediator.https.certManager.enabled")
+
+    # The generated token: created once at install, kept, never re-rendered by an upgrade.
+    secrets = {s["metadata"]["name"]: s for s in by_kind.get("Secret", [])}
+    token_secret = volumes["webhook-token"]["secret"]["secretName"]
+    existing = remediator["webhook"]["existingSecret"]
+    if existing:
+        if token_secret != existing or existing in secrets:
+            fail(f"[{name}] webhook.existingSecret {existing}: the remediator reads {token_secret}, "
+                 f"and the chart must not render it")
+    else:
+        notes = (secrets.get(token_secret) or {}).get("metadata", {}).get("annotations") or {}
+        if notes.get("helm.sh/hook") != "pre-install" or notes.get("helm.sh/resource-policy") != "keep":
+            fail(f"[{name}] the generated token Secret {token_secret} is not a kept pre-install hook: {notes}")
+
+    # The detector's port is one value: its Service and the remediator's default URL.
+    detector = next((s for s in by_kind.get("Service", []) if s["metadata"]["name"].endswith("-detector")), None)
+    if detector:
+        port = glob["detectorServicePort"]
+        if [p["port"] for p in detector["spec"]["ports"]] != [port]:
+            fail(f"[{name}] the detector's Service port is not global.detectorServicePort ({port})")
+        if remediator["detector"]["confirm"] and not remediator["detector"]["url"]:
+            want = f"http://{detector['metadata']['name']}.{NAMESPACE}.svc:{port}"
+            if args.get("--detector-url") != want:
+                fail(f"[{name}] --detector-url={args.get('--detector-url')}, want {want}")
+
+
+# Objects a pod reads that its process reads again when they change: no checksum for them.
+HOT_RELOADED = re.compile(r"-(remediator-webhook|remediator-tls|etcd-client)$")
+
+
+def check_checksums(name, docs):
+    """A ConfigMap or Secret the chart renders and a pod reads at start only must roll the
+    pod when it changes: a `checksum/<name>` annotation on the pod template with the sha256
+    of its data. What the process reads again (HOT_RELOADED) carries none: a rotation must
+    not restart anything. A Secret made by a hook is never re-rendered, so it needs none."""
+    import hashlib
+    rendered = {(d["kind"], d["metadata"]["name"]): d for _, d in docs if d["kind"] in ("ConfigMap", "Secret")}
+    for _, w in docs:
+        if w["kind"] not in ("Deployment", "DaemonSet"):
+            continue
+        pod = w["spec"]["template"]
+        sums = {k.split("/", 1)[1]: v for k, v in (pod["metadata"].get("annotations") or {}).items()
+                if k.startswith("checksum/")}
+        refs = set()
+        for v in pod["spec"].get("volumes", []):
+            if "secret" in v:
+                refs.add(("Secret", v["secret"]["secretName"]))
+            if "configMap" in v:
+                refs.add(("ConfigMap", v["configMap"]["name"]))
+        for c in pod["spec"]["containers"]:
+            for source in c.get("envFrom", []):
+                for kind, key in (("Secret", "secretRef"), ("ConfigMap", "configMapRef")):
+                    if key in source:
+                        refs.add((kind, source[key]["name"]))
+        for kind, ref in sorted(refs):
+            doc = rendered.get((kind, ref))
+            hot = HOT_RELOADED.search(ref)
+            hook = doc and "helm.sh/hook" in (doc["metadata"].get("annotations") or {})
+            if hot and ref in sums:
+                fail(f"[{name}] {w['kind']} {w['metadata']['name']}: checksum/{ref} would restart the pod "
+                     f"for a {kind} its process reads again")
+            if doc and not hot and not hook:
+                data = json.dumps({k: doc.get(k) for k in ("data", "stringData", "binaryData")}, sort_keys=True)
+                if sums.get(ref) != hashlib.sha256(data.encode()).hexdigest():
+                    fail(f"[{name}] {w['kind']} {w['metadata']['name']}: reads {kind} {ref} at start "
+                         f"but no checksum/{ref} of its data rolls it")
+        for ref in sums:
+            if ("ConfigMap", ref) not in refs and ("Secret", ref) not in refs:
+                fail(f"[{name}] {w['kind']} {w['metadata']['name']}: checksum/{ref} of nothing it reads")
+
+
+def check_no_lookup():
+    """`lookup` asks the cluster: under `helm template` and GitOps renders it answers
+    nothing, so no template may call it (comments may name it)."""
+    for path in sorted(CHART.rglob("templates/**/*")):
+        if path.is_file():
+            code = re.sub(r"/\*.*?\*/", "", path.read_text(), flags=re.S)
+            if re.search(r"\blookup\b", code):
+                fail(f"{path}: calls lookup")
+
+
+check_no_lookup()
+
+
 # --- 1 and 2: lint, render, validate every value set ------------------------------------
 def render_fresh(values):
     """Render from a freshly loaded chart: the SDK's dependency processing drops disabled
@@ -367,6 +543,8 @@ for name, values in value_sets():
     by_kind = check_release(name, docs)
     check_monitoring(name, values, by_kind)
     check_images(name, values, by_kind)
+    check_remediator(name, values, by_kind)
+    check_checksums(name, docs)
     groups = promql_checks(name, by_kind)
     if groups:
         rule_groups[name] = groups
@@ -449,7 +627,12 @@ for trace in (".monitoring.svc", "kubernetes.io/metadata.name: monitoring", "- m
     if trace in elsewhere:
         fail(f"[monitoring-namespace] the render still names the default namespace: {trace!r}")
 print(f"  validated {checked['kubernetes']} objects against Kubernetes {' and '.join(KUBE_VERSIONS)} (strict), "
-      f"{checked['crd-schema']} prometheus-operator objects against the minimal CRD schemas")
+      f"{checked['crd-schema']} prometheus-operator and cert-manager objects against the minimal CRD schemas")
+https_sets = [n for n, v in value_sets() if merged(v, "remediator")["https"]["enabled"]]
+if len(https_sets) < 2:
+    fail(f"the remediator's HTTPS is rendered by too few value sets: {https_sets}")
+print(f"  remediator: listener, token Secret and detector URL checked; HTTPS in {', '.join(https_sets)}; "
+      f"no template calls lookup; checksums only for what is read at start")
 
 if shutil.which("promtool"):
     for name, groups in rule_groups.items():
@@ -485,6 +668,7 @@ misfits = {
     "deployment mode without targets": {"collector": {"mode": "deployment"}},
     "confirmation without a detector": {"detector": {"enabled": False}},
     "tls without a secret": {"collector": {"tls": {"enabled": True}}},
+    "cert-manager without an issuer": {"remediator": {"https": {"enabled": True, "certManager": {"enabled": True}}}},
 }
 for what, values in misfits.items():
     try:

@@ -14,7 +14,7 @@ cluster=${KIND_CLUSTER:-etcd-dr}
 tag=${IMAGE_TAG:?IMAGE_TAG is not set}
 # shellcheck source=ci/lib/require-tool.sh
 source ci/lib/require-tool.sh
-require_tool e2e_k8s kubectl
+require_tool e2e_k8s kubectl curl
 report_dir=${REPORT_DIR:-target/reports}
 budget=${E2E_MTTR_BUDGET_SECONDS:-120}
 deadline_seconds=${E2E_DEADLINE_SECONDS:-420}
@@ -92,8 +92,17 @@ etcd_ready() {
   [[ -z $(etcdctl alarm list 2>/dev/null || echo unreachable) ]] &&
     etcdctl endpoint health >/dev/null 2>&1 && etcdctl put /dr-e2e/probe "$(date +%s)" >/dev/null 2>&1
 }
+# GET /actions wants the webhook token, which the API server's service proxy cannot carry
+# (it drops the Authorization header once it has authenticated the caller): read it from the
+# chart's Secret and reach the Service through a port-forward, stopped by its PID on exit.
+token=$(k -n etcd-dr get secret dr-remediator-webhook -o jsonpath='{.data.token}' | base64 -d)
+forward_port=${E2E_FORWARD_PORT:-19312}
+k -n etcd-dr port-forward svc/dr-remediator "$forward_port:9312" >"$report_dir/e2e-port-forward.log" 2>&1 &
+forward_pid=$!
+trap 'kill "$forward_pid" 2>/dev/null || true' EXIT
 remediator_actions() {
-  k get --raw "/api/v1/namespaces/etcd-dr/services/dr-remediator:9312/proxy/actions" 2>/dev/null || echo '{"actions": []}'
+  curl -fsS --max-time 5 -H "Authorization: Bearer $token" "http://127.0.0.1:$forward_port/actions" 2>/dev/null ||
+    echo '{"actions": []}'
 }
 # A finished remediation that was not a dry run and whose NOSPACE disarm succeeded.
 repaired() {

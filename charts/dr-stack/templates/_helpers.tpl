@@ -148,12 +148,18 @@ entries of `extra`. Call with (dict "root" $ "extra" (list "CKV_K8S_19=why")).
 {{- with $annotations }}{{ toYaml . }}{{ end -}}
 {{- end -}}
 
-{{/* Liveness on /healthz and readiness on /readyz of the named port "http". */}}
+{{/*
+Liveness on /healthz and readiness on /readyz of the named port "http", over HTTPS when the
+chart's `https.enabled` is set (the kubelet does not verify the certificate).
+*/}}
 {{- define "dr-stack.probes" -}}
+{{- $scheme := "HTTP" -}}
+{{- if (.Values.https | default dict).enabled }}{{ $scheme = "HTTPS" }}{{ end -}}
 livenessProbe:
   httpGet:
     path: /healthz
     port: http
+    scheme: {{ $scheme }}
   periodSeconds: {{ .Values.probes.periodSeconds }}
   timeoutSeconds: {{ .Values.probes.timeoutSeconds }}
   failureThreshold: {{ .Values.probes.failureThreshold }}
@@ -161,6 +167,7 @@ readinessProbe:
   httpGet:
     path: /readyz
     port: http
+    scheme: {{ $scheme }}
   periodSeconds: {{ .Values.probes.periodSeconds }}
   timeoutSeconds: {{ .Values.probes.timeoutSeconds }}
   failureThreshold: {{ .Values.probes.failureThreshold }}
@@ -172,4 +179,25 @@ chart: (dict "root" $ "values" <the remediator's values>).
 */}}
 {{- define "dr-stack.webhookSecretName" -}}
 {{- .values.webhook.existingSecret | default (include "dr-stack.componentName" (dict "root" .root "component" "remediator-webhook")) -}}
+{{- end -}}
+
+{{/*
+Name of the Secret with the remediator's HTTPS certificate (https.secretName), from the
+parent or the remediator chart: (dict "root" $ "values" <the remediator's values>).
+*/}}
+{{- define "dr-stack.remediatorTlsSecretName" -}}
+{{- .values.https.secretName | default (include "dr-stack.componentName" (dict "root" .root "component" "remediator-tls")) -}}
+{{- end -}}
+
+{{/*
+How Alertmanager and Prometheus check the remediator's HTTPS certificate: the CA from its
+Secret, and the Service's name, which the certificate carries.
+(dict "root" $ "values" <the remediator's values>).
+*/}}
+{{- define "dr-stack.remediatorTlsConfig" -}}
+ca:
+  secret:
+    name: {{ include "dr-stack.remediatorTlsSecretName" . }}
+    key: {{ .values.https.caKey }}
+serverName: {{ printf "%s.%s.svc" (include "dr-stack.componentName" (dict "root" .root "component" "remediator")) .root.Release.Namespace }}
 {{- end -}}
