@@ -35,7 +35,7 @@ async fn get_score(
     }
     let ranked = live.ranked(&state.scorer.bundle.meta.features[0].query)?;
     // The fleet answer: the worst instance's fields on top (what an alert confirmation
-    // needs), every instance listed below.
+    // needs), every instance listed below. `ranked` is never empty: it refuses instead.
     let mut top = to_value(ranked[0])?;
     if let Value::Object(map) = &mut top {
         map.insert("instances".into(), to_value(&ranked)?);
