@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every static check: shell scripts, Rust formatting and lints, Dockerfiles, the Helm chart,
-# the Jenkinsfile's syntax. The Jenkins "Lint" stage runs this; so does ci/test.sh.
+# docs/operations.md against the chart, the Jenkinsfile's syntax. The Jenkins "Lint" stage
+# runs this; so does ci/test.sh.
 # Needs ci/install-deps.sh to have run (DR_VENV points at its venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,9 @@ step "Helm chart (and every flag it passes, against the binaries' --help)"
 cargo build --workspace --bins --locked --quiet
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 DR_BIN_DIR=$target_dir/debug bash ci/check-chart.sh
+
+step "docs/operations.md against the chart (values, rendered objects, paths, flags)"
+DR_BIN_DIR=$target_dir/debug bash ci/check-docs.sh
 
 step "Jenkinsfile parses as Groovy"
 # Debian's groovy looks for /usr/lib/jvm/default-java, absent when another JDK satisfied it.
