@@ -1,11 +1,14 @@
-//! `eval`: how a model does on a labelled CSV, scored exactly as serving scores.
+//! `eval`: how a model does on labelled CSVs, scored exactly as serving scores: per window
+//! (AUC, precision, recall) and as an alert beside the static rules ([`alerting`]).
 
-use anyhow::ensure;
+use anyhow::{Context, ensure};
 use serde::Serialize;
 
 use crate::model::inference::Scorer;
+use crate::training::alerting::{self, AlertStats, Judged};
 use crate::training::dataset::Dataset;
 use crate::training::roc::{self, Confusion, YoudenPoint};
+use crate::training::rules::{self, RULES};
 use crate::training::train::score_windows;
 
 #[derive(Clone, Debug, Serialize)]
@@ -22,17 +25,30 @@ pub struct EvalReport {
     pub confusion: Confusion,
     /// The threshold that would maximise Youden's J on this data.
     pub best_j: Option<YoudenPoint>,
+    /// The model as an alert beside the static rules, per incident kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alerting: Option<AlertingReport>,
 }
 
 pub fn evaluate(scorer: &Scorer, data: &Dataset) -> anyhow::Result<EvalReport> {
+    evaluate_all(scorer, std::slice::from_ref(data))
+}
+
+/// The window figures over every window of every dataset, pooled.
+pub fn evaluate_all(scorer: &Scorer, datasets: &[Dataset]) -> anyhow::Result<EvalReport> {
     let meta = &scorer.bundle.meta;
-    ensure!(
-        data.labels.is_some(),
-        "the data has no `label` column; eval needs labelled rows"
-    );
-    let data = data.for_model(meta)?;
-    let starts = data.window_starts(meta.window, meta.step_seconds);
-    let (scores, labels) = score_windows(scorer, &data, &starts);
+    let (mut scores, mut labels) = (Vec::new(), Vec::new());
+    for data in datasets {
+        ensure!(
+            data.labels.is_some(),
+            "the data has no `label` column; eval needs labelled rows"
+        );
+        let data = data.for_model(meta)?;
+        let starts = data.window_starts(meta.window, meta.step_seconds);
+        let (s, l) = score_windows(scorer, &data, &starts);
+        scores.extend(s);
+        labels.extend(l);
+    }
     ensure!(
         !scores.is_empty(),
         "the data has no scorable window of {} consecutive steps",
@@ -50,5 +66,188 @@ pub fn evaluate(scorer: &Scorer, data: &Dataset) -> anyhow::Result<EvalReport> {
         f1: confusion.f1,
         confusion,
         best_j: roc::best_youden(&scores, &labels),
+        alerting: None,
     })
+}
+
+/// One labelled recording of one etcd member, as `eval` reads it.
+#[derive(Clone, Debug)]
+pub struct Recording {
+    pub name: String,
+    pub data: Dataset,
+    /// Incident kinds in order (`<recording>.incidents.csv`), when known.
+    pub kinds: Option<Vec<String>>,
+}
+
+/// How the alerts are judged.
+#[derive(Clone, Copy, Debug)]
+pub struct AlertingOptions {
+    /// How long the model's score must stay above its threshold, in represented time.
+    pub alert_for_seconds: f64,
+    /// What one step of the data stands for (the step itself for a real cluster; a
+    /// minute for the compressed recordings).
+    pub represents_seconds: f64,
+}
+
+/// The model's alert and the static rules on the same recordings, per incident kind.
+#[derive(Clone, Debug, Serialize)]
+pub struct AlertingReport {
+    pub recordings: Vec<String>,
+    pub step_seconds: f64,
+    pub represents_seconds: f64,
+    pub threshold: f64,
+    pub model: AlertStats,
+    pub rules: Vec<AlertStats>,
+    /// Any of the rules, each with its own `for`.
+    pub any_rule: AlertStats,
+    /// Incidents some rule caught, and of those, the ones the model caught no later.
+    pub caught_by_a_rule: usize,
+    pub model_no_later_than_rules: usize,
+}
+
+/// Judges the model's alert (score above its threshold for `alert_for`) and every rule
+/// whose columns the recordings have, over all of `recordings`.
+pub fn alerting(
+    scorer: &Scorer,
+    recordings: &[Recording],
+    opts: AlertingOptions,
+) -> anyhow::Result<AlertingReport> {
+    let meta = &scorer.bundle.meta;
+    let w = meta.window;
+    let model_for = rules::steps(opts.alert_for_seconds, opts.represents_seconds);
+    let mut incidents = Vec::new();
+    let mut model_judged = Vec::new();
+    let mut rule_judged: Vec<Vec<Judged>> = vec![Vec::new(); RULES.len()];
+    let mut rule_present = vec![true; RULES.len()];
+    let mut any_judged = Vec::new();
+    for rec in recordings {
+        let labels = rec.data.labels.as_deref().with_context(|| {
+            format!(
+                "{} has no `label` column; eval needs labelled rows",
+                rec.name
+            )
+        })?;
+        let data = rec
+            .data
+            .for_model(meta)
+            .with_context(|| format!("reading {}", rec.name))?;
+        let incs = alerting::incidents(labels, rec.kinds.as_deref());
+        // The score of the window ending at each step.
+        let mut above = vec![None; data.len()];
+        for s in data.window_starts(w, meta.step_seconds) {
+            if let Ok(score) = scorer.score(&data.window_values(s, w), &data.window_mask(s, w)) {
+                above[s + w - 1] = Some(score.score > meta.threshold);
+            }
+        }
+        model_judged.push(alerting::judge(&above, model_for, labels, &incs));
+        let mut any = vec![false; data.len()];
+        for (i, rule) in RULES.iter().enumerate() {
+            let step = meta.step_seconds;
+            match rule.evaluate(&rec.data, step, opts.represents_seconds) {
+                Some(condition) => {
+                    let for_steps = rule.for_steps(opts.represents_seconds);
+                    for (a, f) in any.iter_mut().zip(alerting::firing(&condition, for_steps)) {
+                        *a |= f;
+                    }
+                    rule_judged[i].push(alerting::judge(&condition, for_steps, labels, &incs));
+                }
+                None => rule_present[i] = false,
+            }
+        }
+        let any: Vec<Option<bool>> = any.into_iter().map(Some).collect();
+        any_judged.push(alerting::judge(&any, 1, labels, &incs));
+        incidents.push(incs);
+    }
+    let model = alerting::summarise("model", model_for, &model_judged, &incidents);
+    let rules: Vec<AlertStats> = RULES
+        .iter()
+        .zip(&rule_judged)
+        .zip(&rule_present)
+        .filter(|(_, present)| **present)
+        .map(|((rule, judged), _)| {
+            alerting::summarise(
+                rule.name,
+                rule.for_steps(opts.represents_seconds),
+                judged,
+                &incidents,
+            )
+        })
+        .collect();
+    let any_rule = alerting::summarise("any rule", 1, &any_judged, &incidents);
+    let mut caught_by_a_rule = 0;
+    let mut model_no_later_than_rules = 0;
+    for (i, model_delay) in model.delays.iter().enumerate() {
+        let best_rule = rules.iter().filter_map(|r| r.delays[i]).min();
+        if let Some(rule_delay) = best_rule {
+            caught_by_a_rule += 1;
+            if model_delay.is_some_and(|d| d <= rule_delay) {
+                model_no_later_than_rules += 1;
+            }
+        }
+    }
+    Ok(AlertingReport {
+        recordings: recordings.iter().map(|r| r.name.clone()).collect(),
+        step_seconds: meta.step_seconds,
+        represents_seconds: opts.represents_seconds,
+        threshold: meta.threshold,
+        model,
+        rules,
+        any_rule,
+        caught_by_a_rule,
+        model_no_later_than_rules,
+    })
+}
+
+impl AlertingReport {
+    /// The side-by-side table for a terminal.
+    pub fn table(&self) -> String {
+        let mut kinds: Vec<&str> = Vec::new();
+        for alert in std::iter::once(&self.model).chain(&self.rules) {
+            for k in &alert.kinds {
+                if !kinds.contains(&k.kind.as_str()) {
+                    kinds.push(&k.kind);
+                }
+            }
+        }
+        let mut out = format!(
+            "{} recording(s); a step of {}s stands for {}s; model threshold {:.4}\n\
+             per kind: caught/incidents (median steps from the start to the first alert)\n\n",
+            self.recordings.len(),
+            self.step_seconds,
+            self.represents_seconds,
+            self.threshold
+        );
+        out.push_str(&format!("{:34} {:>5}", "alert", "for"));
+        for k in &kinds {
+            out.push_str(&format!(" {k:>16}"));
+        }
+        out.push_str("   false alarms / 1000 normal steps\n");
+        for alert in std::iter::once(&self.model)
+            .chain(&self.rules)
+            .chain(std::iter::once(&self.any_rule))
+        {
+            out.push_str(&format!("{:34} {:>5}", alert.name, alert.for_steps));
+            for k in &kinds {
+                let cell = alert.kinds.iter().find(|s| s.kind == *k).map_or_else(
+                    || "-".to_string(),
+                    |s| {
+                        let delay = s
+                            .median_delay_steps
+                            .map_or_else(String::new, |d| format!(" ({d:.0})"));
+                        format!("{}/{}{delay}", s.detected, s.incidents)
+                    },
+                );
+                out.push_str(&format!(" {cell:>16}"));
+            }
+            out.push_str(&format!(
+                "   {:.2} ({} in {} steps)\n",
+                alert.false_alarms_per_1000_normal_steps, alert.false_alarms, alert.normal_steps
+            ));
+        }
+        out.push_str(&format!(
+            "\nthe model's first alert came no later than the rules' in {} of the {} incidents a rule caught\n",
+            self.model_no_later_than_rules, self.caught_by_a_rule
+        ));
+        out
+    }
 }

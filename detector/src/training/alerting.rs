@@ -1,0 +1,323 @@
+//! What an alert rule built on a per-step signal would have done on a labelled recording:
+//! which incidents it caught, how many steps after their start, and how often it fired on
+//! normal operation. The same judgement serves the model's score (above its threshold) and
+//! the etcd mixin's rules ([`super::rules`]), so the two are compared on equal terms.
+//!
+//! An incident is a run of labelled steps (the recorder labels an incident's steps plus
+//! the rate windows' look-back). An alert *fires* at a step once its condition has held for
+//! `for_steps` consecutive steps, as Prometheus' `for:` does; an unknown step (no score)
+//! breaks the run. An alert *onset* on a normal step is a false alarm, unless it follows an
+//! incident's end by at most `for_steps` steps: that alert is the incident's, late.
+
+use serde::Serialize;
+
+/// One incident of a recording, as step indices into its rows (inclusive).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Incident {
+    pub kind: String,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// The runs of label 1, named in order by `kinds` when it lists exactly one kind per run
+/// (the recorder's `<name>.incidents.csv`), and `incident` otherwise.
+pub fn incidents(labels: &[u8], kinds: Option<&[String]>) -> Vec<Incident> {
+    let mut runs = Vec::new();
+    let mut start = None;
+    for (i, &label) in labels.iter().enumerate() {
+        match (label == 1, start) {
+            (true, None) => start = Some(i),
+            (false, Some(s)) => {
+                runs.push((s, i - 1));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        runs.push((s, labels.len() - 1));
+    }
+    let named = kinds.filter(|k| k.len() == runs.len());
+    runs.into_iter()
+        .enumerate()
+        .map(|(i, (start, end))| Incident {
+            kind: named.map_or_else(|| "incident".to_string(), |k| k[i].clone()),
+            start,
+            end,
+        })
+        .collect()
+}
+
+/// Whether the alert fires at each step: `condition` held (`Some(true)`) for the last
+/// `for_steps` steps in a row (at least one).
+pub fn firing(condition: &[Option<bool>], for_steps: usize) -> Vec<bool> {
+    let need = for_steps.max(1);
+    let mut run = 0usize;
+    condition
+        .iter()
+        .map(|c| {
+            run = if *c == Some(true) { run + 1 } else { 0 };
+            run >= need
+        })
+        .collect()
+}
+
+/// What one alert did on one recording.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Judged {
+    /// Per incident (in order): steps from its start to the first firing step, or `None`.
+    pub delays: Vec<Option<usize>>,
+    /// Onsets on normal steps, not a late alert of the incident just before.
+    pub false_alarms: usize,
+    /// Steps with label 0 where the condition was known.
+    pub normal_steps: usize,
+}
+
+pub fn judge(
+    condition: &[Option<bool>],
+    for_steps: usize,
+    labels: &[u8],
+    incidents: &[Incident],
+) -> Judged {
+    let fires = firing(condition, for_steps);
+    let grace = for_steps.max(1);
+    let delays = incidents
+        .iter()
+        .map(|inc| {
+            // Late by up to `grace` steps past the labelled end still counts as caught.
+            let last = (inc.end + grace).min(fires.len().saturating_sub(1));
+            (inc.start..=last)
+                .find(|&i| fires[i])
+                .map(|i| i - inc.start)
+        })
+        .collect();
+    let after_incident = |i: usize| {
+        incidents
+            .iter()
+            .any(|inc| i > inc.end && i <= inc.end + grace)
+    };
+    let mut false_alarms = 0;
+    for i in 0..fires.len() {
+        let onset = fires[i] && (i == 0 || !fires[i - 1]);
+        if onset && labels[i] == 0 && !after_incident(i) {
+            false_alarms += 1;
+        }
+    }
+    let normal_steps = condition
+        .iter()
+        .zip(labels)
+        .filter(|(c, l)| c.is_some() && **l == 0)
+        .count();
+    Judged {
+        delays,
+        false_alarms,
+        normal_steps,
+    }
+}
+
+/// One incident kind's figures for one alert.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct KindStats {
+    pub kind: String,
+    pub incidents: usize,
+    pub detected: usize,
+    pub recall: f64,
+    /// Steps from the incident's start to the first alert, over the caught ones.
+    pub median_delay_steps: Option<f64>,
+    pub max_delay_steps: Option<usize>,
+}
+
+/// One alert's figures over every recording evaluated.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AlertStats {
+    pub name: String,
+    /// How long the condition must hold, in steps.
+    pub for_steps: usize,
+    pub kinds: Vec<KindStats>,
+    pub false_alarms: usize,
+    pub normal_steps: usize,
+    pub false_alarms_per_1000_normal_steps: f64,
+    /// Per incident, in the order of [`AlertStats`]' recordings: the delay or `None`.
+    #[serde(skip)]
+    pub delays: Vec<Option<usize>>,
+}
+
+/// Adds up per-recording judgements of one alert; `incidents` lists each recording's.
+pub fn summarise(
+    name: &str,
+    for_steps: usize,
+    judged: &[Judged],
+    incidents: &[Vec<Incident>],
+) -> AlertStats {
+    let mut kinds: Vec<String> = Vec::new();
+    let mut delays = Vec::new();
+    let mut by_kind: Vec<(String, Option<usize>)> = Vec::new();
+    for (j, incs) in judged.iter().zip(incidents) {
+        for (delay, inc) in j.delays.iter().zip(incs) {
+            if !kinds.contains(&inc.kind) {
+                kinds.push(inc.kind.clone());
+            }
+            by_kind.push((inc.kind.clone(), *delay));
+            delays.push(*delay);
+        }
+    }
+    let kinds = kinds
+        .into_iter()
+        .map(|kind| {
+            let all: Vec<Option<usize>> = by_kind
+                .iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, d)| *d)
+                .collect();
+            let mut caught: Vec<usize> = all.iter().flatten().copied().collect();
+            caught.sort_unstable();
+            KindStats {
+                incidents: all.len(),
+                detected: caught.len(),
+                recall: caught.len() as f64 / all.len().max(1) as f64,
+                median_delay_steps: median(&caught),
+                max_delay_steps: caught.last().copied(),
+                kind,
+            }
+        })
+        .collect();
+    let false_alarms = judged.iter().map(|j| j.false_alarms).sum();
+    let normal_steps = judged.iter().map(|j| j.normal_steps).sum();
+    AlertStats {
+        name: name.to_string(),
+        for_steps,
+        kinds,
+        false_alarms,
+        normal_steps,
+        false_alarms_per_1000_normal_steps: if normal_steps == 0 {
+            0.0
+        } else {
+            1000.0 * false_alarms as f64 / normal_steps as f64
+        },
+        delays,
+    }
+}
+
+fn median(sorted: &[usize]) -> Option<f64> {
+    match sorted.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(sorted[n / 2] as f64),
+        n => Some((sorted[n / 2 - 1] + sorted[n / 2]) as f64 / 2.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incidents_are_label_runs_named_in_order() {
+        let labels = [0, 1, 1, 0, 0, 1, 0, 1];
+        let kinds = vec!["space".to_string(), "disk".into(), "leader".into()];
+        let found = incidents(&labels, Some(&kinds));
+        assert_eq!(
+            found,
+            [
+                Incident {
+                    kind: "space".into(),
+                    start: 1,
+                    end: 2
+                },
+                Incident {
+                    kind: "disk".into(),
+                    start: 5,
+                    end: 5
+                },
+                Incident {
+                    kind: "leader".into(),
+                    start: 7,
+                    end: 7
+                },
+            ]
+        );
+        // A list that does not match the runs names none of them.
+        let unnamed = incidents(&labels, Some(&kinds[..2]));
+        assert!(unnamed.iter().all(|i| i.kind == "incident"));
+    }
+
+    #[test]
+    fn an_alert_fires_after_its_condition_held_for_steps_and_unknown_breaks_it() {
+        let c = [
+            Some(true),
+            Some(true),
+            None,
+            Some(true),
+            Some(true),
+            Some(true),
+            Some(false),
+        ];
+        assert_eq!(
+            firing(&c, 2),
+            [false, true, false, false, true, true, false]
+        );
+        assert_eq!(firing(&c, 0), firing(&c, 1));
+    }
+
+    #[test]
+    fn judge_counts_delays_false_alarms_and_a_late_alert_as_the_incidents() {
+        // Steps:        0  1  2  3  4  5  6  7  8  9
+        let labels = [0, 0, 1, 1, 1, 0, 0, 0, 0, 0];
+        let incs = incidents(&labels, None);
+        let t = Some(true);
+        let f = Some(false);
+        // Fires from step 3 (held 2 steps from 2), a false onset at 9.
+        let cond = [f, f, t, t, t, t, f, f, t, t];
+        let j = judge(&cond, 2, &labels, &incs);
+        assert_eq!(j.delays, [Some(1)]);
+        assert_eq!(j.false_alarms, 1, "the onset at 9 is normal");
+        assert_eq!(j.normal_steps, 7);
+        // Condition only after the incident, within the grace: caught late, not false.
+        let late = [f, f, f, f, f, t, t, f, f, f];
+        let j = judge(&late, 2, &labels, &incs);
+        assert_eq!(j.delays, [Some(4)]);
+        assert_eq!(j.false_alarms, 0);
+    }
+
+    #[test]
+    fn summary_per_kind_and_per_thousand_normal_steps() {
+        let incs = vec![
+            vec![
+                Incident {
+                    kind: "space".into(),
+                    start: 0,
+                    end: 1,
+                },
+                Incident {
+                    kind: "disk".into(),
+                    start: 5,
+                    end: 6,
+                },
+            ],
+            vec![Incident {
+                kind: "space".into(),
+                start: 2,
+                end: 3,
+            }],
+        ];
+        let judged = vec![
+            Judged {
+                delays: vec![Some(2), None],
+                false_alarms: 1,
+                normal_steps: 1500,
+            },
+            Judged {
+                delays: vec![Some(4)],
+                false_alarms: 0,
+                normal_steps: 500,
+            },
+        ];
+        let s = summarise("model", 3, &judged, &incs);
+        assert_eq!(s.kinds[0].kind, "space");
+        assert_eq!((s.kinds[0].incidents, s.kinds[0].detected), (2, 2));
+        assert_eq!(s.kinds[0].median_delay_steps, Some(3.0));
+        assert_eq!(s.kinds[0].max_delay_steps, Some(4));
+        assert_eq!(s.kinds[1].recall, 0.0);
+        assert_eq!(s.false_alarms_per_1000_normal_steps, 0.5);
+        assert_eq!(s.delays, [Some(2), None, Some(4)]);
+    }
+}
