@@ -135,23 +135,8 @@ fn train_then_eval_print_metrics_that_match_the_scores() {
     let dir = tempfile::tempdir().unwrap();
     let (train_csv, eval_csv) = (dir.path().join("train.csv"), dir.path().join("eval.csv"));
     let model_dir = dir.path().join("model");
-    write_synth(&train_csv, 900, 3, 4);
     write_synth(&eval_csv, 900, 11, 4);
-    let summary = stdout_json(&run(&[
-        "train",
-        "--data",
-        train_csv.to_str().unwrap(),
-        "--out",
-        model_dir.to_str().unwrap(),
-        "--window",
-        "10",
-        "--hidden",
-        "8",
-        "--epochs",
-        "3",
-        "--max-train-windows",
-        "256",
-    ]));
+    let summary = stdout_json(&train_quick(&train_csv, &model_dir));
     assert_eq!(summary["threshold_method"], "youden_j", "{summary}");
     assert!(summary["threshold_warning"].is_null(), "{summary}");
     assert_eq!(summary["window"], 10);
@@ -241,6 +226,13 @@ fn train_then_eval_print_metrics_that_match_the_scores() {
 fn eval_judges_the_model_as_an_alert_per_incident_kind_beside_the_rules() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a.csv"), dir.path().join("b.etcd-1.csv"));
+    let model_dir = dir.path().join("model");
+    let trained = train_quick(&dir.path().join("train.csv"), &model_dir);
+    assert!(
+        trained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trained.stderr)
+    );
     write_synth(&a, 700, 21, 3);
     write_synth(&b, 700, 22, 3);
     // b's incidents are named by its recording's sidecar, as dr-dataset writes it.
@@ -252,7 +244,7 @@ fn eval_judges_the_model_as_an_alert_per_incident_kind_beside_the_rules() {
     let report = stdout_json(&run(&[
         "eval",
         "--model",
-        &default_model_at_step_2(dir.path()),
+        model_dir.to_str().unwrap(),
         "--data",
         &format!("{},{}", a.display(), b.display()),
         "--alert-for",
@@ -266,9 +258,7 @@ fn eval_judges_the_model_as_an_alert_per_incident_kind_beside_the_rules() {
     );
     assert_eq!(alerting["model"]["for_steps"], 3, "6 s of 2 s steps");
 
-    let scorer =
-        Scorer::new(ModelBundle::load(Path::new(&default_model_at_step_2(dir.path()))).unwrap())
-            .unwrap();
+    let scorer = Scorer::new(ModelBundle::load(&model_dir).unwrap()).unwrap();
     let meta = &scorer.bundle.meta;
     let (mut caught, mut incidents) = (std::collections::BTreeMap::new(), 0);
     for path in [&a, &b] {
@@ -340,35 +330,25 @@ fn eval_judges_the_model_as_an_alert_per_incident_kind_beside_the_rules() {
     assert!(alerting["any_rule"]["normal_steps"].as_u64().unwrap() > 0);
 }
 
-/// The built-in model's queries retrained at a 2 s step would take a while; the synthetic
-/// data is at 2 s, so a quickly trained model stands in.
-fn default_model_at_step_2(dir: &Path) -> String {
-    let model_dir = dir.join("model");
-    if !model_dir.join("model.json").exists() {
-        let train = dir.join("train.csv");
-        write_synth(&train, 900, 3, 4);
-        let out = run(&[
-            "train",
-            "--data",
-            train.to_str().unwrap(),
-            "--out",
-            model_dir.to_str().unwrap(),
-            "--window",
-            "10",
-            "--hidden",
-            "8",
-            "--epochs",
-            "3",
-            "--max-train-windows",
-            "256",
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    model_dir.display().to_string()
+/// A small model trained on synthetic data at a 2 s step (the synthetic data's): the
+/// train command's output.
+fn train_quick(train_csv: &Path, model_dir: &Path) -> Output {
+    write_synth(train_csv, 900, 3, 4);
+    run(&[
+        "train",
+        "--data",
+        train_csv.to_str().unwrap(),
+        "--out",
+        model_dir.to_str().unwrap(),
+        "--window",
+        "10",
+        "--hidden",
+        "8",
+        "--epochs",
+        "3",
+        "--max-train-windows",
+        "256",
+    ])
 }
 
 #[test]
