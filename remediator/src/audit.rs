@@ -142,6 +142,11 @@ impl Audit {
                 let events = by_action.remove(id).unwrap_or_default();
                 let first = events.first();
                 let last = events.last();
+                let diagnosis = events
+                    .iter()
+                    .find(|e| e.step == "diagnosis")
+                    .and_then(|e| e.detail.get("diagnosis"))
+                    .cloned();
                 serde_json::json!({
                     "action_id": id,
                     "kind": first.map(|e| e.kind.as_str()),
@@ -149,6 +154,7 @@ impl Audit {
                     "last_step": last.map(|e| e.step.as_str()),
                     "last_phase": last.map(|e| e.phase),
                     "dry_run": first.is_some_and(|e| e.dry_run),
+                    "diagnosis": diagnosis,
                     "events": events,
                 })
             })

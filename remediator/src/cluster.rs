@@ -28,7 +28,13 @@ pub struct MemberStatus {
     pub db_size_in_use: i64,
     pub quota_bytes: u64,
     pub revision: i64,
+    /// Raft term: it grows by one per election.
+    pub raft_term: u64,
     pub version: String,
+    /// What the member itself reports as wrong (its alarms, e.g. `alarm:CORRUPT`); read
+    /// from Status, which needs no quorum, unlike the alarm list.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }
 
 impl MemberView {
@@ -47,6 +53,9 @@ pub enum NotSafe {
     Silent(Vec<String>),
     #[error("no leader")]
     NoLeader,
+    /// The alarm list needs quorum; without it a CORRUPT alarm cannot be ruled out.
+    #[error("alarms unknown: {0}")]
+    AlarmsUnknown(String),
 }
 
 /// The whole picture at one moment.
@@ -55,6 +64,10 @@ pub struct ClusterView {
     pub members: Vec<MemberView>,
     pub nospace: bool,
     pub corrupt: bool,
+    /// Why the alarm list could not be read (it goes through raft, so not without quorum);
+    /// `nospace` and `corrupt` then come from what the members' Status says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alarms_error: Option<String>,
 }
 
 impl ClusterView {
@@ -84,11 +97,23 @@ impl ClusterView {
             }
             members.push(view);
         }
-        let (nospace, corrupt) = alarms(&mut client, access.timeout).await?;
+        // A member's own Status lists its alarms; the alarm list is the cluster's word.
+        let said = |what: &str| {
+            members.iter().any(|m| {
+                m.status
+                    .as_ref()
+                    .is_some_and(|s| s.errors.iter().any(|e| e.contains(what)))
+            })
+        };
+        let (nospace, corrupt, alarms_error) = match alarms(&mut client, access.timeout).await {
+            Ok((nospace, corrupt)) => (nospace, corrupt || said("CORRUPT"), None),
+            Err(err) => (said("NOSPACE"), said("CORRUPT"), Some(err.to_string())),
+        };
         Ok(ClusterView {
             members,
             nospace,
             corrupt,
+            alarms_error,
         })
     }
 
@@ -102,19 +127,26 @@ impl ClusterView {
         if self.corrupt {
             return Err(NotSafe::Corrupt);
         }
-        let silent: Vec<String> = self
-            .members
-            .iter()
-            .filter(|m| m.status.is_none())
-            .map(|m| format!("{} ({})", m.name, m.error.as_deref().unwrap_or("no answer")))
-            .collect();
+        let silent = self.silent();
         if !silent.is_empty() {
             return Err(NotSafe::Silent(silent));
         }
         if self.leader().is_none() {
             return Err(NotSafe::NoLeader);
         }
+        if let Some(why) = &self.alarms_error {
+            return Err(NotSafe::AlarmsUnknown(why.clone()));
+        }
         Ok(())
+    }
+
+    /// `name (why)` of each member that did not answer Status.
+    pub fn silent(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| m.status.is_none())
+            .map(|m| format!("{} ({})", m.name, m.error.as_deref().unwrap_or("no answer")))
+            .collect()
     }
 
     /// True when more than half the members answer and agree on a leader among them:
@@ -166,7 +198,9 @@ pub async fn member_status(access: &EtcdAccess, endpoint: &str) -> Result<Member
             db_size_in_use: status.raft_used_db_size(),
             quota_bytes: quota,
             revision: status.header().map(|h| h.revision()).unwrap_or_default(),
+            raft_term: status.raft_term(),
             version: status.version().to_owned(),
+            errors: status.errors().to_vec(),
         })
     };
     bounded_long(what.as_str(), access.timeout, call).await
@@ -208,7 +242,9 @@ mod tests {
                 db_size_in_use: 10,
                 quota_bytes: 100,
                 revision: 7,
+                raft_term: 2,
                 version: "3.4".into(),
+                errors: Vec::new(),
             }),
             error: (!answered).then(|| "connection refused".to_owned()),
         }
@@ -220,6 +256,7 @@ mod tests {
             members: vec![member(1, 2, true), member(2, 2, true)],
             nospace: true,
             corrupt: false,
+            alarms_error: None,
         };
         assert_eq!(view.safe_to_act(), Ok(()), "NOSPACE must not block");
         view.members[0] = member(1, 2, false);
@@ -247,6 +284,7 @@ mod tests {
             members: vec![member(1, 2, false), member(2, 2, true), member(3, 2, true)],
             nospace: false,
             corrupt: false,
+            alarms_error: None,
         };
         assert!(view.quorum_holds().unwrap().starts_with("2 of 3"));
         view.members[2] = member(3, 2, false);
@@ -259,6 +297,7 @@ mod tests {
             members: vec![member(1, 1, true), member(2, 1, true)],
             nospace: true,
             corrupt: false,
+            alarms_error: None,
         };
         assert!(view.all_below_quota(0.9));
         if let Some(s) = view.members[1].status.as_mut() {

@@ -74,6 +74,13 @@ pub struct Args {
     )]
     pub alert_name: String,
 
+    /// Rule alerts that start the space plan without the detector's confirmation, e.g.
+    /// EtcdNoSpace,EtcdDatabaseQuotaLowSpace,EtcdDatabaseHighFragmentationRatio. The
+    /// diagnosis still decides the plan (a member down or an election storm is never
+    /// defragmented). Empty: only --alert-name acts.
+    #[arg(long, env = "DR_REMEDIATOR_SPACE_ALERTS", value_delimiter = ',')]
+    pub space_alerts: Vec<String>,
+
     /// How long to let etcd settle after the repair before checking its health.
     #[arg(long, env = "DR_REMEDIATOR_HEALTH_WAIT", default_value = "30s", value_parser = parse_duration)]
     pub health_wait: Duration,
@@ -231,6 +238,8 @@ pub struct Config {
     /// The listener's certificate: HTTPS when set.
     pub listener_tls: Option<Arc<Reloading<rustls::ServerConfig>>>,
     pub alert_name: String,
+    /// `--space-alerts`, without empty names.
+    pub space_alerts: Vec<String>,
     pub health_wait: Duration,
     pub cooldown: Duration,
     /// `Some` with `--restore-mode command`.
@@ -325,6 +334,12 @@ impl Config {
             webhook_token,
             listener_tls,
             alert_name: args.alert_name,
+            space_alerts: args
+                .space_alerts
+                .into_iter()
+                .map(|name| name.trim().to_owned())
+                .filter(|name| !name.is_empty())
+                .collect(),
             health_wait: args.health_wait,
             cooldown: args.cooldown,
             restore,
@@ -425,6 +440,15 @@ mod tests {
         assert!(config.restore.is_none());
         assert!(!config.dry_run);
         assert!(config.webhook_token.is_none());
+        assert!(
+            config.space_alerts.is_empty(),
+            "only the model acts by default"
+        );
+        let config = parse(&["--space-alerts", "EtcdNoSpace, EtcdDatabaseQuotaLowSpace,"]).unwrap();
+        assert_eq!(
+            config.space_alerts,
+            ["EtcdNoSpace", "EtcdDatabaseQuotaLowSpace"]
+        );
     }
 
     #[test]

@@ -34,12 +34,19 @@ pub enum Unconfirmed {
     Calm { score: f64, threshold: f64 },
 }
 
-/// `Ok(detail)` when confirmed.
+/// The detector's yes: a line for the log and its whole answer (the explanation the
+/// diagnosis reads, whatever shape it has today).
+#[derive(Debug)]
+pub struct Confirmed {
+    pub detail: String,
+    pub answer: serde_json::Value,
+}
+
 pub async fn ask(
     client: &reqwest::Client,
     detector: &Url,
     timeout: Duration,
-) -> Result<String, Unconfirmed> {
+) -> Result<Confirmed, Unconfirmed> {
     let url = detector.join("score").map_err(|err| Unconfirmed::Url {
         detector: detector.clone(),
         reason: err.to_string(),
@@ -64,12 +71,13 @@ pub async fn ask(
             body: body.chars().take(300).collect(),
         });
     }
-    let score: Score = serde_json::from_str(&body).map_err(Unconfirmed::NotAScore)?;
+    let answer: serde_json::Value = serde_json::from_str(&body).map_err(Unconfirmed::NotAScore)?;
+    let score = Score::deserialize(&answer).map_err(Unconfirmed::NotAScore)?;
     if score.anomalous || score.score > score.threshold {
-        Ok(format!(
-            "score {} > threshold {}",
-            score.score, score.threshold
-        ))
+        Ok(Confirmed {
+            detail: format!("score {} > threshold {}", score.score, score.threshold),
+            answer,
+        })
     } else {
         Err(Unconfirmed::Calm {
             score: score.score,

@@ -61,6 +61,10 @@ pub enum ActionError {
     NotBackAfterDefrag { endpoint: String, error: EtcdError },
     #[error("verifying task failed: {0}")]
     Task(tokio::task::JoinError),
+    /// A step that must not run on the cluster as it is now (e.g. a defrag while a member
+    /// is unhealthy); the text says why.
+    #[error("{0}")]
+    NotSafe(String),
     /// A restore command failed; the members stopped for it were started again (each
     /// one's outcome in `started_again`) on their untouched data.
     #[error("{}", restore_failed(.step, .member, .error, .started_again))]

@@ -217,6 +217,19 @@ pub async fn current_revision(client: &mut Client, timeout: Duration) -> Result<
     Ok(response.header().map(|h| h.revision()).unwrap_or_default())
 }
 
+/// The revision of the member `client` talks to, read serializably: it needs no quorum,
+/// so a snapshot (named by it) can still be taken from the last member that answers.
+pub async fn local_revision(client: &mut Client, timeout: Duration) -> Result<i64, EtcdError> {
+    let options = etcd_client::GetOptions::new().with_serializable();
+    let response = bounded(
+        "reading the revision",
+        timeout,
+        client.get(REVISION_PROBE_KEY, Some(options)),
+    )
+    .await?;
+    Ok(response.header().map(|h| h.revision()).unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,10 +1,14 @@
 //! Whether a webhook starts a remediation: every check in the order it runs, each reason to
 //! skip ([`Skip`]), and the [`Permit`] a run holds until it ends.
 //!
-//! In order: the alert is ours and firing; its fingerprint is not in this replica's
-//! cooldown; no run holds this process; the detector confirms; etcd answers and is safe to
-//! touch; the etcd lock is free (under NOSPACE the run goes on without it); under the lock,
-//! no other replica has just remediated the same alert. Every decision is in the audit log.
+//! In order: the alert is ours and firing (the model's alert, or one of `--space-alerts`);
+//! its fingerprint is not in this replica's cooldown; no run holds this process; the
+//! detector confirms (the model's alert only); etcd's member list answers and no member
+//! reports CORRUPT; the diagnosis ([`crate::diagnosis`]) and its plan ([`crate::plan`]); a
+//! repair of space needs every member answering with a leader; the etcd lock is free (under
+//! NOSPACE, or with quorum lost, the run goes on without it); under the lock, no other
+//! replica has just remediated the same alert. Every decision is in the audit log.
+//! [`Gate::preview`] runs the same checks that touch nothing, for `POST /plan`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,10 +22,13 @@ use crate::audit::{self, Audit, Phase};
 use crate::cluster::{ClusterView, NotSafe};
 use crate::config::Config;
 use crate::confirm::{self, Unconfirmed};
+use crate::diagnosis::{self, AlertFacts, Finding, MemberSigns};
 use crate::error::AuditError;
 use crate::etcd::{EtcdAccess, EtcdError};
 use crate::lock::{self, EtcdLock};
+use crate::plan::{self, Step};
 use crate::remediation::{self, Remediator};
+use crate::signs;
 use crate::webhook::{Payload, Trigger};
 
 /// How long the detector has to answer.
@@ -36,8 +43,11 @@ const LOCK_WAIT: Duration = Duration::from_secs(2);
 pub enum Skip {
     #[error("resolved: {alert} is no longer firing")]
     Resolved { alert: String },
-    #[error("other alert ({}), not {wanted}", .names.join(", "))]
-    OtherAlert { names: Vec<String>, wanted: String },
+    #[error("other alert ({}), not {wanted}", .names.join(", "), wanted = .wanted.join(", "))]
+    OtherAlert {
+        names: Vec<String>,
+        wanted: Vec<String>,
+    },
     /// This replica remediated the alert less than `--cooldown` ago.
     #[error(
         "cooldown: alert {fingerprint} was remediated recently ({} left)",
@@ -79,6 +89,10 @@ pub enum Decision {
 /// The admission gate, one per process.
 pub struct Gate {
     alert_name: String,
+    /// Alerts that start the space plan without the detector.
+    space_alerts: Vec<String>,
+    health_wait: Duration,
+    restore: bool,
     detector: Option<Url>,
     http: reqwest::Client,
     cooldown: Duration,
@@ -95,6 +109,9 @@ impl Gate {
     pub fn new(config: &Config, audit: Arc<Audit>) -> Result<Self, reqwest::Error> {
         Ok(Gate {
             alert_name: config.alert_name.clone(),
+            space_alerts: config.space_alerts.clone(),
+            health_wait: config.health_wait,
+            restore: config.restore.is_some(),
             detector: config.detector_url.clone(),
             http: reqwest::Client::builder()
                 .timeout(DETECTOR_TIMEOUT)
@@ -138,43 +155,121 @@ impl Gate {
         drop(self.running.lock().await);
     }
 
+    /// The checks that need nothing held: which alert, the detector's word, etcd's view,
+    /// the diagnosis and its plan.
+    fn assess(&self, payload: &Payload) -> Result<Assessment, Skip> {
+        let (fingerprint, alert, by_rule) =
+            match payload.trigger(&self.alert_name, &self.space_alerts) {
+                Trigger::Fire {
+                    fingerprint,
+                    alert,
+                    by_rule,
+                } => (fingerprint, alert, by_rule),
+                Trigger::Resolved => {
+                    let alert = self.alert_name.clone();
+                    return Err(Skip::Resolved { alert });
+                }
+                Trigger::Other { names } => {
+                    let mut wanted = vec![self.alert_name.clone()];
+                    wanted.extend(self.space_alerts.iter().cloned());
+                    return Err(Skip::OtherAlert { names, wanted });
+                }
+            };
+        Ok(Assessment {
+            fingerprint,
+            alert,
+            by_rule,
+            finding: None,
+            steps: Vec::new(),
+            view: None,
+        })
+    }
+
+    /// The detector (model alert only), etcd's view, the diagnosis and the plan.
+    async fn diagnose(&self, assessment: &mut Assessment) -> Result<(), Skip> {
+        let mut explanation = None;
+        if let (Some(detector), false) = (&self.detector, assessment.by_rule) {
+            let confirmed = confirm::ask(&self.http, detector, DETECTOR_TIMEOUT)
+                .await
+                .map_err(Skip::NotConfirmed)?;
+            tracing::info!(detail = %confirmed.detail, "detector confirms");
+            // Whatever shape the answer has: no usable explanation is no evidence.
+            explanation = diagnosis::explanation(&confirmed.answer);
+        }
+        let view = ClusterView::observe(&self.access)
+            .await
+            .map_err(Skip::EtcdUnreachable)?;
+        if view.corrupt {
+            return Err(Skip::NotSafe(NotSafe::Corrupt));
+        }
+        // The members' metrics only where they could change the answer: not with a member
+        // down or NOSPACE raised (those decide first).
+        let all_answer = view.members.iter().all(|m| m.status.is_some());
+        let signs = if all_answer && !view.nospace && view.leader().is_some() {
+            signs::sample(&self.access, &view).await
+        } else {
+            MemberSigns::default()
+        };
+        let finding = diagnosis::diagnose(&assessment.alert, explanation.as_ref(), &view, &signs);
+        if finding.diagnosis.reclaims_space() {
+            // A repair that touches data needs every member, a leader and known alarms.
+            view.safe_to_act().map_err(Skip::NotSafe)?;
+        }
+        assessment.steps = plan::build(&finding, &view, self.health_wait, self.restore);
+        assessment.finding = Some(finding);
+        assessment.view = Some(view);
+        Ok(())
+    }
+
+    /// What a webhook with this payload would get, touching nothing: no cooldown, slot or
+    /// lock is taken and nothing is written (`POST /plan`).
+    pub async fn preview(&self, payload: &Payload) -> Result<Preview, Skip> {
+        let mut assessment = self.assess(payload)?;
+        self.diagnose(&mut assessment).await?;
+        let cooldown = assessment
+            .finding
+            .as_ref()
+            .and_then(|f| self.in_cooldown(&cooldown_key(&assessment.fingerprint, f)));
+        Ok(Preview {
+            alert: assessment.alert.name,
+            by_rule: assessment.by_rule,
+            finding: assessment.finding,
+            steps: assessment.steps,
+            in_cooldown: cooldown.is_some(),
+            dry_run: self.dry_run,
+        })
+    }
+
     /// Every check, in order; the permit holds what they took.
     async fn check(self: &Arc<Self>, payload: &Payload, action_id: &str) -> Result<Permit, Skip> {
-        let fingerprint = match payload.trigger(&self.alert_name) {
-            Trigger::Fire { fingerprint } => fingerprint,
-            Trigger::Resolved => {
-                let alert = self.alert_name.clone();
-                return Err(Skip::Resolved { alert });
-            }
-            Trigger::Other { names } => {
-                let wanted = self.alert_name.clone();
-                return Err(Skip::OtherAlert { names, wanted });
-            }
-        };
-        if let Some(left) = self.in_cooldown(&fingerprint) {
-            return Err(Skip::Cooldown { fingerprint, left });
-        }
+        let mut assessment = self.assess(payload)?;
         // Held from here to the end of the run: a second webhook sees "already running".
         let running = self
             .running
             .clone()
             .try_lock_owned()
             .map_err(|_| Skip::Running)?;
-        if let Some(detector) = &self.detector {
-            let detail = confirm::ask(&self.http, detector, DETECTOR_TIMEOUT)
-                .await
-                .map_err(Skip::NotConfirmed)?;
-            tracing::info!(%detail, "detector confirms");
+        self.diagnose(&mut assessment).await?;
+        let (Some(finding), Some(view)) = (assessment.finding, assessment.view) else {
+            return Err(Skip::EtcdUnreachable(EtcdError::Unexpected(
+                "no cluster view after the diagnosis",
+            )));
+        };
+        // The cooldown is per alert and diagnosis: an alert escalated as `unknown` that
+        // turns into `space` (NOSPACE raised since) is repaired at once.
+        let fingerprint = cooldown_key(&assessment.fingerprint, &finding);
+        if let Some(left) = self.in_cooldown(&fingerprint) {
+            return Err(Skip::Cooldown { fingerprint, left });
         }
-        let view = ClusterView::observe(&self.access)
-            .await
-            .map_err(Skip::EtcdUnreachable)?;
-        view.safe_to_act().map_err(Skip::NotSafe)?;
-        let lock = self.lock(&view, action_id).await?;
+        let lock = self.lock(&view, &finding, action_id).await?;
         let permit = Permit {
             gate: self.clone(),
             action_id: action_id.to_owned(),
             fingerprint,
+            by_rule: assessment.by_rule,
+            alert: assessment.alert.name,
+            finding,
+            steps: assessment.steps,
             view,
             lock,
             _running: running,
@@ -197,8 +292,26 @@ impl Gate {
 
     /// The etcd lock, or `None` where a run goes on without it: in dry-run (which writes
     /// nothing to etcd, not even a lock key) and under NOSPACE.
-    async fn lock(&self, view: &ClusterView, action_id: &str) -> Result<Option<EtcdLock>, Skip> {
+    async fn lock(
+        &self,
+        view: &ClusterView,
+        finding: &Finding,
+        action_id: &str,
+    ) -> Result<Option<EtcdLock>, Skip> {
         if self.dry_run {
+            return Ok(None);
+        }
+        if finding.quorum == Some(false) {
+            // etcd grants no lease without quorum, to anyone: the lost-quorum plan goes on
+            // without the lock (its restore checks again that quorum is still lost).
+            let _ = self.audit.record(
+                action_id,
+                remediation::KIND,
+                "lock",
+                Phase::Info,
+                json!("proceeding without the etcd lock: quorum is lost"),
+                false,
+            );
             return Ok(None);
         }
         match EtcdLock::try_acquire(&self.access, LOCK_TTL, LOCK_WAIT).await {
@@ -233,6 +346,9 @@ impl Gate {
             Phase::Info,
             json!({
                 "fingerprint": permit.fingerprint,
+                "alert": permit.alert,
+                "trigger": if permit.by_rule { "rule" } else { "model" },
+                "diagnosis": permit.finding.diagnosis,
                 "lock": permit.lock.as_ref().map(EtcdLock::key),
             }),
             self.dry_run,
@@ -267,6 +383,10 @@ pub struct Permit {
     gate: Arc<Gate>,
     action_id: String,
     fingerprint: String,
+    alert: String,
+    by_rule: bool,
+    finding: Finding,
+    steps: Vec<Step>,
     /// The cluster as the checks saw it; the plan is built from it.
     view: ClusterView,
     lock: Option<EtcdLock>,
@@ -278,12 +398,26 @@ impl Permit {
         &self.action_id
     }
 
+    pub fn finding(&self) -> &Finding {
+        &self.finding
+    }
+
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+
     /// Runs the remediation, then lets go of what the permit holds: the shared cooldown
     /// first (before the lock goes, so a replica waiting for it sees the cooldown), then
     /// the lock, then this replica's cooldown, and last the one-run slot.
     pub async fn run(self, remediator: &Remediator) {
         let outcome = remediator
-            .run(&self.action_id, &self.view, self.lock.is_some())
+            .run(
+                &self.action_id,
+                &self.finding,
+                &self.steps,
+                &self.view,
+                self.lock.is_some(),
+            )
             .await;
         tracing::info!(action_id = %self.action_id, ?outcome, "remediation finished");
         let gate = &self.gate;
@@ -309,6 +443,34 @@ impl Permit {
     }
 }
 
+/// What keys the cooldown (here and in etcd): the alert's fingerprint and the diagnosis.
+fn cooldown_key(fingerprint: &str, finding: &Finding) -> String {
+    format!("{fingerprint}-{}", finding.diagnosis)
+}
+
+/// What the checks found before anything is held.
+struct Assessment {
+    fingerprint: String,
+    alert: AlertFacts,
+    by_rule: bool,
+    finding: Option<Finding>,
+    steps: Vec<Step>,
+    view: Option<ClusterView>,
+}
+
+/// `POST /plan`'s answer: what a webhook would do now.
+#[derive(Debug, serde::Serialize)]
+pub struct Preview {
+    pub alert: String,
+    /// A rule alert (no detector asked), or the model's.
+    pub by_rule: bool,
+    pub finding: Option<Finding>,
+    pub steps: Vec<Step>,
+    /// The webhook would be skipped for the cooldown.
+    pub in_cooldown: bool,
+    pub dry_run: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,7 +486,7 @@ mod tests {
         );
         let other = Skip::OtherAlert {
             names: vec!["A".into(), "B".into()],
-            wanted: "EtcdAnomalyScoreHigh".into(),
+            wanted: vec!["EtcdAnomalyScoreHigh".into()],
         };
         assert_eq!(
             other.to_string(),

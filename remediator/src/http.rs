@@ -1,5 +1,6 @@
 //! The HTTP layer: `POST /webhook` (authenticated, bounded, parsed, then answered with the
-//! gate's decision), `GET /actions` (authenticated), and the ops endpoints.
+//! gate's decision), `POST /plan` (the same body and checks, touching nothing), `GET
+//! /actions` (authenticated), and the ops endpoints.
 
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 pub fn router(app: Arc<App>, readiness: Readiness, registry: Arc<Registry>) -> Router {
     Router::new()
         .route("/webhook", post(webhook))
+        .route("/plan", post(plan))
         .route("/actions", get(actions))
         .with_state(app)
         .merge(ops_router(readiness, registry))
@@ -48,23 +50,60 @@ fn check_token(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// The token, the size bound and the parse `/webhook` and `/plan` share; `count` sees
+/// each refusal's outcome.
+async fn read_payload(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+    count: impl Fn(&str),
+) -> Result<Payload, ApiError> {
+    check_token(app, headers).inspect_err(|_| count("unauthorized"))?;
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            count("too_large");
+            ApiError::PayloadTooLarge(format!("webhook body over {MAX_BODY_BYTES} bytes"))
+        })?;
+    Payload::parse(&bytes).map_err(|err| {
+        count("malformed");
+        ApiError::BadRequest(err.to_string())
+    })
+}
+
+/// What the webhook would do with this body, touching nothing: the diagnosis and the plan,
+/// or why it would be skipped.
+async fn plan(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let payload = read_payload(&app, &headers, body, |_| {}).await?;
+    Ok(Json(match app.gate.preview(&payload).await {
+        Ok(preview) => json!({
+            "alert": preview.alert,
+            "trigger": if preview.by_rule { "rule" } else { "model" },
+            "diagnosis": preview.finding.as_ref().map(|f| f.diagnosis),
+            "evidence": preview.finding.as_ref().map(|f| &f.evidence),
+            "quorum": preview.finding.as_ref().and_then(|f| f.quorum),
+            "plan": preview.steps,
+            "in_cooldown": preview.in_cooldown,
+            "dry_run": preview.dry_run,
+        }),
+        Err(reason) => json!({ "skipped": reason.to_string() }),
+    }))
+}
+
 async fn webhook(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let metrics = &app.remediator.metrics;
-    check_token(&app, &headers).inspect_err(|_| metrics.count_webhook("unauthorized"))?;
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| {
-            metrics.count_webhook("too_large");
-            ApiError::PayloadTooLarge(format!("webhook body over {MAX_BODY_BYTES} bytes"))
-        })?;
-    let payload = Payload::parse(&bytes).map_err(|err| {
-        metrics.count_webhook("malformed");
-        ApiError::BadRequest(err.to_string())
-    })?;
+    let payload = read_payload(&app, &headers, body, |outcome| {
+        metrics.count_webhook(outcome)
+    })
+    .await?;
     Ok(match app.gate.admit(&payload).await {
         Decision::Skip { reason, .. } => {
             metrics.count_webhook("skipped");
@@ -83,13 +122,16 @@ async fn webhook(
         Decision::Run(permit) => {
             metrics.count_webhook("started");
             let action_id = permit.action_id().to_owned();
+            let answer = json!({
+                "action_id": action_id,
+                "diagnosis": permit.finding().diagnosis,
+                "evidence": permit.finding().evidence,
+                "plan": permit.steps(),
+            });
             // Alertmanager gets its answer now; the run goes on in the background.
             let remediator = app.remediator.clone();
             tokio::spawn(async move { permit.run(&remediator).await });
-            (
-                StatusCode::ACCEPTED,
-                Json(json!({ "action_id": action_id })),
-            )
+            (StatusCode::ACCEPTED, Json(answer))
         }
     })
 }

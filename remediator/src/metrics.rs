@@ -10,6 +10,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::diagnosis::Diagnosis;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: String,
@@ -20,8 +22,17 @@ pub struct OutcomeLabel {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DiagnosisLabel {
+    pub diagnosis: String,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
+    /// Accepted runs by diagnosis.
+    pub diagnoses: Family<DiagnosisLabel, Counter>,
+    /// Runs that ended saying a person is needed, by diagnosis.
+    pub escalations: Family<DiagnosisLabel, Counter>,
     pub snapshot_success: Counter,
     pub snapshot_failure: Counter,
     pub defrag: Family<ResultLabel, Counter>,
@@ -36,6 +47,8 @@ pub struct Metrics {
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Metrics {
+            diagnoses: Family::default(),
+            escalations: Family::default(),
             snapshot_success: Counter::default(),
             snapshot_failure: Counter::default(),
             defrag: Family::default(),
@@ -88,6 +101,20 @@ impl Metrics {
             "Webhook requests by outcome",
             metrics.webhooks.clone(),
         );
+        registry.register(
+            "etcd_dr_diagnoses",
+            "Remediations started, by diagnosis",
+            metrics.diagnoses.clone(),
+        );
+        registry.register(
+            "etcd_dr_escalations",
+            "Remediations that ended saying a person is needed, by diagnosis",
+            metrics.escalations.clone(),
+        );
+        for diagnosis in Diagnosis::ALL {
+            let _ = metrics.diagnoses.get_or_create(&label(diagnosis));
+            let _ = metrics.escalations.get_or_create(&label(diagnosis));
+        }
         // Both results exist from the start, at 0: a series that first appears at 1 hides
         // that first defrag or restore from `increase()` (the dashboard's query).
         for ok in [true, false] {
@@ -95,6 +122,14 @@ impl Metrics {
             let _ = metrics.restore.get_or_create(&result(ok));
         }
         metrics
+    }
+
+    pub fn count_diagnosis(&self, diagnosis: Diagnosis) {
+        self.diagnoses.get_or_create(&label(diagnosis)).inc();
+    }
+
+    pub fn count_escalation(&self, diagnosis: Diagnosis) {
+        self.escalations.get_or_create(&label(diagnosis)).inc();
     }
 
     pub fn count_defrag(&self, ok: bool) {
@@ -124,6 +159,12 @@ impl Metrics {
         } else {
             self.snapshot_failure.inc();
         }
+    }
+}
+
+fn label(diagnosis: Diagnosis) -> DiagnosisLabel {
+    DiagnosisLabel {
+        diagnosis: diagnosis.as_str().to_owned(),
     }
 }
 

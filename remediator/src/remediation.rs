@@ -11,15 +11,17 @@ use serde_json::{Value, json};
 
 use crate::actions::disarm::{self, Disarm};
 use crate::actions::restore::{self, RestoreCommands};
+use crate::actions::snapshot;
 use crate::actions::snapshot::{SnapshotInfo, SnapshotPolicy};
 use crate::actions::verify::{self, Health};
 use crate::actions::{compact, defrag};
 use crate::audit::{Audit, Phase};
 use crate::cluster::ClusterView;
+use crate::diagnosis::Finding;
 use crate::error::{ActionError, AuditError};
 use crate::etcd::EtcdAccess;
 use crate::metrics::Metrics;
-use crate::plan::{self, Step};
+use crate::plan::Step;
 
 pub const KIND: &str = "remediation";
 
@@ -56,18 +58,30 @@ impl Remediator {
             .record(id, KIND, step, phase, detail, self.dry_run)
     }
 
-    /// Runs the plan built from `view`. `locked`: the caller holds the cross-replica lock
-    /// (not in dry-run, nor when etcd refuses writes); a restore needs it.
-    pub async fn run(&self, id: &str, view: &ClusterView, locked: bool) -> Outcome {
+    /// Runs `steps`, the plan built for `finding` from `view`. `locked`: the caller holds
+    /// the cross-replica lock (not in dry-run, nor when etcd refuses writes or has lost
+    /// quorum); a restore needs it, except when quorum was already lost (etcd then grants
+    /// no lock to anyone).
+    pub async fn run(
+        &self,
+        id: &str,
+        finding: &Finding,
+        steps: &[Step],
+        view: &ClusterView,
+        locked: bool,
+    ) -> Outcome {
         let started = Instant::now();
-        let steps = plan::build(view, self.health_wait, self.restore.is_some());
+        self.metrics.count_diagnosis(finding.diagnosis);
         let outcome = if self
-            .record(
-                id,
-                "plan",
-                Phase::Info,
-                json!({ "steps": steps, "cluster": view }),
-            )
+            .record(id, "diagnosis", Phase::Info, json!(finding))
+            .and_then(|()| {
+                self.record(
+                    id,
+                    "plan",
+                    Phase::Info,
+                    json!({ "diagnosis": finding.diagnosis, "steps": steps, "cluster": view }),
+                )
+            })
             .is_err()
         {
             Outcome {
@@ -81,7 +95,8 @@ impl Remediator {
                 restored: false,
             }
         } else {
-            self.execute(id, view, &steps, locked).await
+            let may_restore = locked || finding.quorum == Some(false);
+            self.execute(id, view, steps, may_restore).await
         };
         let seconds = started.elapsed().as_secs_f64();
         if !self.dry_run {
@@ -91,12 +106,15 @@ impl Remediator {
             id,
             "finished",
             Phase::Info,
-            json!({ "seconds": seconds, "health": outcome.health, "restored": outcome.restored }),
+            json!({ "seconds": seconds, "diagnosis": finding.diagnosis, "health": outcome.health, "restored": outcome.restored }),
         );
         outcome
     }
 
     async fn execute(&self, id: &str, view: &ClusterView, steps: &[Step], locked: bool) -> Outcome {
+        // Only the repair stops without a snapshot: an escalation or a restore from an
+        // older verified snapshot still has to happen.
+        let repairs = steps.iter().any(|s| matches!(s, Step::Compact));
         let mut snapshot_path: Option<PathBuf> = None;
         let mut repair_stopped: Option<String> = None;
         let mut health: Option<Health> = None;
@@ -123,11 +141,16 @@ impl Remediator {
                 Step::Compact => compact::to_current_revision(&self.access)
                     .await
                     .map(|revision| json!({ "revision": revision })),
-                Step::Defrag { endpoint, .. } => {
-                    let done = defrag::member(&self.access, endpoint, self.defrag_timeout).await;
-                    self.metrics.count_defrag(done.is_ok());
-                    done.map(|outcome| json!(outcome))
-                }
+                Step::Defrag { endpoint, .. } => match self.every_member_healthy().await {
+                    // No defrag while any member is unhealthy: it would block one more.
+                    Err(err) => Err(err),
+                    Ok(()) => {
+                        let done =
+                            defrag::member(&self.access, endpoint, self.defrag_timeout).await;
+                        self.metrics.count_defrag(done.is_ok());
+                        done.map(|outcome| json!(outcome))
+                    }
+                },
                 Step::DisarmNospace => match disarm::nospace(&self.access).await {
                     Ok(Disarm::TooFull(sizes)) => {
                         let _ = self.record(
@@ -149,6 +172,17 @@ impl Remediator {
                     let found = verify::check(&self.access, id).await;
                     health = Some(found.clone());
                     Ok(json!(found))
+                }
+                Step::Escalate { diagnosis, reason } => {
+                    self.metrics.count_escalation(*diagnosis);
+                    tracing::warn!(action_id = id, %diagnosis, %reason, "escalation: a person is needed");
+                    Ok(json!({
+                        "diagnosis": diagnosis,
+                        "reason": reason,
+                        "snapshot": snapshot_path,
+                        "health": health,
+                        "restored": restored,
+                    }))
                 }
                 Step::RestoreIfUnavailable => {
                     match self
@@ -173,7 +207,7 @@ impl Remediator {
                     let _ = self.record(id, &name, Phase::Failed, json!(err.to_string()));
                     match step {
                         // Nothing is touched without a verified snapshot to fall back on.
-                        Step::Snapshot => return Outcome { health, restored },
+                        Step::Snapshot if repairs => return Outcome { health, restored },
                         Step::Compact | Step::Defrag { .. } | Step::DisarmNospace => {
                             repair_stopped = Some(format!("not run: {name} failed ({err})"));
                         }
@@ -213,8 +247,13 @@ impl Remediator {
             Some(Health::Healthy) => return skip("not restoring: the cluster is healthy".into()),
             None => return skip("not restoring: no health verdict".into()),
         }
-        let Some(snapshot) = snapshot else {
-            return skip("not restoring: no verified snapshot from this run".into());
+        // This run's snapshot, else (quorum lost, so none could be taken) the newest kept
+        // one: restore::run verifies it again before use.
+        let newest = snapshot::list(&self.snapshots.dir)
+            .ok()
+            .and_then(|found| found.into_iter().next());
+        let Some(snapshot) = snapshot.or(newest.as_deref()) else {
+            return skip("not restoring: no verified snapshot".into());
         };
         if !locked {
             return skip("not restoring without the cross-replica lock".into());
@@ -226,10 +265,14 @@ impl Remediator {
                 view.members.len()
             ));
         }
-        // A last look: a cluster that can still commit is never restored.
+        // A last look: a cluster that can still commit is never restored, nor one where a
+        // member that answers reports data corruption (a person must look at that).
         if let Ok(now) = ClusterView::observe(&self.access).await {
             if let Some(quorum) = now.quorum_holds() {
                 return skip(format!("not restoring: the cluster has quorum ({quorum})"));
+            }
+            if now.corrupt {
+                return skip("not restoring: a member reports a CORRUPT alarm".into());
             }
         }
         let result = restore::run(
@@ -256,5 +299,17 @@ fn step_name(step: &Step) -> String {
         Step::WaitHealth { .. } => "wait_health".into(),
         Step::Verify => "verify".into(),
         Step::RestoreIfUnavailable => "restore_if_unavailable".into(),
+        Step::Escalate { .. } => "escalate".into(),
+    }
+}
+
+impl Remediator {
+    /// `Ok` when every member answers with a leader and no CORRUPT alarm, as seen now.
+    async fn every_member_healthy(&self) -> Result<(), ActionError> {
+        let view = ClusterView::observe(&self.access)
+            .await
+            .map_err(|err| ActionError::NotSafe(format!("not defragmenting: {err}")))?;
+        view.safe_to_act()
+            .map_err(|why| ActionError::NotSafe(format!("not defragmenting: {why}")))
     }
 }

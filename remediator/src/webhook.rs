@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
+use crate::diagnosis::AlertFacts;
+
 /// The body Alertmanager POSTs (fields we do not use are ignored).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -34,8 +36,13 @@ pub struct Alert {
 /// What the payload asks of us.
 #[derive(Debug, PartialEq)]
 pub enum Trigger {
-    /// A firing alert we act on; the fingerprint keys its cooldown.
-    Fire { fingerprint: String },
+    /// A firing alert we act on; the fingerprint keys its cooldown. `by_rule`: one of the
+    /// rule alerts (acts without the detector), not the model's.
+    Fire {
+        fingerprint: String,
+        alert: AlertFacts,
+        by_rule: bool,
+    },
     /// Our alert is there, but none of it is firing any more.
     Resolved,
     /// Only other alerts: their names.
@@ -60,12 +67,17 @@ impl Payload {
         Ok(payload)
     }
 
-    /// The first firing alert named `alert_name` triggers; otherwise why not.
-    pub fn trigger(&self, alert_name: &str) -> Trigger {
+    /// The first firing alert named `model_alert` or one of `rule_alerts` triggers;
+    /// otherwise why not.
+    pub fn trigger(&self, model_alert: &str, rule_alerts: &[String]) -> Trigger {
         let ours: Vec<&Alert> = self
             .alerts
             .iter()
-            .filter(|a| a.labels.get("alertname").map(String::as_str) == Some(alert_name))
+            .filter(|a| {
+                a.labels
+                    .get("alertname")
+                    .is_some_and(|n| n == model_alert || rule_alerts.contains(n))
+            })
             .collect();
         if ours.is_empty() {
             let names = self
@@ -77,6 +89,13 @@ impl Payload {
         }
         match ours.iter().find(|a| a.status == "firing") {
             Some(alert) => Trigger::Fire {
+                alert: AlertFacts {
+                    name: alert.labels.get("alertname").cloned().unwrap_or_default(),
+                    labels: alert.labels.clone(),
+                    space_rule: alert.labels.get("alertname").map(String::as_str)
+                        != Some(model_alert),
+                },
+                by_rule: alert.labels.get("alertname").map(String::as_str) != Some(model_alert),
                 fingerprint: if alert.fingerprint.is_empty() {
                     // Older senders leave it out; the group key is the next stable name.
                     self.group_key.clone()
@@ -108,24 +127,39 @@ mod tests {
     fn the_real_firing_body_triggers_with_its_fingerprint() {
         let payload = Payload::parse(FIRING.as_bytes()).unwrap();
         assert_eq!(payload.receiver, "remediator");
-        assert_eq!(
-            payload.trigger("EtcdAnomalyScoreHigh"),
+        match payload.trigger("EtcdAnomalyScoreHigh", &[]) {
             Trigger::Fire {
-                fingerprint: "f146eb540a7ae47b".into()
+                fingerprint,
+                alert,
+                by_rule,
+            } => {
+                assert_eq!(fingerprint, "f146eb540a7ae47b");
+                assert_eq!(alert.name, "EtcdAnomalyScoreHigh");
+                assert!(!by_rule);
             }
-        );
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
-            payload.trigger("Other"),
+            payload.trigger("Other", &[]),
             Trigger::Other {
                 names: vec!["EtcdAnomalyScoreHigh".into()]
             }
         );
+        // The same alert named as a rule trigger acts without the model.
+        let rules = vec!["EtcdAnomalyScoreHigh".to_owned()];
+        assert!(matches!(
+            payload.trigger("Other", &rules),
+            Trigger::Fire { by_rule: true, .. }
+        ));
     }
 
     #[test]
     fn the_real_resolved_body_is_skipped() {
         let payload = Payload::parse(RESOLVED.as_bytes()).unwrap();
-        assert_eq!(payload.trigger("EtcdAnomalyScoreHigh"), Trigger::Resolved);
+        assert_eq!(
+            payload.trigger("EtcdAnomalyScoreHigh", &[]),
+            Trigger::Resolved
+        );
     }
 
     #[test]

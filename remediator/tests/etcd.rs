@@ -14,7 +14,7 @@ use dr_remediator::etcd::{EtcdAccess, EtcdError};
 use dr_remediator::lock::EtcdLock;
 use dr_testkit::{EtcdCluster, EtcdOptions, EtcdVersion};
 use etcd_client::{AlarmAction, AlarmOptions, AlarmType};
-use support::{FIRING, bloat, client, db_sizes, remediator, runtime, seeded, step};
+use support::{bloat, client, db_sizes, firing_space, remediator, runtime, seeded, step};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 const LOCK_TTL: Duration = Duration::from_secs(15);
@@ -43,7 +43,7 @@ fn shrinks_and_keeps_every_key(version: EtcdVersion, members: usize) {
         let before_keys = seeded(&mut c).await;
         let before = db_sizes(&endpoints).await;
         let r = remediator(&endpoints, dir.path(), &["--health-wait", "1s"]);
-        let (status, body) = r.post(FIRING, None).await;
+        let (status, body) = r.post(&firing_space(), None).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
         let id = body["action_id"].as_str().unwrap();
         let events = r.wait_finished(id, RUN_TIMEOUT).await;
@@ -93,19 +93,8 @@ fn nospace_is_cleared(version: EtcdVersion) {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
     rt.block_on(async {
+        let before_keys = support::fill_to_nospace(&endpoints).await;
         let mut c = client(&endpoints).await;
-        let value = vec![b'x'; 512 * 1024];
-        let mut refused = false;
-        for i in 0..200 {
-            if c.put(format!("seed/{:02}", i % 4), value.clone(), None)
-                .await
-                .is_err()
-            {
-                refused = true;
-                break;
-            }
-        }
-        assert!(refused, "the quota never filled");
         assert!(
             c.put("probe", "x", None)
                 .await
@@ -113,25 +102,16 @@ fn nospace_is_cleared(version: EtcdVersion) {
                 .to_string()
                 .contains("space")
         );
-        let before_keys = seeded(&mut c).await;
         let quota_text = quota.to_string();
         let r = remediator(
             &endpoints,
             dir.path(),
             &["--health-wait", "1s", "--etcd-quota-bytes", &quota_text],
         );
-        let (status, body) = r.post(FIRING, None).await;
+        let (status, body) = r.post(&firing_space(), None).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
         let id = body["action_id"].as_str().unwrap();
-        let events = r.wait_finished(id, RUN_TIMEOUT).await;
-        assert!(
-            step(&events, "disarm_nospace", Phase::Ok).is_some(),
-            "{events:#?}"
-        );
-        assert_eq!(
-            step(&events, "verify", Phase::Ok).unwrap().detail["verdict"],
-            "healthy"
-        );
+        let events = support::nospace_repaired(&r, id, RUN_TIMEOUT).await;
         c.put("probe", "works again", None).await.unwrap();
         assert_eq!(seeded(&mut c).await, before_keys);
         // Under NOSPACE etcd refuses the lock's lease; the run says so.
@@ -202,13 +182,14 @@ fn concurrent_webhooks_and_two_replicas_make_exactly_one_remediation() {
         let a = remediator(&endpoints, dir_a.path(), &flags);
         let b = remediator(&endpoints, dir_b.path(), &flags);
         // Three webhooks to each replica, all at once.
+        let space = firing_space();
         let (a1, b1, a2, b2, a3, b3) = tokio::join!(
-            a.post(FIRING, None),
-            b.post(FIRING, None),
-            a.post(FIRING, None),
-            b.post(FIRING, None),
-            a.post(FIRING, None),
-            b.post(FIRING, None)
+            a.post(&space, None),
+            b.post(&space, None),
+            a.post(&space, None),
+            b.post(&space, None),
+            a.post(&space, None),
+            b.post(&space, None)
         );
         let answers = [a1, b1, a2, b2, a3, b3];
         let started: Vec<_> = answers
@@ -236,7 +217,7 @@ fn concurrent_webhooks_and_two_replicas_make_exactly_one_remediation() {
         // The same alert right after is in cooldown, on both replicas.
         let other = if accepted(&a) { &b } else { &a };
         for r in [owner, other] {
-            let (_, body) = r.post(FIRING, None).await;
+            let (_, body) = r.post(&firing_space(), None).await;
             assert!(
                 body["skipped"].as_str().unwrap().starts_with("cooldown"),
                 "{body}"
@@ -262,7 +243,7 @@ fn dry_run_touches_nothing() {
             dir.path(),
             &["--dry-run", "--health-wait", "1s"],
         );
-        let (status, body) = r.post(FIRING, None).await;
+        let (status, body) = r.post(&firing_space(), None).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
         let events = r
             .wait_finished(body["action_id"].as_str().unwrap(), RUN_TIMEOUT)

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use dr_remediator::audit::Phase;
 use dr_testkit::{ChildGuard, EtcdCluster, EtcdOptions, EtcdVersion, RestoreMarkers};
-use support::{FIRING, bloat, client, remediator, runtime, seeded, step};
+use support::{FIRING, bloat, client, firing_space, remediator, runtime, seeded, step};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -31,12 +31,43 @@ async fn fire_until_the_health_wait(
     let mut c = client(endpoints).await;
     bloat(&mut c, 10, 2, 10 * 1024).await;
     let seeded_before = seeded(&mut c).await;
-    let (status, body) = r.post(FIRING, None).await;
+    let (status, body) = r.post(&firing_space(), None).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let id = body["action_id"].as_str().unwrap().to_owned();
     r.wait_step(&id, "wait_health", Phase::Start, RUN_TIMEOUT)
         .await;
     (id, seeded_before)
+}
+
+/// Members `range` die and their data dirs are gone (a lost disk).
+fn lose_members(etcd: &mut EtcdCluster, range: std::ops::Range<usize>) {
+    for i in range {
+        etcd.stop_member(i).unwrap();
+        let data_dir = etcd.member(i).data_dir.clone();
+        std::fs::rename(&data_dir, data_dir.with_extension("lost")).unwrap();
+        std::fs::create_dir(&data_dir).unwrap();
+    }
+}
+
+/// Answers the remediator's stop and start requests until `members` were started again
+/// (bounded).
+fn answer_until_started(
+    markers: &mut RestoreMarkers,
+    etcd: &mut EtcdCluster,
+    members: usize,
+    r: &support::Remediator,
+    id: &str,
+) {
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    while markers.started() < members {
+        assert!(
+            Instant::now() < deadline,
+            "restore never asked to start {members} member(s): {:#?}",
+            r.events_of(id)
+        );
+        markers.answer(etcd).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
@@ -57,7 +88,7 @@ fn a_member_killed_mid_run_with_quorum_left_is_not_restored() {
     let id = rt.block_on(async {
         let mut c = client(&endpoints).await;
         bloat(&mut c, 10, 5, 100 * 1024).await;
-        let (status, body) = r.post(FIRING, None).await;
+        let (status, body) = r.post(&firing_space(), None).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
         let id = body["action_id"].as_str().unwrap().to_owned();
         r.wait_step(&id, "snapshot", Phase::Ok, RUN_TIMEOUT).await;
@@ -101,24 +132,8 @@ fn restored_from_the_snapshot(version: EtcdVersion, members: usize) {
     let r = remediator(&endpoints, dir.path(), &flags);
     let (id, seeded_before) = rt.block_on(fire_until_the_health_wait(&r, &endpoints));
     // Every member dies and its data is gone: only the snapshot can bring it back.
-    for i in 0..members {
-        etcd.stop_member(i).unwrap();
-        let data_dir = etcd.member(i).data_dir.clone();
-        std::fs::rename(&data_dir, data_dir.with_extension("lost")).unwrap();
-        std::fs::create_dir(&data_dir).unwrap();
-    }
-    // Answer the remediator's stop and start requests until every member is started
-    // again (bounded).
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    while markers.started() < members {
-        assert!(
-            Instant::now() < deadline,
-            "restore never asked to start every member: {:#?}",
-            r.events_of(&id)
-        );
-        markers.answer(&mut etcd).unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    lose_members(&mut etcd, 0..members);
+    answer_until_started(&mut markers, &mut etcd, members, &r, &id);
     rt.block_on(async {
         let events = r.wait_finished(&id, RUN_TIMEOUT).await;
         let verify = step(&events, "verify", Phase::Ok).unwrap();
@@ -462,4 +477,59 @@ fn the_kubeadm_preset_leaves_a_three_member_cluster_alone() {
         !data_dir.join(format!("member.old-{id}")).exists(),
         "the data was touched"
     );
+}
+
+/// Quorum already lost when the alert comes (issue 15: every such webhook used to be
+/// refused as "etcd not safe to act on"): the member-down diagnosis without quorum, a
+/// snapshot from the member that still answers, the wait, and the restore, without the
+/// etcd lock (etcd grants none without quorum); then the escalation says what happened.
+#[test]
+fn quorum_lost_before_the_webhook_is_restored_after_the_wait() {
+    let mut etcd = EtcdCluster::start(EtcdOptions {
+        version: EtcdVersion::V3_4,
+        members: 3,
+        ..EtcdOptions::default()
+    })
+    .unwrap();
+    let endpoints = etcd.client_endpoints();
+    let dir = tempfile::tempdir().unwrap();
+    let marker_dir = tempfile::tempdir().unwrap();
+    let mut markers = RestoreMarkers::new(marker_dir.path()).unwrap();
+    let flags = restore_flags(&etcd, &markers);
+    let rt = runtime();
+    let r = remediator(&endpoints, dir.path(), &flags);
+    let seeded_before = rt.block_on(async {
+        let mut c = client(&endpoints).await;
+        bloat(&mut c, 10, 2, 10 * 1024).await;
+        seeded(&mut c).await
+    });
+    // Two of three members go, their data with them.
+    lose_members(&mut etcd, 0..2);
+    let id = rt.block_on(async {
+        let (status, body) = r.post(FIRING, None).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        assert_eq!(body["diagnosis"], "member_unavailable", "{body}");
+        body["action_id"].as_str().unwrap().to_owned()
+    });
+    answer_until_started(&mut markers, &mut etcd, 3, &r, &id);
+    rt.block_on(async {
+        let events = r.wait_finished(&id, RUN_TIMEOUT).await;
+        let diagnosis = step(&events, "diagnosis", Phase::Info).unwrap();
+        assert_eq!(diagnosis.detail["quorum"], false, "{diagnosis:?}");
+        assert!(events.iter().any(|e| e.step == "lock"), "{events:#?}");
+        assert!(
+            step(&events, "snapshot", Phase::Ok).is_some(),
+            "{events:#?}"
+        );
+        let restore = step(&events, "restore_if_unavailable", Phase::Ok).unwrap();
+        assert_eq!(
+            restore.detail["health"]["verdict"], "healthy",
+            "{restore:?}"
+        );
+        assert!(step(&events, "escalate", Phase::Ok).is_some());
+        assert!(events.iter().all(|e| !e.step.starts_with("defrag")));
+        let mut c = client(&endpoints).await;
+        assert_eq!(seeded(&mut c).await, seeded_before, "data not restored");
+        c.put("after-restore", "ok", None).await.unwrap();
+    });
 }

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
 use crate::error::{ActionError, FileError};
-use crate::etcd::{EtcdAccess, EtcdError, current_revision};
+use crate::etcd::{EtcdAccess, EtcdError, local_revision};
 
 const PREFIX: &str = "snapshot-";
 const SUFFIX: &str = ".db";
@@ -48,7 +48,7 @@ impl SnapshotPolicy {
         let (dir, timeout) = (self.dir.as_path(), self.timeout);
         let started = std::time::Instant::now();
         let mut client = access.live_client(timeout).await?;
-        let revision = current_revision(&mut client, access.timeout).await?;
+        let revision = local_revision(&mut client, access.timeout).await?;
         let millis = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())

@@ -324,3 +324,70 @@ pub fn http_client(ca: Option<&[u8]>) -> reqwest::Client {
 pub fn firing_with_fingerprint(fingerprint: &str) -> String {
     FIRING.replace("f146eb540a7ae47b", fingerprint)
 }
+
+/// The firing fixture with `extra` labels on its alert (e.g. `etcd_dr_diagnosis`) and,
+/// when given, another alert name.
+pub fn firing_with(alertname: Option<&str>, extra: &[(&str, &str)]) -> String {
+    let mut body: Value = serde_json::from_str(FIRING).unwrap();
+    let labels = body["alerts"][0]["labels"].as_object_mut().unwrap();
+    for (k, v) in extra {
+        labels.insert((*k).to_owned(), Value::String((*v).to_owned()));
+    }
+    if let Some(name) = alertname {
+        labels.insert("alertname".into(), Value::String(name.to_owned()));
+    }
+    body.to_string()
+}
+
+/// The model's alert, labelled as being about space: the tests of the repair itself.
+pub fn firing_space() -> String {
+    firing_with(None, &[("etcd_dr_diagnosis", "space")])
+}
+
+/// A stand-in detector whose `GET /score` answers `answer`; its base URL.
+pub async fn detector_answering(answer: Value) -> String {
+    let app = Router::new().route(
+        "/score",
+        axum::routing::get(move || {
+            let answer = answer.clone();
+            async move { axum::Json(answer) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// A filled single member under NOSPACE with its quota; returns the keys' digest.
+pub async fn fill_to_nospace(endpoints: &[String]) -> (usize, Vec<u8>) {
+    let mut c = client(endpoints).await;
+    let value = vec![b'x'; 512 * 1024];
+    let mut refused = false;
+    for i in 0..200 {
+        if c.put(format!("seed/{:02}", i % 4), value.clone(), None)
+            .await
+            .is_err()
+        {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the quota never filled");
+    seeded(&mut c).await
+}
+
+/// The run's events once it finished, after checking it disarmed NOSPACE and left etcd
+/// healthy.
+pub async fn nospace_repaired(r: &Remediator, action_id: &str, timeout: Duration) -> Vec<Event> {
+    let events = r.wait_finished(action_id, timeout).await;
+    assert!(
+        step(&events, "disarm_nospace", Phase::Ok).is_some(),
+        "{events:#?}"
+    );
+    assert_eq!(
+        step(&events, "verify", Phase::Ok).unwrap().detail["verdict"],
+        "healthy"
+    );
+    events
+}
