@@ -106,14 +106,31 @@ impl Collector {
 
     async fn push(&self, target: &Target, filtered: &Filtered) -> Result<Pushed, CollectError> {
         let url = push::grouping_url(&self.pushgateway_url, &self.job, &target.instance);
-        let outcome = push::push(&self.push_http, &url, filtered.text.clone()).await;
+        let mut body = filtered.text.clone();
+        body.push_str(&push::target_up(true));
+        let outcome = push::push(&self.push_http, &url, body).await;
         self.metrics.count_push(&target.instance, outcome.is_ok());
         outcome?;
         self.record_success(target, filtered.pushed);
         Ok(filtered.pushed)
     }
 
+    /// The member did not answer: its group in the Pushgateway is replaced by
+    /// `etcd_dr_collector_target_up 0` alone. The Pushgateway keeps the last push forever,
+    /// so without this a stopped member would look alive with its last values. Best
+    /// effort: a Pushgateway that cannot be reached now gets the next interval's push.
+    async fn report_down(&self, target: &Target) {
+        self.metrics.set_target_up(&target.instance, false);
+        let url = push::grouping_url(&self.pushgateway_url, &self.job, &target.instance);
+        let outcome = push::push(&self.push_http, &url, push::target_up(false)).await;
+        self.metrics.count_push(&target.instance, outcome.is_ok());
+        if let Err(err) = outcome {
+            tracing::warn!(instance = %target.instance, error = %err, "cannot mark the member down in the Pushgateway");
+        }
+    }
+
     fn record_success(&self, target: &Target, pushed: Pushed) {
+        self.metrics.set_target_up(&target.instance, true);
         let labels = InstanceLabels {
             instance: target.instance.clone(),
         };
@@ -129,6 +146,7 @@ impl Collector {
 
     /// One try at each step, for `--once`.
     pub async fn collect_once(&self, target: &Target) -> Result<Pushed, CollectError> {
+        // No down-marker here: `--once` is a check whose answer is its one-line reason.
         let filtered = self.scrape(target).await?;
         self.push(target, &filtered).await
     }
@@ -141,7 +159,16 @@ impl Collector {
         deadline: Instant,
         stop: &watch::Receiver<bool>,
     ) -> Result<Pushed, CollectError> {
-        let filtered = retry(deadline, stop, || self.scrape(target)).await?;
+        let filtered = match retry(deadline, stop, || self.scrape(target)).await {
+            Ok(filtered) => filtered,
+            Err(err) => {
+                // Not on shutdown: a stopping collector says nothing about the member.
+                if !*stop.borrow() {
+                    self.report_down(target).await;
+                }
+                return Err(err);
+            }
+        };
         retry(deadline, stop, || self.push(target, &filtered)).await
     }
 }

@@ -26,6 +26,8 @@ pub struct CollectorMetrics {
     pub pushes: Family<ResultLabels, Counter>,
     pub last_success: Family<InstanceLabels, Gauge<f64, AtomicU64>>,
     pub families_pushed: Family<InstanceLabels, Gauge>,
+    /// 1 when the member's last scrape succeeded, 0 when it failed.
+    pub target_up: Family<InstanceLabels, Gauge>,
     /// The TLS files read again after a change (`file`, `result` ok or failed).
     pub reloads: ReloadCounter,
 }
@@ -56,6 +58,11 @@ impl CollectorMetrics {
             metrics.families_pushed.clone(),
         );
         registry.register(
+            "etcd_dr_collector_target_up",
+            "Whether the last scrape of each etcd member succeeded (also pushed in its group)",
+            metrics.target_up.clone(),
+        );
+        registry.register(
             "etcd_dr_collector_reloads",
             "TLS files read again after a change, by file set and result",
             metrics.reloads.clone(),
@@ -70,6 +77,13 @@ impl CollectorMetrics {
             let _ = self.scrapes.get_or_create(&result(instance, ok));
             let _ = self.pushes.get_or_create(&result(instance, ok));
         }
+    }
+
+    pub fn set_target_up(&self, instance: &str, up: bool) {
+        let labels = InstanceLabels {
+            instance: instance.to_string(),
+        };
+        self.target_up.get_or_create(&labels).set(i64::from(up));
     }
 
     pub fn count_scrape(&self, instance: &str, ok: bool) {

@@ -35,6 +35,19 @@ fn is_plain_segment(value: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'))
 }
 
+/// Pushed with every group: 1 with the member's metrics, 0 alone when its scrape failed
+/// (then the group holds nothing else, so no stale etcd value stays behind).
+pub const TARGET_UP: &str = "etcd_dr_collector_target_up";
+
+/// The `etcd_dr_collector_target_up` family as exposition text.
+pub fn target_up(up: bool) -> String {
+    format!(
+        "# HELP {TARGET_UP} Whether the collector's last scrape of this etcd member succeeded\n\
+         # TYPE {TARGET_UP} gauge\n{TARGET_UP} {}\n",
+        u8::from(up)
+    )
+}
+
 /// `PUT`s the body, replacing every metric of that grouping key, so a family that
 /// disappeared from etcd disappears from the Pushgateway too.
 pub async fn push(client: &Client, url: &Url, body: String) -> Result<(), CollectError> {

@@ -273,3 +273,52 @@ fn service_survives_a_dead_etcd_and_says_so() {
     let status = guard.stop().unwrap().expect("collector was running");
     assert!(status.success(), "{status:?}");
 }
+
+/// The Pushgateway keeps the last push of a group forever: a member that stops answering
+/// must not look alive there. With a real etcd stopped, its group is replaced by
+/// `etcd_dr_collector_target_up 0` alone (no `etcd_server_has_leader` left behind), and
+/// the collector's own gauge says 0 too; started again, it is 1 with its metrics.
+#[test]
+fn a_stopped_member_is_marked_down_in_the_pushgateway() {
+    let mut etcd = EtcdCluster::start(EtcdOptions::default()).unwrap();
+    let pushgateway = Pushgateway::start().unwrap();
+    let workdir = Workdir::temp("collector-target-up").unwrap();
+    let url = format!("{}/metrics", etcd.member(0).metrics_url);
+    let (mut guard, base) = start_service(&workdir, &url, &pushgateway.url());
+    let pushed = || {
+        http_get(&format!("{}/metrics", pushgateway.url()))
+            .unwrap()
+            .1
+    };
+    let up = |page: &str, value: &str| {
+        page.lines().any(|l| {
+            l.starts_with("etcd_dr_collector_target_up{") && l.ends_with(&format!(" {value}"))
+        })
+    };
+    wait_for(
+        "target_up 1 with the metrics",
+        Duration::from_secs(20),
+        || {
+            let page = pushed();
+            up(&page, "1") && page.contains("etcd_server_has_leader{")
+        },
+    );
+    etcd.stop_member(0).unwrap();
+    wait_for("target_up 0 alone", Duration::from_secs(30), || {
+        let page = pushed();
+        up(&page, "0") && !page.contains("etcd_server_has_leader{")
+    });
+    let (_, own) = http_get(&format!("{base}/metrics")).unwrap();
+    assert!(
+        own.lines()
+            .any(|l| l.starts_with("etcd_dr_collector_target_up{") && l.ends_with(" 0")),
+        "{own}"
+    );
+    etcd.start_member(0).unwrap();
+    wait_for("target_up 1 again", Duration::from_secs(30), || {
+        let page = pushed();
+        up(&page, "1") && page.contains("etcd_server_has_leader{")
+    });
+    let status = guard.stop().unwrap().expect("collector was running");
+    assert!(status.success(), "{status:?}");
+}
