@@ -642,6 +642,15 @@ if shutil.which("promtool"):
         if run.returncode:
             fail(f"[{name}] promtool check rules:\n{run.stdout}{run.stderr}")
     print(f"  promtool: PromQL of the rules and the dashboard parses ({len(rule_groups)} value sets)")
+    # Unit tests of the safety net (the default values' rules, written above).
+    unit = pathlib.Path("ci/promtool/dr-stack-rules.test.yaml")
+    shutil.copy(unit, OUT / unit.name)
+    run = subprocess.run(["promtool", "test", "rules", str(OUT / unit.name)],
+                         capture_output=True, text=True)
+    if run.returncode:
+        fail(f"promtool test rules {unit}:\n{run.stdout}{run.stderr}")
+    else:
+        print(f"  promtool: the safety net's unit tests pass ({unit})")
 else:
     print("  promtool not found (Debian package prometheus): PromQL not parsed")
 
