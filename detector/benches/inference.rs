@@ -21,6 +21,7 @@ fn inference(c: &mut Criterion) {
         step_seconds: meta.step_seconds,
         seed: 9,
         incidents: 0,
+        load_scale: 1.0,
     });
     let data = match Dataset::parse(&csv) {
         Ok(data) => data,

@@ -24,6 +24,7 @@ fn main() -> anyhow::Result<()> {
         seed,
         // About one incident per 500 steps: enough of each kind to validate on.
         incidents: rows / 500,
+        load_scale: 1.0,
     });
     std::fs::write(&out, csv).with_context(|| format!("writing {out}"))?;
     Ok(())

@@ -40,6 +40,7 @@ fn write_synth(path: &Path, rows: usize, seed: u64, incidents: usize) {
         step_seconds: 2.0,
         seed,
         incidents,
+        load_scale: 1.0,
     });
     std::fs::write(path, csv).unwrap();
 }
@@ -524,4 +525,75 @@ fn a_reader_that_goes_away_is_not_a_panic() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(output.status.code(), Some(0), "{stderr}");
+}
+
+#[test]
+fn eval_warns_when_it_is_given_a_file_that_trained_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train_csv, calib_csv, test_csv) = (
+        dir.path().join("a.csv"),
+        dir.path().join("b.csv"),
+        dir.path().join("c.csv"),
+    );
+    write_synth(&train_csv, 900, 3, 4);
+    write_synth(&calib_csv, 900, 4, 4);
+    write_synth(&test_csv, 600, 5, 3);
+    let model_dir = dir.path().join("model");
+    let summary = stdout_json(&run(&[
+        "train",
+        "--data",
+        train_csv.to_str().unwrap(),
+        "--calibrate",
+        calib_csv.to_str().unwrap(),
+        "--out",
+        model_dir.to_str().unwrap(),
+        "--window",
+        "10",
+        "--hidden",
+        "8",
+        "--epochs",
+        "2",
+        "--alert-for",
+        "6s",
+    ]));
+    assert_eq!(summary["format_version"], 2, "{summary}");
+    assert_eq!(summary["scoring_v2"]["alert_for_steps"], 3, "{summary}");
+    let model = model_dir.to_str().unwrap();
+    // The training file: a warning on stderr and in the JSON.
+    let output = run(&[
+        "eval",
+        "--model",
+        model,
+        "--data",
+        &format!("{},{}", test_csv.display(), train_csv.display()),
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let report = stdout_json(&output);
+    assert!(
+        stderr.contains("warning") && stderr.contains("a.csv") && stderr.contains("to train"),
+        "{stderr}"
+    );
+    assert_eq!(report["warnings"].as_array().unwrap().len(), 1, "{report}");
+    // A file used for neither: no warning.
+    let output = run(&[
+        "eval",
+        "--model",
+        model,
+        "--data",
+        test_csv.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("warning"));
+    assert!(stdout_json(&output).get("warnings").is_none());
+    // Several files without --calibrate: format 1 takes one.
+    let output = run(&[
+        "train",
+        "--data",
+        &format!("{},{}", train_csv.display(), calib_csv.display()),
+        "--out",
+        model,
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--calibrate"));
 }

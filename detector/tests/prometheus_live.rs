@@ -79,6 +79,7 @@ fn model_with(features: Vec<FeatureSpec>) -> ModelBundle {
             threshold_max_fpr: None,
             seconds: 0.0,
         },
+        scoring_v2: None,
     };
     ModelBundle {
         meta,

@@ -13,6 +13,7 @@ use dr_common::duration::parse_duration;
 use crate::commands::{load_model, print_stdout};
 use crate::training::dataset::Dataset;
 use crate::training::eval::{AlertingOptions, Recording, alerting, evaluate_all};
+use crate::training::provenance::reuse_warnings;
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -52,6 +53,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let datasets: Vec<Dataset> = recordings.iter().map(|r| r.data.clone()).collect();
     let mut report = evaluate_all(&scorer, &datasets)?;
+    let paths: Vec<&Path> = args.data.iter().map(PathBuf::as_path).collect();
+    report.warnings = reuse_warnings(&scorer.bundle.meta, &paths)?;
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
     let represents = args
         .represents
         .map_or(scorer.bundle.meta.step_seconds, |d| d.as_secs_f64());

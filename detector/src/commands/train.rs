@@ -1,23 +1,54 @@
-//! `train`: a labelled CSV in, a model directory out, and a JSON summary on stdout.
+//! `train`: labelled CSVs in (one for format 1; train and calibration recordings for
+//! format 2), a model directory out, and a JSON summary on stdout.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use dr_common::duration::parse_duration;
 use serde_json::json;
 
 use crate::commands::print_stdout;
 use crate::model::features::FeatureSpec;
 use crate::training::dataset::Dataset;
+use crate::training::provenance;
 use crate::training::train::{EpochReport, TrainOptions};
+use crate::training::train_v2::{Source, V2Options, train_v2};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// The training CSV.
-    #[arg(long, env = "DR_DETECTOR_DATA")]
-    pub data: PathBuf,
+    /// The training CSV. With `--calibrate` (format 2): one or more recordings, one
+    /// instance each (repeat the flag, or separate with commas), whose normal windows the
+    /// LSTM fits. Without it: exactly one file, a format 1 model as before.
+    #[arg(long, env = "DR_DETECTOR_DATA", required = true, value_delimiter = ',')]
+    pub data: Vec<PathBuf>,
+    /// Recordings (one instance each) that choose the epoch, each feature's calibration
+    /// and the threshold, and nothing else: giving any makes a format 2 model, scored
+    /// per feature against each instance's own baseline (detector/README: model formats).
+    #[arg(long, env = "DR_DETECTOR_CALIBRATE", value_delimiter = ',')]
+    pub calibrate: Vec<PathBuf>,
+    /// Format 2: the threshold is the lowest score whose alert gives at most this many
+    /// false alarms per 1000 normal steps of the --calibrate recordings.
+    #[arg(
+        long,
+        default_value_t = 0.5,
+        env = "DR_DETECTOR_MAX_FALSE_ALARMS_PER_1000"
+    )]
+    pub max_false_alarms_per_1000: f64,
+    /// Format 2: how long the score must stay above the threshold before the alert fires,
+    /// in the time the data stands for (as `eval --alert-for`).
+    #[arg(long, env = "DR_DETECTOR_ALERT_FOR", default_value = "3m", value_parser = parse_duration)]
+    pub alert_for: Duration,
+    /// Format 2: what one step of the data stands for (as `eval --represents`); default:
+    /// the step itself.
+    #[arg(long, env = "DR_DETECTOR_REPRESENTS", value_parser = parse_duration)]
+    pub represents: Option<Duration>,
+    /// Format 2: each feature's error is over the window's last this many unmasked steps.
+    #[arg(long, default_value_t = 5, env = "DR_DETECTOR_TAIL_STEPS")]
+    pub tail_steps: usize,
     /// Where to write model.safetensors and model.json.
     #[arg(long, env = "DR_DETECTOR_OUT")]
     pub out: PathBuf,
@@ -66,7 +97,6 @@ struct FeatureEntry {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    let data = Dataset::read(&args.data)?;
     let mut std_floors = BTreeMap::new();
     let features = match &args.features {
         Some(path) => {
@@ -114,7 +144,46 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     };
     let tty = std::io::stderr().is_terminal();
     let mut progress = |r: EpochReport| show_epoch(r, tty);
-    let bundle = crate::training::train::train(&data, &opts, &mut progress)?;
+    let bundle = if args.calibrate.is_empty() {
+        let [path] = args.data.as_slice() else {
+            anyhow::bail!(
+                "a format 1 model trains on one --data file; for several, give --calibrate \
+                 recordings too (format 2)"
+            );
+        };
+        crate::training::train::train(&Dataset::read(path)?, &opts, &mut progress)?
+    } else {
+        let sources = |role: &str, paths: &[PathBuf]| -> anyhow::Result<Vec<Source>> {
+            paths
+                .iter()
+                .map(|p| {
+                    Ok(Source {
+                        file: provenance::data_file(role, p)?,
+                        data: Dataset::read(p)?,
+                    })
+                })
+                .collect()
+        };
+        let train = sources("train", &args.data)?;
+        let calibrate = sources("calibrate", &args.calibrate)?;
+        anyhow::ensure!(
+            args.max_false_alarms_per_1000.is_finite() && args.max_false_alarms_per_1000 >= 0.0,
+            "--max-false-alarms-per-1000 must be a number >= 0"
+        );
+        let step = train[0].data.step_seconds()?;
+        let represents = args.represents.map_or(step, |d| d.as_secs_f64());
+        anyhow::ensure!(represents > 0.0, "--represents must be positive");
+        let v2 = V2Options {
+            tail_steps: args.tail_steps,
+            max_false_alarms_per_1000: args.max_false_alarms_per_1000,
+            alert_for_steps: crate::training::rules::steps(
+                args.alert_for.as_secs_f64(),
+                represents,
+            ),
+            ..V2Options::default()
+        };
+        train_v2(&train, &calibrate, &opts, &v2, &mut progress)?
+    };
     if tty {
         eprintln!();
     }
@@ -144,6 +213,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         "threshold_windows": t.threshold_windows,
         "threshold_warning": threshold_warning,
         "std_floor": bundle.meta.normalisation.std_floor,
+        "format_version": bundle.meta.format_version,
+        "scoring_v2": bundle.meta.scoring_v2,
         "seconds": t.seconds,
     });
     print_stdout(&serde_json::to_string_pretty(&summary)?)?;

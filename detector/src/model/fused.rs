@@ -435,6 +435,7 @@ mod tests {
             step_seconds: meta.step_seconds,
             seed: 9,
             incidents: 3,
+            load_scale: 1.0,
         }))
         .unwrap()
         .select_features(&meta.feature_names())

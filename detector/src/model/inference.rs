@@ -5,7 +5,9 @@ use anyhow::Context;
 
 use crate::model::fused::FusedModel;
 use crate::model::model_dir::ModelBundle;
+use crate::model::normalisation::Normalisation;
 use crate::model::scoring::{self, Score};
+use crate::model::transform;
 
 /// Why a raw window cannot be scored; the message is meant for the client.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -89,8 +91,104 @@ impl Scorer {
         Ok(flat)
     }
 
-    /// Scores a raw step-major window of the right size; `mask` marks defrag steps.
+    /// Scores a raw step-major window of the right size; `mask` marks defrag steps. A
+    /// format 2 model sets it against its reference baseline (windows without their
+    /// instance's history, as `POST /score` receives); see [`Scorer::score_against`].
     pub fn score(&self, values: &[f64], mask: &[bool]) -> Result<Score, WindowError> {
+        self.score_against(values, mask, None)
+    }
+
+    /// Scores a window against `baseline`, the instance's own (from
+    /// [`Scorer::instance_baseline`]), or the model's reference when `None`. Format 1
+    /// models have one global normalisation and ignore `baseline`.
+    pub fn score_against(
+        &self,
+        values: &[f64],
+        mask: &[bool],
+        baseline: Option<&Normalisation>,
+    ) -> Result<Score, WindowError> {
+        let meta = &self.bundle.meta;
+        let Some(v2) = &meta.scoring_v2 else {
+            self.check_size(values, mask)?;
+            let x = scoring::prepare(values, mask, &meta.normalisation)
+                .ok_or(WindowError::AllMasked)?;
+            let recon = self.fused.reconstruct(&x);
+            return Ok(scoring::score_reconstruction(&x, &recon, mask));
+        };
+        let (x, recon) = self.reconstruct_v2(values, mask, baseline)?;
+        scoring::score_calibrated(&x, &recon, mask, v2.tail_steps, &v2.calibration, &v2.scored)
+            .ok_or(WindowError::AllMasked)
+    }
+
+    /// Format 2: each feature's uncalibrated tail error (what the calibration is fitted
+    /// on); `None` for a format 1 model.
+    pub fn feature_errors(
+        &self,
+        values: &[f64],
+        mask: &[bool],
+        baseline: Option<&Normalisation>,
+    ) -> Result<Option<Vec<f64>>, WindowError> {
+        let Some(v2) = &self.bundle.meta.scoring_v2 else {
+            return Ok(None);
+        };
+        let (x, recon) = self.reconstruct_v2(values, mask, baseline)?;
+        scoring::tail_errors(&x, &recon, mask, v2.tail_steps)
+            .map(Some)
+            .ok_or(WindowError::AllMasked)
+    }
+
+    /// Format 2: the robust baseline of one instance's history (`rows` in the model's
+    /// feature order, `mask` its defrag steps, which are left out), with the model's
+    /// floors; `None` for a format 1 model, which has no per-instance baseline.
+    pub fn instance_baseline(
+        &self,
+        rows: &[Vec<f64>],
+        mask: Option<&[bool]>,
+    ) -> Option<Normalisation> {
+        let meta = &self.bundle.meta;
+        let v2 = meta.scoring_v2.as_ref()?;
+        let transformed: Vec<Vec<f64>> = rows
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .zip(&v2.transforms)
+                    .map(|(v, t)| t.apply(*v))
+                    .collect()
+            })
+            .collect();
+        let floors: Vec<Option<f64>> = meta
+            .normalisation
+            .std_floor
+            .iter()
+            .map(|&f| Some(f))
+            .collect();
+        Some(transform::fit_baseline(
+            &transformed,
+            |i| mask.is_none_or(|m| !m[i]),
+            &floors,
+        ))
+    }
+
+    fn reconstruct_v2(
+        &self,
+        values: &[f64],
+        mask: &[bool],
+        baseline: Option<&Normalisation>,
+    ) -> Result<(Vec<f32>, Vec<f32>), WindowError> {
+        self.check_size(values, mask)?;
+        let meta = &self.bundle.meta;
+        let transforms = meta
+            .scoring_v2
+            .as_ref()
+            .map_or(&[][..], |v2| v2.transforms.as_slice());
+        let baseline = baseline.unwrap_or(&meta.normalisation);
+        let x = scoring::prepare_v2(values, mask, transforms, baseline)
+            .ok_or(WindowError::AllMasked)?;
+        let recon = self.fused.reconstruct(&x);
+        Ok((x, recon))
+    }
+
+    fn check_size(&self, values: &[f64], mask: &[bool]) -> Result<(), WindowError> {
         let (window, features) = (self.bundle.meta.window, self.bundle.meta.features.len());
         if values.len() != window * features || mask.len() != window {
             return Err(WindowError::Steps {
@@ -98,9 +196,6 @@ impl Scorer {
                 window,
             });
         }
-        let x = scoring::prepare(values, mask, &self.bundle.meta.normalisation)
-            .ok_or(WindowError::AllMasked)?;
-        let recon = self.fused.reconstruct(&x);
-        Ok(scoring::score_reconstruction(&x, &recon, mask))
+        Ok(())
     }
 }

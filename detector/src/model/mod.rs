@@ -7,3 +7,4 @@ pub mod lstm;
 pub mod model_dir;
 pub mod normalisation;
 pub mod scoring;
+pub mod transform;

@@ -9,8 +9,13 @@ use serde::{Deserialize, Serialize};
 use crate::model::features::FeatureSpec;
 use crate::model::lstm::Architecture;
 use crate::model::normalisation::Normalisation;
+use crate::model::transform::Transform;
 
+/// Format 1: raw values, one global normalisation, the mean squared error of the window.
 pub const FORMAT_VERSION: u32 = 1;
+/// Format 2: transformed values against each instance's own baseline, per-feature
+/// calibrated errors of the window's last steps, the max of them (see [`ScoringV2`]).
+pub const FORMAT_VERSION_2: u32 = 2;
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const META_FILE: &str = "model.json";
 
@@ -38,6 +43,42 @@ pub struct TrainingMetrics {
     pub seconds: f64,
 }
 
+/// A data file that played a role in training, so `eval` can say when it is given one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataFile {
+    /// `train` (the LSTM fitted its normal windows) or `calibrate` (epoch, per-feature
+    /// calibration and threshold).
+    pub role: String,
+    pub name: String,
+    pub sha256: String,
+}
+
+/// What format 2 adds to model.json. `ModelMeta::normalisation` is then the pooled
+/// reference baseline in transformed units, used only for windows scored without their
+/// instance's history (`POST /score`); eval scores each recording against its own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScoringV2 {
+    /// One per feature, applied to raw values before the baseline.
+    pub transforms: Vec<Transform>,
+    /// One per feature: false for context features (input only, error not scored).
+    pub scored: Vec<bool>,
+    /// The per-feature error is the mean squared error over this many last unmasked
+    /// steps of the window.
+    pub tail_steps: usize,
+    /// One per feature: a feature's error is divided by this (a high quantile of its
+    /// error on the calibration recordings' normal windows, at least `calibration_floor`).
+    pub calibration: Vec<f64>,
+    pub calibration_quantile: f64,
+    pub calibration_floor: f64,
+    /// The threshold is the lowest score whose alert (held `alert_for_steps`) raised at
+    /// most this many false alarms per 1000 normal steps of the calibration recordings.
+    pub max_false_alarms_per_1000: f64,
+    pub alert_for_steps: usize,
+    /// What the threshold gave on the calibration recordings.
+    pub calibration_false_alarms_per_1000: f64,
+    pub data_files: Vec<DataFile>,
+}
+
 /// The contents of model.json.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelMeta {
@@ -55,17 +96,29 @@ pub struct ModelMeta {
     /// training windows' errors, which are lower than unseen ones, so it alarms early).
     pub threshold_method: String,
     pub training: TrainingMetrics,
+    /// Present exactly in format 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scoring_v2: Option<ScoringV2>,
 }
 
 impl ModelMeta {
     /// Refuses a model.json whose parts disagree, before anything runs on it.
     pub fn validate(&self) -> anyhow::Result<()> {
         ensure!(
-            self.format_version == FORMAT_VERSION,
-            "model format version {} is not supported (this build reads {FORMAT_VERSION})",
+            self.format_version == FORMAT_VERSION || self.format_version == FORMAT_VERSION_2,
+            "model format version {} is not supported (this build reads {FORMAT_VERSION} and {FORMAT_VERSION_2})",
             self.format_version
         );
         let f = self.features.len();
+        match (&self.scoring_v2, self.format_version) {
+            (None, FORMAT_VERSION) => {}
+            (Some(v2), FORMAT_VERSION_2) => v2.validate(f, self.window)?,
+            _ => bail!(
+                "model format version {} with{} a `scoring_v2` section: format 2 has one, format 1 none",
+                self.format_version,
+                if self.scoring_v2.is_some() { "" } else { "out" }
+            ),
+        }
         ensure!(f > 0, "the model has no features");
         ensure!(self.window > 0, "the model's window is 0");
         // Checked here, not only on the candle path: the fused forward that serves
@@ -120,6 +173,32 @@ impl ModelMeta {
 
     pub fn feature_names(&self) -> Vec<String> {
         self.features.iter().map(|f| f.name.clone()).collect()
+    }
+}
+
+impl ScoringV2 {
+    fn validate(&self, f: usize, window: usize) -> anyhow::Result<()> {
+        ensure!(
+            self.transforms.len() == f && self.scored.len() == f && self.calibration.len() == f,
+            "scoring_v2 needs one transform, scored flag and calibration per feature ({f})"
+        );
+        ensure!(
+            self.transforms.iter().all(Transform::is_valid),
+            "scoring_v2 has a transform with a non-positive factor or floor"
+        );
+        ensure!(
+            self.scored.iter().any(|&s| s),
+            "scoring_v2 scores no feature"
+        );
+        ensure!(
+            (1..=window).contains(&self.tail_steps),
+            "scoring_v2.tail_steps must be between 1 and the window ({window})"
+        );
+        ensure!(
+            self.calibration.iter().all(|c| c.is_finite() && *c > 0.0),
+            "scoring_v2 has a non-positive calibration"
+        );
+        Ok(())
     }
 }
 
@@ -226,6 +305,7 @@ pub(crate) mod tests {
                 threshold_max_fpr: None,
                 seconds: 0.0,
             },
+            scoring_v2: None,
         }
     }
 
@@ -295,6 +375,74 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = format!("{:#}", ModelBundle::load(dir.path()).unwrap_err());
         assert!(err.contains("model.json"), "{err}");
+    }
+
+    #[test]
+    fn a_format_1_model_scores_as_before_whatever_baseline_it_is_given() {
+        use crate::model::inference::Scorer;
+        let scorer = Scorer::new(ModelBundle::default_model().unwrap()).unwrap();
+        assert_eq!(scorer.bundle.meta.format_version, FORMAT_VERSION);
+        assert!(scorer.bundle.meta.scoring_v2.is_none());
+        let (w, f) = (scorer.window(), scorer.n_features());
+        let rows: Vec<Vec<f64>> = (0..w)
+            .map(|i| (0..f).map(|j| 0.01 * (i + j) as f64).collect())
+            .collect();
+        assert!(scorer.instance_baseline(&rows, None).is_none());
+        let values: Vec<f64> = rows.iter().flatten().copied().collect();
+        let mask = vec![false; w];
+        let other = Normalisation {
+            mean: vec![5.0; f],
+            std: vec![0.1; f],
+            std_floor: Vec::new(),
+        };
+        let plain = scorer.score(&values, &mask).unwrap();
+        assert_eq!(
+            scorer.score_against(&values, &mask, Some(&other)).unwrap(),
+            plain
+        );
+        assert_eq!(scorer.feature_errors(&values, &mask, None).unwrap(), None);
+        // The score is still the mean squared error of the whole window.
+        let x = crate::model::scoring::prepare(&values, &mask, &scorer.bundle.meta.normalisation)
+            .unwrap();
+        let direct = crate::model::scoring::score_reconstruction(
+            &x,
+            &crate::model::fused::FusedModel::from_safetensors(
+                &scorer.bundle.meta.architecture,
+                w,
+                &scorer.bundle.weights,
+            )
+            .unwrap()
+            .reconstruct(&x),
+            &mask,
+        );
+        assert_eq!(plain, direct);
+    }
+
+    #[test]
+    fn format_2_needs_its_section_and_format_1_refuses_one() {
+        let mut m = meta(3, 4, 5);
+        m.format_version = FORMAT_VERSION_2;
+        assert!(m.validate().unwrap_err().to_string().contains("scoring_v2"));
+        let mut m = meta(3, 4, 5);
+        m.scoring_v2 = Some(ScoringV2 {
+            transforms: vec![Transform::Identity; 3],
+            scored: vec![true; 3],
+            tail_steps: 5,
+            calibration: vec![1.0; 3],
+            calibration_quantile: 0.99,
+            calibration_floor: 1.0,
+            max_false_alarms_per_1000: 0.5,
+            alert_for_steps: 3,
+            calibration_false_alarms_per_1000: 0.0,
+            data_files: Vec::new(),
+        });
+        assert!(m.validate().unwrap_err().to_string().contains("scoring_v2"));
+        m.format_version = FORMAT_VERSION_2;
+        m.validate().unwrap();
+        if let Some(s) = m.scoring_v2.as_mut() {
+            s.tail_steps = 6;
+        }
+        assert!(m.validate().unwrap_err().to_string().contains("tail_steps"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use crate::model::normalisation::Normalisation;
+use crate::model::transform::Transform;
 
 /// A window's anomaly score and which features drove it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -73,6 +74,75 @@ pub fn score_reconstruction(input: &[f32], recon: &[f32], mask: &[bool]) -> Scor
     }
 }
 
+/// Format 2's input for a raw step-major window: masked steps filled, each value
+/// transformed, then set against `baseline` (`clip((t - centre) / scale)`).
+pub fn prepare_v2(
+    values: &[f64],
+    mask: &[bool],
+    transforms: &[Transform],
+    baseline: &Normalisation,
+) -> Option<Vec<f32>> {
+    let f = transforms.len();
+    let mut filled = fill_masked(values, mask, f)?;
+    for (i, v) in filled.iter_mut().enumerate() {
+        *v = transforms[i % f].apply(*v);
+    }
+    Some(baseline.apply(&filled))
+}
+
+/// Each feature's mean squared error over the last `tail` unmasked steps (fewer when the
+/// window has fewer): the newest steps, so an incident a few steps old is not diluted by a
+/// window of normal before it. `None` when every step is masked.
+pub fn tail_errors(input: &[f32], recon: &[f32], mask: &[bool], tail: usize) -> Option<Vec<f64>> {
+    let steps = mask.len();
+    let n_features = input.len() / steps.max(1);
+    let mut errors = vec![0.0f64; n_features];
+    let mut counted = 0usize;
+    for step in (0..steps).rev().filter(|&s| !mask[s]).take(tail) {
+        counted += 1;
+        let row = step * n_features..(step + 1) * n_features;
+        for ((acc, &x), &y) in errors.iter_mut().zip(&input[row.clone()]).zip(&recon[row]) {
+            let d = f64::from(x) - f64::from(y);
+            *acc += d * d;
+        }
+    }
+    if counted == 0 {
+        return None;
+    }
+    errors.iter_mut().for_each(|e| *e /= counted as f64);
+    Some(errors)
+}
+
+/// Format 2's score: each scored feature's tail error divided by its calibration, and the
+/// max of them, so one feature far out alerts on its own; `feature_shares` are each
+/// feature's calibrated error over their sum (0 for context features), so the largest
+/// share names the feature that drove the score.
+pub fn score_calibrated(
+    input: &[f32],
+    recon: &[f32],
+    mask: &[bool],
+    tail: usize,
+    calibration: &[f64],
+    scored: &[bool],
+) -> Option<Score> {
+    let errors = tail_errors(input, recon, mask, tail)?;
+    let calibrated: Vec<f64> = errors
+        .iter()
+        .zip(calibration)
+        .zip(scored)
+        .map(|((e, c), &s)| if s { e / c } else { 0.0 })
+        .collect();
+    let total: f64 = calibrated.iter().sum();
+    Some(Score {
+        score: calibrated.iter().copied().fold(0.0, f64::max),
+        feature_shares: calibrated
+            .iter()
+            .map(|e| if total > 0.0 { e / total } else { 0.0 })
+            .collect(),
+        masked_steps: mask.iter().filter(|&&m| m).count(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +166,67 @@ mod tests {
         let s = score_reconstruction(&input, &recon, &[true, false]);
         assert_eq!(s.score, 0.0);
         assert_eq!(s.masked_steps, 1);
+    }
+
+    #[test]
+    fn tail_errors_skip_masked_steps_and_keep_the_newest() {
+        // 4 steps x 1 feature; errors 1, 4, 9, 16 by step.
+        let input = [1.0, 2.0, 3.0, 4.0];
+        let recon = [0.0; 4];
+        let e = tail_errors(&input, &recon, &[false; 4], 2).unwrap();
+        assert_eq!(e, [12.5], "steps 2 and 3");
+        // Step 3 masked: the last two unmasked are 1 and 2.
+        let e = tail_errors(&input, &recon, &[false, false, false, true], 2).unwrap();
+        assert_eq!(e, [6.5]);
+        assert!(tail_errors(&input, &recon, &[true; 4], 2).is_none());
+    }
+
+    #[test]
+    fn one_feature_far_out_crosses_the_threshold_where_the_mean_would_not() {
+        // 30 steps x 9 features, all reconstructed exactly but feature 3 (leader changes)
+        // off by 3 scales in the last 5 steps: an election storm.
+        let (steps, f) = (30, 9);
+        let input = vec![0.0f32; steps * f];
+        let mut recon = input.clone();
+        for step in steps - 5..steps {
+            recon[step * f + 3] = 3.0;
+        }
+        let mask = vec![false; steps];
+        let mean = score_reconstruction(&input, &recon, &mask);
+        // Format 1: 45 / 270 cells, far below a threshold near 1.
+        assert!(mean.score < 0.2, "{}", mean.score);
+        let calibration = vec![1.0; f];
+        let mut scored = vec![true; f];
+        let s = score_calibrated(&input, &recon, &mask, 5, &calibration, &scored).unwrap();
+        assert!((s.score - 9.0).abs() < 1e-9, "{}", s.score);
+        assert_eq!(s.feature_shares[3], 1.0);
+        // The calibration divides; a context feature is never scored.
+        let mut calibration = calibration;
+        calibration[3] = 4.5;
+        let s = score_calibrated(&input, &recon, &mask, 5, &calibration, &scored).unwrap();
+        assert!((s.score - 2.0).abs() < 1e-9);
+        scored[3] = false;
+        let s = score_calibrated(&input, &recon, &mask, 5, &calibration, &scored).unwrap();
+        assert_eq!(s.score, 0.0);
+        assert_eq!(s.feature_shares[3], 0.0);
+    }
+
+    #[test]
+    fn prepare_v2_transforms_then_sets_against_the_baseline() {
+        let transforms = [Transform::Log10 { floor: 1e-4 }, Transform::Identity];
+        let baseline = Normalisation {
+            mean: vec![-2.0, 0.5],
+            std: vec![0.5, 0.25],
+            std_floor: vec![],
+        };
+        // Step 1 masked: it takes step 0's values.
+        let x = prepare_v2(
+            &[0.1, 1.0, 5.0, 9.0],
+            &[false, true],
+            &transforms,
+            &baseline,
+        )
+        .unwrap();
+        assert_eq!(x, [2.0, 2.0, 2.0, 2.0]);
     }
 }

@@ -28,6 +28,9 @@ pub struct EvalReport {
     /// The model as an alert beside the static rules, per incident kind.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alerting: Option<AlertingReport>,
+    /// Data files that trained or calibrated the model (format 2 records them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 pub fn evaluate(scorer: &Scorer, data: &Dataset) -> anyhow::Result<EvalReport> {
@@ -67,6 +70,7 @@ pub fn evaluate_all(scorer: &Scorer, datasets: &[Dataset]) -> anyhow::Result<Eva
         confusion,
         best_j: roc::best_youden(&scores, &labels),
         alerting: None,
+        warnings: Vec::new(),
     })
 }
 
@@ -134,8 +138,14 @@ pub fn alerting(
         let incs = alerting::incidents(labels, rec.kinds.as_deref());
         // The score of the window ending at each step.
         let mut above = vec![None; data.len()];
+        // One recording is one instance: format 2 sets it against its own baseline.
+        let baseline = scorer.instance_baseline(&data.rows, data.mask.as_deref());
         for s in data.window_starts(w, meta.step_seconds) {
-            if let Ok(score) = scorer.score(&data.window_values(s, w), &data.window_mask(s, w)) {
+            if let Ok(score) = scorer.score_against(
+                &data.window_values(s, w),
+                &data.window_mask(s, w),
+                baseline.as_ref(),
+            ) {
                 above[s + w - 1] = Some(score.score > meta.threshold);
             }
         }

@@ -15,6 +15,9 @@ pub struct SynthOptions {
     pub step_seconds: f64,
     pub seed: u64,
     pub incidents: usize,
+    /// Multiplies the request rate (and the latencies, by its fourth root) without
+    /// changing the random draws: the same recording on a busier or quieter cluster.
+    pub load_scale: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -156,6 +159,9 @@ pub fn generate(opts: &SynthOptions) -> String {
         size = (size + growth * step).clamp(0.05, 1.0);
         frag = (frag + frag_drift).clamp(0.01, 0.9);
         let label = u8::from(incident.is_some());
+        grpc *= opts.load_scale;
+        fsync *= opts.load_scale.powf(0.25);
+        commit *= opts.load_scale.powf(0.25);
         let values = [
             size, frag, growth, leader, failed, fsync, commit, grpc, slow,
         ];
@@ -180,6 +186,7 @@ mod tests {
             step_seconds: 2.0,
             seed: 1,
             incidents: 8,
+            load_scale: 1.0,
         };
         let csv = generate(&opts);
         assert_eq!(csv, generate(&opts), "same seed, same data");

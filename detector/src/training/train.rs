@@ -159,6 +159,127 @@ fn mean_loss(
     Ok(total / (windows.len() * window * f) as f64)
 }
 
+/// The weights of the best epoch and how the fit went.
+pub(crate) struct Fitted {
+    pub arch: Architecture,
+    pub weights: Vec<u8>,
+    pub epochs_run: usize,
+    pub best_epoch: usize,
+    pub train_loss: f64,
+    pub validation_loss: f64,
+}
+
+impl Fitted {
+    /// The record of this fit, before the threshold is known.
+    pub(crate) fn metrics(
+        &self,
+        seed: u64,
+        data_rows: usize,
+        train_windows: usize,
+        validation_windows: usize,
+    ) -> TrainingMetrics {
+        TrainingMetrics {
+            seed,
+            data_rows,
+            train_windows,
+            validation_windows,
+            validation_anomalous_windows: 0,
+            epochs_run: self.epochs_run,
+            best_epoch: self.best_epoch,
+            train_loss: self.train_loss,
+            validation_loss: self.validation_loss,
+            validation_auc: None,
+            threshold_windows: 0,
+            threshold_max_fpr: None,
+            seconds: 0.0,
+        }
+    }
+}
+
+/// Fits the autoencoder to `train_x` (normalised windows), keeping the epoch with the
+/// lowest loss on `val_x` (the training loss when there is none), with early stopping.
+pub(crate) fn fit_autoencoder(
+    train_x: &[Vec<f32>],
+    val_x: &[Vec<f32>],
+    w: usize,
+    f: usize,
+    opts: &TrainOptions,
+    on_epoch: &mut dyn FnMut(EpochReport),
+) -> anyhow::Result<Fitted> {
+    let arch = Architecture::new(f, opts.hidden);
+    let varmap = init_varmap(&arch, opts.seed)?;
+    let model = Autoencoder::new(
+        &arch,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )?;
+    let mut optimiser = AdamW::new(
+        varmap.all_vars(),
+        ParamsAdamW {
+            lr: opts.learning_rate,
+            weight_decay: 0.0,
+            ..ParamsAdamW::default()
+        },
+    )?;
+    let mut rng = SeededRng::new(opts.seed ^ 0x5EED);
+    let mut order: Vec<usize> = (0..train_x.len()).collect();
+    let mut best: Option<(f64, usize, f64, Vec<u8>)> = None;
+    let mut epochs_run = 0;
+    for epoch in 1..=opts.epochs {
+        epochs_run = epoch;
+        rng.shuffle(&mut order);
+        let mut total = 0.0;
+        for batch in order.chunks(opts.batch_size) {
+            let windows: Vec<&Vec<f32>> = batch.iter().map(|&i| &train_x[i]).collect();
+            let x = batch_tensor(&windows, w, f)?;
+            let loss = model.forward(&x)?.sub(&x)?.sqr()?.mean_all()?;
+            optimiser.backward_step(&loss)?;
+            total += f64::from(loss.to_scalar::<f32>()?) * batch.len() as f64;
+        }
+        let train_loss = total / train_x.len() as f64;
+        // Without normal validation windows, the training loss is all there is to watch.
+        let validation_loss = if val_x.is_empty() {
+            train_loss
+        } else {
+            mean_loss(&model, val_x, w, f)?
+        };
+        ensure!(
+            validation_loss.is_finite(),
+            "training diverged at epoch {epoch} (loss {validation_loss}); try a smaller learning rate"
+        );
+        let improved = best.as_ref().is_none_or(|b| validation_loss < b.0);
+        if improved {
+            best = Some((
+                validation_loss,
+                epoch,
+                train_loss,
+                varmap_to_safetensors(&varmap)?,
+            ));
+        }
+        on_epoch(EpochReport {
+            epoch,
+            epochs: opts.epochs,
+            train_loss,
+            validation_loss,
+            best: improved,
+        });
+        if best.as_ref().is_some_and(|b| epoch - b.1 >= opts.patience) {
+            break;
+        }
+    }
+    let Some((validation_loss, best_epoch, train_loss, weights)) = best else {
+        bail!("no epoch ran");
+    };
+
+    Ok(Fitted {
+        arch,
+        weights,
+        epochs_run,
+        best_epoch,
+        train_loss,
+        validation_loss,
+    })
+}
+
 /// Trains a model on `data`; `on_epoch` sees each epoch's losses.
 pub fn train(
     data: &Dataset,
@@ -249,69 +370,7 @@ pub fn train(
     let train_x: Vec<Vec<f32>> = train_starts.iter().map(|&s| prepare(s)).collect();
     let val_x: Vec<Vec<f32>> = val_normal.iter().map(|&s| prepare(s)).collect();
 
-    let arch = Architecture::new(f, opts.hidden);
-    let varmap = init_varmap(&arch, opts.seed)?;
-    let model = Autoencoder::new(
-        &arch,
-        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-    )?;
-    let mut optimiser = AdamW::new(
-        varmap.all_vars(),
-        ParamsAdamW {
-            lr: opts.learning_rate,
-            weight_decay: 0.0,
-            ..ParamsAdamW::default()
-        },
-    )?;
-    let mut rng = SeededRng::new(opts.seed ^ 0x5EED);
-    let mut order: Vec<usize> = (0..train_x.len()).collect();
-    let mut best: Option<(f64, usize, f64, Vec<u8>)> = None;
-    let mut epochs_run = 0;
-    for epoch in 1..=opts.epochs {
-        epochs_run = epoch;
-        rng.shuffle(&mut order);
-        let mut total = 0.0;
-        for batch in order.chunks(opts.batch_size) {
-            let windows: Vec<&Vec<f32>> = batch.iter().map(|&i| &train_x[i]).collect();
-            let x = batch_tensor(&windows, w, f)?;
-            let loss = model.forward(&x)?.sub(&x)?.sqr()?.mean_all()?;
-            optimiser.backward_step(&loss)?;
-            total += f64::from(loss.to_scalar::<f32>()?) * batch.len() as f64;
-        }
-        let train_loss = total / train_x.len() as f64;
-        // Without normal validation windows, the training loss is all there is to watch.
-        let validation_loss = if val_x.is_empty() {
-            train_loss
-        } else {
-            mean_loss(&model, &val_x, w, f)?
-        };
-        ensure!(
-            validation_loss.is_finite(),
-            "training diverged at epoch {epoch} (loss {validation_loss}); try a smaller learning rate"
-        );
-        let improved = best.as_ref().is_none_or(|b| validation_loss < b.0);
-        if improved {
-            best = Some((
-                validation_loss,
-                epoch,
-                train_loss,
-                varmap_to_safetensors(&varmap)?,
-            ));
-        }
-        on_epoch(EpochReport {
-            epoch,
-            epochs: opts.epochs,
-            train_loss,
-            validation_loss,
-            best: improved,
-        });
-        if best.as_ref().is_some_and(|b| epoch - b.1 >= opts.patience) {
-            break;
-        }
-    }
-    let Some((validation_loss, best_epoch, train_loss, weights)) = best else {
-        bail!("no epoch ran");
-    };
+    let fitted = fit_autoencoder(&train_x, &val_x, w, f, opts, on_epoch)?;
 
     let meta = ModelMeta {
         format_version: FORMAT_VERSION,
@@ -319,29 +378,16 @@ pub fn train(
         step_seconds: step,
         features: feature_specs,
         mask: Some(features::default_mask(step)),
-        architecture: arch,
+        architecture: fitted.arch.clone(),
         normalisation: norm,
         threshold: 0.0,
         threshold_method: String::new(),
-        training: TrainingMetrics {
-            seed: opts.seed,
-            data_rows: data.len(),
-            train_windows: train_x.len(),
-            validation_windows: split.validation.len(),
-            validation_anomalous_windows: 0,
-            epochs_run,
-            best_epoch,
-            train_loss,
-            validation_loss,
-            validation_auc: None,
-            threshold_windows: 0,
-            threshold_max_fpr: None,
-            seconds: 0.0,
-        },
+        scoring_v2: None,
+        training: fitted.metrics(opts.seed, data.len(), train_x.len(), split.validation.len()),
     };
     let scorer = Scorer::new(ModelBundle {
         meta,
-        weights,
+        weights: fitted.weights,
         source: "training".into(),
     })?;
     let (scores, labels) = score_windows(&scorer, &data, &split.validation);
@@ -387,13 +433,20 @@ pub fn train(
 }
 
 /// Scores the windows at `starts` the way serving does; windows masked throughout are
-/// skipped. Returns scores and labels (false where the data has none).
+/// skipped. `data` (in the model's feature order) is one instance's recording: a format 2
+/// model sets it against the baseline of its own rows. Returns scores and labels (false
+/// where the data has none).
 pub fn score_windows(scorer: &Scorer, data: &Dataset, starts: &[usize]) -> (Vec<f64>, Vec<bool>) {
     let w = scorer.window();
+    let baseline = scorer.instance_baseline(&data.rows, data.mask.as_deref());
     let mut scores = Vec::with_capacity(starts.len());
     let mut labels = Vec::with_capacity(starts.len());
     for &s in starts {
-        if let Ok(score) = scorer.score(&data.window_values(s, w), &data.window_mask(s, w)) {
+        if let Ok(score) = scorer.score_against(
+            &data.window_values(s, w),
+            &data.window_mask(s, w),
+            baseline.as_ref(),
+        ) {
             scores.push(score.score);
             labels.push(data.label_any(s, w) == Some(true));
         }
@@ -402,21 +455,22 @@ pub fn score_windows(scorer: &Scorer, data: &Dataset, starts: &[usize]) -> (Vec<
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::training::synth::{SynthOptions, generate};
 
-    fn small_data() -> Dataset {
+    pub(crate) fn small_data() -> Dataset {
         let csv = generate(&SynthOptions {
             rows: 900,
             step_seconds: 2.0,
             seed: 3,
             incidents: 4,
+            load_scale: 1.0,
         });
         Dataset::parse(&csv).unwrap()
     }
 
-    fn quick() -> TrainOptions {
+    pub(crate) fn quick() -> TrainOptions {
         TrainOptions {
             window: 10,
             hidden: 8,
@@ -506,6 +560,7 @@ mod tests {
             step_seconds: 2.0,
             seed: 5,
             incidents: 0,
+            load_scale: 1.0,
         });
         Dataset {
             labels: None,

@@ -1,0 +1,532 @@
+//! Training a format 2 model on several recordings with disjoint roles. Each recording is
+//! one instance and is set against its own robust baseline (`model::transform`). The LSTM
+//! fits the normal windows of the `train` recordings; the epoch, each feature's
+//! calibration and the alert threshold are all chosen on the `calibrate` recordings, so
+//! no figure of a recording used for neither is touched by either.
+
+use std::time::Instant;
+
+use anyhow::{Context, bail, ensure};
+
+use crate::model::features::{self, FeatureSpec};
+use crate::model::inference::Scorer;
+use crate::model::model_dir::{DataFile, FORMAT_VERSION_2, ModelBundle, ModelMeta, ScoringV2};
+use crate::model::normalisation::Normalisation;
+use crate::model::scoring;
+use crate::model::transform::{self, FeatureTreatment, Transform};
+use crate::training::alerting;
+use crate::training::dataset::Dataset;
+use crate::training::roc;
+use crate::training::train::{EpochReport, TrainOptions, fit_autoencoder};
+
+/// One recording (one instance) and where it came from.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub file: DataFile,
+    pub data: Dataset,
+}
+
+/// Format 2's own knobs.
+#[derive(Clone, Debug)]
+pub struct V2Options {
+    /// The per-feature error is over the window's last this many unmasked steps.
+    pub tail_steps: usize,
+    /// A feature's calibration is this quantile of its error on calibration normal windows.
+    pub calibration_quantile: f64,
+    /// ... and at least this (squared scales): a feature that never moved on the
+    /// calibration recordings is reconstructed almost exactly, and dividing by that
+    /// would make any noise an alarm.
+    pub calibration_floor: f64,
+    /// The threshold: the lowest score whose alert gives at most this many false alarms
+    /// per 1000 normal steps of the calibration recordings.
+    pub max_false_alarms_per_1000: f64,
+    /// How many steps the score must stay above the threshold before the alert fires.
+    pub alert_for_steps: usize,
+}
+
+impl Default for V2Options {
+    fn default() -> Self {
+        V2Options {
+            tail_steps: 5,
+            calibration_quantile: 0.99,
+            calibration_floor: 1.0,
+            max_false_alarms_per_1000: 0.5,
+            alert_for_steps: 3,
+        }
+    }
+}
+
+/// model.json's name for how a format 2 threshold was chosen.
+pub const CALIBRATION_FALSE_ALARMS: &str = "calibration_false_alarms";
+
+/// A recording's feature columns in `names` order, with its step checked against `step`.
+fn columns(source: &Source, names: &[String], step: f64) -> anyhow::Result<Dataset> {
+    let data = source
+        .data
+        .select_features(names)
+        .with_context(|| format!("reading {}", source.file.name))?;
+    let own = data.step_seconds()?;
+    ensure!(
+        (own - step).abs() <= 0.01 * step,
+        "{}: its step is {own}s but the first training file's is {step}s",
+        source.file.name
+    );
+    Ok(data)
+}
+
+fn transformed_rows(data: &Dataset, transforms: &[Transform]) -> Vec<Vec<f64>> {
+    data.rows
+        .iter()
+        .map(|row| {
+            row.iter()
+                .zip(transforms)
+                .map(|(v, t)| t.apply(*v))
+                .collect()
+        })
+        .collect()
+}
+
+fn unmasked(data: &Dataset) -> impl Fn(usize) -> bool + '_ {
+    move |i| data.mask.as_ref().is_none_or(|m| !m[i])
+}
+
+/// Windows of `data` that are wholly normal (no label) and unmasked.
+fn normal_starts(data: &Dataset, w: usize, step: f64) -> Vec<usize> {
+    data.window_starts(w, step)
+        .into_iter()
+        .filter(|&s| data.label_any(s, w) != Some(true) && !data.masked_any(s, w))
+        .collect()
+}
+
+/// Trains a format 2 model: `train` recordings fit the LSTM, `calibrate` recordings choose
+/// the epoch, the calibration and the threshold.
+pub fn train_v2(
+    train: &[Source],
+    calibrate: &[Source],
+    opts: &TrainOptions,
+    v2: &V2Options,
+    on_epoch: &mut dyn FnMut(EpochReport),
+) -> anyhow::Result<ModelBundle> {
+    let started = Instant::now();
+    ensure!(!train.is_empty(), "format 2 needs at least one --data file");
+    ensure!(
+        !calibrate.is_empty(),
+        "format 2 needs at least one --calibrate file"
+    );
+    ensure!(opts.window >= 2, "--window must be at least 2");
+    ensure!(opts.hidden >= 1, "--hidden must be at least 1");
+    ensure!(opts.epochs >= 1, "--epochs must be at least 1");
+    ensure!(
+        (1..=opts.window).contains(&v2.tail_steps),
+        "the tail must be between 1 and the window"
+    );
+    for t in train {
+        if let Some(c) = calibrate.iter().find(|c| c.file.sha256 == t.file.sha256) {
+            bail!(
+                "{} and {} have the same contents: a recording cannot both train and calibrate",
+                t.file.name,
+                c.file.name
+            );
+        }
+    }
+    let step = train[0].data.step_seconds()?;
+    let feature_specs: Vec<FeatureSpec> = match &opts.features {
+        Some(specs) => specs.clone(),
+        None => features::catalogue_lookup(&train[0].data.feature_names, step)
+            .map_err(anyhow::Error::msg)?,
+    };
+    let names: Vec<String> = feature_specs.iter().map(|s| s.name.clone()).collect();
+    let (w, f) = (opts.window, names.len());
+    // Overrides by name (`--features` std_floor) are in transformed units here.
+    let treatments: Vec<(FeatureTreatment, Option<f64>)> = names
+        .iter()
+        .map(|name| {
+            let (t, floor) = transform::treatment(name, step);
+            (t, opts.std_floors.get(name).copied().or(floor))
+        })
+        .collect();
+    let transforms: Vec<Transform> = treatments.iter().map(|(t, _)| t.transform).collect();
+    let floors: Vec<Option<f64>> = treatments.iter().map(|(_, f)| *f).collect();
+
+    let load = |sources: &[Source]| -> anyhow::Result<Vec<(Dataset, Vec<Vec<f64>>)>> {
+        sources
+            .iter()
+            .map(|s| {
+                let data = columns(s, &names, step)?;
+                let t = transformed_rows(&data, &transforms);
+                Ok((data, t))
+            })
+            .collect()
+    };
+    let train_rows = load(train)?;
+    let calib_rows = load(calibrate)?;
+
+    // The pooled reference (for windows without history): every unmasked training row.
+    let mut pooled = Vec::new();
+    for (data, t) in &train_rows {
+        let keep = unmasked(data);
+        pooled.extend(
+            t.iter()
+                .enumerate()
+                .filter(|(i, _)| keep(*i))
+                .map(|(_, r)| r.clone()),
+        );
+    }
+    let reference = transform::fit_baseline(&pooled, |_| true, &floors);
+    // Every instance's baseline uses the reference's floors (features without a
+    // catalogue floor get the pooled fit's), as `Scorer::instance_baseline` does.
+    let floors: Vec<Option<f64>> = reference.std_floor.iter().map(|&x| Some(x)).collect();
+    let baselines = |sets: Vec<(Dataset, Vec<Vec<f64>>)>| -> Vec<(Dataset, Normalisation)> {
+        sets.into_iter()
+            .map(|(data, t)| {
+                let baseline = transform::fit_baseline(&t, unmasked(&data), &floors);
+                (data, baseline)
+            })
+            .collect()
+    };
+    let train_sets = baselines(train_rows);
+    let calib_sets = baselines(calib_rows);
+
+    let prepare = |data: &Dataset, baseline: &Normalisation, s: usize| {
+        scoring::prepare_v2(
+            &data.window_values(s, w),
+            &data.window_mask(s, w),
+            &transforms,
+            baseline,
+        )
+    };
+    let mut train_x: Vec<Vec<f32>> = Vec::new();
+    for (data, baseline) in &train_sets {
+        for s in normal_starts(data, w, step) {
+            train_x.extend(prepare(data, baseline, s));
+        }
+    }
+    ensure!(
+        !train_x.is_empty(),
+        "no normal training windows: the --data files need stretches of {w} unlabelled, unmasked steps"
+    );
+    let all_train_windows = train_x.len();
+    if train_x.len() > opts.max_train_windows {
+        let stride = train_x.len().div_ceil(opts.max_train_windows);
+        train_x = train_x.into_iter().step_by(stride).collect();
+    }
+    let mut val_x: Vec<Vec<f32>> = Vec::new();
+    for (data, baseline) in &calib_sets {
+        for s in normal_starts(data, w, step) {
+            val_x.extend(prepare(data, baseline, s));
+        }
+    }
+    ensure!(
+        !val_x.is_empty(),
+        "no normal windows in the --calibrate files: they choose the epoch and the threshold"
+    );
+
+    let fitted = fit_autoencoder(&train_x, &val_x, w, f, opts, on_epoch)?;
+
+    let scored: Vec<bool> = treatments.iter().map(|(t, _)| t.scored).collect();
+    let mut data_files: Vec<DataFile> = train.iter().map(|s| s.file.clone()).collect();
+    data_files.extend(calibrate.iter().map(|s| s.file.clone()));
+    let meta = ModelMeta {
+        format_version: FORMAT_VERSION_2,
+        window: w,
+        step_seconds: step,
+        features: feature_specs,
+        mask: Some(features::default_mask(step)),
+        architecture: fitted.arch.clone(),
+        normalisation: reference,
+        threshold: 0.0,
+        threshold_method: CALIBRATION_FALSE_ALARMS.into(),
+        training: fitted.metrics(
+            opts.seed,
+            train.iter().map(|s| s.data.len()).sum(),
+            train_x.len(),
+            val_x.len(),
+        ),
+        scoring_v2: Some(ScoringV2 {
+            transforms,
+            scored,
+            tail_steps: v2.tail_steps,
+            calibration: vec![1.0; f],
+            calibration_quantile: v2.calibration_quantile,
+            calibration_floor: v2.calibration_floor,
+            max_false_alarms_per_1000: v2.max_false_alarms_per_1000,
+            alert_for_steps: v2.alert_for_steps,
+            calibration_false_alarms_per_1000: 0.0,
+            data_files,
+        }),
+    };
+    tracing::debug!(
+        all_train_windows,
+        "format 2 training windows before striding"
+    );
+    let mut scorer = Scorer::new(ModelBundle {
+        meta,
+        weights: fitted.weights,
+        source: "training".into(),
+    })?;
+
+    // Calibration: each feature's error quantile on the calibration normal windows.
+    let mut errors: Vec<Vec<f64>> = vec![Vec::new(); f];
+    for (data, baseline) in &calib_sets {
+        for s in normal_starts(data, w, step) {
+            let e = scorer.feature_errors(
+                &data.window_values(s, w),
+                &data.window_mask(s, w),
+                Some(baseline),
+            );
+            if let Ok(Some(e)) = e {
+                for (acc, v) in errors.iter_mut().zip(e) {
+                    acc.push(v);
+                }
+            }
+        }
+    }
+    let calibration: Vec<f64> = errors
+        .iter()
+        .map(|e| {
+            roc::quantile(e, v2.calibration_quantile)
+                .unwrap_or(v2.calibration_floor)
+                .max(v2.calibration_floor)
+        })
+        .collect();
+    let mut bundle = scorer.bundle.clone();
+    if let Some(s) = bundle.meta.scoring_v2.as_mut() {
+        s.calibration = calibration;
+    }
+    scorer = Scorer::new(bundle)?;
+
+    // The threshold: per-step scores of the calibration recordings, as an alert.
+    let mut recordings = Vec::with_capacity(calib_sets.len());
+    for (data, baseline) in &calib_sets {
+        let mut at = vec![None; data.len()];
+        for s in data.window_starts(w, step) {
+            if let Ok(score) = scorer.score_against(
+                &data.window_values(s, w),
+                &data.window_mask(s, w),
+                Some(baseline),
+            ) {
+                at[s + w - 1] = Some(score.score);
+            }
+        }
+        let labels = data.labels.clone().unwrap_or_else(|| vec![0; data.len()]);
+        recordings.push((at, labels));
+    }
+    let (threshold, rate, normal_steps) = lowest_threshold(
+        &recordings,
+        v2.alert_for_steps,
+        v2.max_false_alarms_per_1000,
+    )
+    .context("the calibration recordings have no scored normal step")?;
+    let mut bundle = scorer.bundle;
+    bundle.meta.threshold = threshold;
+    bundle.meta.training.threshold_windows = normal_steps;
+    if let Some(s) = bundle.meta.scoring_v2.as_mut() {
+        s.calibration_false_alarms_per_1000 = rate;
+    }
+    bundle.meta.training.seconds = started.elapsed().as_secs_f64();
+    bundle
+        .meta
+        .validate()
+        .context("the trained model failed its own checks")?;
+    bundle.source = "trained".into();
+    Ok(bundle)
+}
+
+/// The lowest threshold (among the scores of normal steps, at most ~1000 of their
+/// quantiles) whose alert, held `for_steps`, gives at most `max_per_1000` false alarms
+/// per 1000 normal steps over `recordings` (per-step scores, labels). Returns it, the
+/// rate it gave, and the normal steps judged; `None` without a scored normal step.
+pub fn lowest_threshold(
+    recordings: &[(Vec<Option<f64>>, Vec<u8>)],
+    for_steps: usize,
+    max_per_1000: f64,
+) -> Option<(f64, f64, usize)> {
+    let mut normal: Vec<f64> = recordings
+        .iter()
+        .flat_map(|(scores, labels)| {
+            scores
+                .iter()
+                .zip(labels)
+                .filter(|(_, l)| **l == 0)
+                .filter_map(|(s, _)| *s)
+        })
+        .collect();
+    if normal.is_empty() {
+        return None;
+    }
+    normal.sort_by(f64::total_cmp);
+    normal.dedup();
+    let stride = normal.len().div_ceil(1000).max(1);
+    let mut candidates: Vec<f64> = normal.iter().copied().step_by(stride).collect();
+    // The largest normal score always qualifies (nothing normal is above it).
+    if candidates.last() != normal.last() {
+        candidates.extend(normal.last());
+    }
+    let incidents: Vec<Vec<alerting::Incident>> = recordings
+        .iter()
+        .map(|(_, labels)| alerting::incidents(labels, None))
+        .collect();
+    for &t in &candidates {
+        let (mut false_alarms, mut normal_steps) = (0, 0);
+        for ((scores, labels), incs) in recordings.iter().zip(&incidents) {
+            let condition: Vec<Option<bool>> = scores.iter().map(|s| s.map(|s| s > t)).collect();
+            let judged = alerting::judge(&condition, for_steps, labels, incs);
+            false_alarms += judged.false_alarms;
+            normal_steps += judged.normal_steps;
+        }
+        let rate = 1000.0 * false_alarms as f64 / normal_steps.max(1) as f64;
+        if rate <= max_per_1000 {
+            return Some((t, rate, normal_steps));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_threshold_is_the_lowest_with_few_enough_false_alarms() {
+        // 1000 normal steps at 0.1 with two bursts: 5 steps at 3.0 and 2 steps at 5.0.
+        let mut scores: Vec<Option<f64>> = vec![Some(0.1); 1000];
+        for s in &mut scores[100..105] {
+            *s = Some(3.0);
+        }
+        for s in &mut scores[500..502] {
+            *s = Some(5.0);
+        }
+        let recordings = vec![(scores, vec![0u8; 1000])];
+        // Any alert held 1 step: both bursts are false alarms above 0.1, one above 3.
+        let (t, rate, steps) = lowest_threshold(&recordings, 1, 1.0).unwrap();
+        assert_eq!((t, rate, steps), (3.0, 1.0, 1000));
+        let (t, _, _) = lowest_threshold(&recordings, 1, 0.0).unwrap();
+        assert_eq!(t, 5.0);
+        // Held 3 steps, the 2-step burst never fires; the 5-step one does above 0.1.
+        let (t, rate, _) = lowest_threshold(&recordings, 3, 0.0).unwrap();
+        assert_eq!((t, rate), (3.0, 0.0));
+        assert!(lowest_threshold(&[(vec![None; 3], vec![0; 3])], 1, 1.0).is_none());
+    }
+
+    use crate::model::model_dir::FORMAT_VERSION;
+    use crate::training::provenance::sha256_hex;
+    use crate::training::synth::{SynthOptions, generate};
+    use crate::training::train::tests::quick;
+    use crate::training::train::{score_windows, train};
+
+    fn synth(seed: u64, rows: usize, incidents: usize, load_scale: f64) -> (String, Dataset) {
+        let csv = generate(&SynthOptions {
+            rows,
+            step_seconds: 2.0,
+            seed,
+            incidents,
+            load_scale,
+        });
+        let data = Dataset::parse(&csv).unwrap();
+        (csv, data)
+    }
+
+    fn source(role: &str, name: &str, seed: u64) -> Source {
+        let (csv, data) = synth(seed, 900, 4, 1.0);
+        Source {
+            file: DataFile {
+                role: role.into(),
+                name: name.into(),
+                sha256: sha256_hex(csv.as_bytes()),
+            },
+            data,
+        }
+    }
+
+    #[test]
+    fn a_v2_model_does_not_alarm_on_five_times_the_load_while_v1_does() {
+        let train_src = source("train", "a.csv", 3);
+        let calib_src = source("calibrate", "b.csv", 4);
+        let v2 = train_v2(
+            std::slice::from_ref(&train_src),
+            std::slice::from_ref(&calib_src),
+            &quick(),
+            &V2Options::default(),
+            &mut |_| {},
+        )
+        .unwrap();
+        // What model.json records: format, roles, calibration, context features.
+        let meta = &v2.meta;
+        assert_eq!(meta.format_version, FORMAT_VERSION_2);
+        meta.validate().unwrap();
+        let s = meta.scoring_v2.as_ref().unwrap();
+        let roles: Vec<(&str, &str)> = s
+            .data_files
+            .iter()
+            .map(|d| (d.role.as_str(), d.name.as_str()))
+            .collect();
+        assert_eq!(roles, [("train", "a.csv"), ("calibrate", "b.csv")]);
+        assert!(s.calibration.iter().all(|&c| c >= s.calibration_floor));
+        let grpc = meta
+            .features
+            .iter()
+            .position(|f| f.name == "grpc_request_rate")
+            .unwrap();
+        assert!(!s.scored[grpc]);
+        assert!(meta.threshold > 0.0);
+        assert!(s.calibration_false_alarms_per_1000 <= 0.5);
+        assert_eq!(
+            meta.training.validation_windows,
+            normal_starts(&calib_src.data, 10, 2.0).len()
+        );
+        // Saved and loaded, it is the same model (JSON may move a float's last bit).
+        let dir = tempfile::tempdir().unwrap();
+        v2.save(dir.path()).unwrap();
+        let loaded = ModelBundle::load(dir.path()).unwrap().meta;
+        let back = loaded.scoring_v2.as_ref().unwrap();
+        assert_eq!(
+            (&back.transforms, &back.data_files),
+            (&s.transforms, &s.data_files)
+        );
+        assert!((loaded.threshold - meta.threshold).abs() < 1e-12);
+
+        let v1 = train(&train_src.data, &quick(), &mut |_| {}).unwrap();
+        assert_eq!(v1.meta.format_version, FORMAT_VERSION);
+        let (v1, v2) = (Scorer::new(v1).unwrap(), Scorer::new(v2).unwrap());
+        // A normal recording never seen, at its own load and at five times it.
+        let (_, normal) = synth(9, 600, 0, 1.0);
+        let (_, busy) = synth(9, 600, 0, 5.0);
+        let starts = normal.window_starts(10, 2.0);
+        let above = |scorer: &Scorer, data: &Dataset| {
+            let (scores, _) = score_windows(scorer, data, &starts);
+            let t = scorer.threshold();
+            (scores.iter().filter(|&&x| x > t).count(), scores)
+        };
+        let (v1_busy, _) = above(&v1, &busy);
+        assert!(
+            v1_busy * 2 > starts.len(),
+            "format 1 flags {v1_busy} of {} busy windows",
+            starts.len()
+        );
+        // Format 2 sets each recording against its own baseline, where five times the
+        // load is a shift: the scores are those of the same recording at its own load.
+        let (v2_normal, normal_scores) = above(&v2, &normal);
+        let (v2_busy, busy_scores) = above(&v2, &busy);
+        assert_eq!(v2_busy, v2_normal);
+        for (a, b) in normal_scores.iter().zip(&busy_scores) {
+            assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{a} vs {b}");
+        }
+        assert!(v2_busy * 20 < starts.len(), "{v2_busy} of {}", starts.len());
+    }
+
+    #[test]
+    fn a_recording_cannot_both_train_and_calibrate() {
+        let a = source("train", "a.csv", 3);
+        let b = Source {
+            file: DataFile {
+                role: "calibrate".into(),
+                ..a.file.clone()
+            },
+            ..a.clone()
+        };
+        let err = train_v2(&[a], &[b], &quick(), &V2Options::default(), &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("both train and calibrate"), "{err}");
+    }
+}
