@@ -165,10 +165,7 @@ impl Gate {
                     alert,
                     by_rule,
                 } => (fingerprint, alert, by_rule),
-                Trigger::Resolved => {
-                    let alert = self.alert_name.clone();
-                    return Err(Skip::Resolved { alert });
-                }
+                Trigger::Resolved { alert } => return Err(Skip::Resolved { alert }),
                 Trigger::Other { names } => {
                     let mut wanted = vec![self.alert_name.clone()];
                     wanted.extend(self.space_alerts.iter().cloned());

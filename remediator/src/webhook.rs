@@ -43,8 +43,8 @@ pub enum Trigger {
         alert: AlertFacts,
         by_rule: bool,
     },
-    /// Our alert is there, but none of it is firing any more.
-    Resolved,
+    /// Our alert is there, but none of it is firing any more: its name.
+    Resolved { alert: String },
     /// Only other alerts: their names.
     Other { names: Vec<String> },
 }
@@ -103,7 +103,13 @@ impl Payload {
                     alert.fingerprint.clone()
                 },
             },
-            None => Trigger::Resolved,
+            None => Trigger::Resolved {
+                alert: ours
+                    .first()
+                    .and_then(|a| a.labels.get("alertname"))
+                    .cloned()
+                    .unwrap_or_default(),
+            },
         }
     }
 }
@@ -158,7 +164,9 @@ mod tests {
         let payload = Payload::parse(RESOLVED.as_bytes()).unwrap();
         assert_eq!(
             payload.trigger("EtcdAnomalyScoreHigh", &[]),
-            Trigger::Resolved
+            Trigger::Resolved {
+                alert: "EtcdAnomalyScoreHigh".into()
+            }
         );
     }
 
