@@ -63,6 +63,10 @@ pub enum ScenarioChoice {
     Nospace,
     Restore,
     FalseAlarm,
+    Leader,
+    SlowDisk,
+    MemberDown,
+    RuleOnly,
 }
 
 fn members(s: &str) -> Result<usize, String> {

@@ -30,10 +30,22 @@ pub fn run(mut cli: Cli) -> anyhow::Result<bool> {
     let mut kinds = Vec::new();
     for choice in &cli.scenario {
         let chosen = match choice {
-            ScenarioChoice::All => vec![Kind::Nospace, Kind::Restore, Kind::FalseAlarm],
+            ScenarioChoice::All => vec![
+                Kind::Nospace,
+                Kind::Restore,
+                Kind::FalseAlarm,
+                Kind::RuleOnly,
+                Kind::MemberDown,
+                Kind::Leader,
+                Kind::SlowDisk,
+            ],
             ScenarioChoice::Nospace => vec![Kind::Nospace],
             ScenarioChoice::Restore => vec![Kind::Restore],
             ScenarioChoice::FalseAlarm => vec![Kind::FalseAlarm],
+            ScenarioChoice::Leader => vec![Kind::Leader],
+            ScenarioChoice::SlowDisk => vec![Kind::SlowDisk],
+            ScenarioChoice::MemberDown => vec![Kind::MemberDown],
+            ScenarioChoice::RuleOnly => vec![Kind::RuleOnly],
         };
         for kind in chosen {
             if !kinds.contains(&kind) {

@@ -24,6 +24,13 @@ pub struct ScenarioReport {
     pub step_seconds: f64,
     pub peak_score: Option<f64>,
     pub threshold: Option<f64>,
+    /// The first remediation's diagnosis (`null`: the remediator never acted).
+    pub diagnosis: Option<String>,
+    /// What the diagnosis rests on, as the remediator recorded it.
+    pub evidence: Value,
+    /// The steps it planned, and the ones that ran (`ok` in the audit log).
+    pub plan: Vec<String>,
+    pub ran: Vec<String>,
     pub failures: Vec<String>,
     /// The remediator's audit log (webhook decisions and remediation steps).
     pub actions: Vec<Value>,
@@ -47,6 +54,10 @@ impl ScenarioReport {
             step_seconds: cli.step.as_secs_f64(),
             peak_score: None,
             threshold: None,
+            diagnosis: None,
+            evidence: Value::Null,
+            plan: Vec::new(),
+            ran: Vec::new(),
             failures: Vec::new(),
             actions: Vec::new(),
             timeline: Vec::new(),
@@ -141,6 +152,9 @@ mod tests {
             "keys_lost",
             "passed",
             "actions",
+            "diagnosis",
+            "plan",
+            "ran",
         ] {
             assert!(v.get(field).is_some(), "{field} missing from {v}");
         }

@@ -28,11 +28,21 @@ const WARM_UP: Duration = Duration::from_secs(180);
 /// The score must stay under the threshold this many polls in a row before the incident.
 const CALM_POLLS: usize = 8;
 
+/// How long the `leader`, `slow-disk` and `member-down` incidents may take to reach the
+/// remediator's verdict.
+const DIAGNOSIS_DEADLINE: Duration = Duration::from_secs(150);
+/// Leadership moves this often in `leader`.
+const LEADER_MOVE_EVERY: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Nospace,
     Restore,
     FalseAlarm,
+    Leader,
+    SlowDisk,
+    MemberDown,
+    RuleOnly,
 }
 
 impl Kind {
@@ -41,6 +51,21 @@ impl Kind {
             Kind::Nospace => "nospace",
             Kind::Restore => "restore",
             Kind::FalseAlarm => "false-alarm",
+            Kind::Leader => "leader",
+            Kind::SlowDisk => "slow-disk",
+            Kind::MemberDown => "member-down",
+            Kind::RuleOnly => "rule-only",
+        }
+    }
+
+    /// The diagnosis the remediator must reach, where one is required.
+    fn expected_diagnosis(self) -> Option<&'static str> {
+        match self {
+            Kind::Nospace | Kind::RuleOnly => Some("space"),
+            Kind::Leader => Some("leader_instability"),
+            Kind::SlowDisk => Some("slow_disk"),
+            Kind::MemberDown => Some("member_unavailable"),
+            Kind::Restore | Kind::FalseAlarm => None,
         }
     }
 }
@@ -112,6 +137,13 @@ pub fn run(kind: Kind, cli: &Cli, rt: &Runtime) -> Result<ScenarioReport> {
         settle.as_secs()
     ));
     interrupt::sleep(settle)?;
+    stack.space_alerts = match kind {
+        // The rule alone must repair: NOSPACE acts without the detector.
+        Kind::RuleOnly => vec!["EtcdNoSpace".into()],
+        // A rule trigger while a member is down: diagnosed, never defragmented.
+        Kind::MemberDown => vec!["EtcdNoSpace".into(), "EtcdMembersDown".into()],
+        _ => Vec::new(),
+    };
     stack.close_loop()?;
     tl.mark("detector and remediator started: the loop is closed");
     let mut drill = Drill {
@@ -139,7 +171,17 @@ pub fn run(kind: Kind, cli: &Cli, rt: &Runtime) -> Result<ScenarioReport> {
     }
     let result = match kind {
         Kind::Nospace | Kind::Restore => drill.repair(),
+        Kind::RuleOnly => drill
+            .stack
+            .stop_detector()
+            .map(|()| {
+                drill
+                    .tl
+                    .mark("detector stopped: only the EtcdNoSpace rule can act")
+            })
+            .and_then(|()| drill.repair()),
         Kind::FalseAlarm => drill.false_alarm(),
+        Kind::Leader | Kind::SlowDisk | Kind::MemberDown => drill.escalation(),
     };
     let Drill {
         mut report,
@@ -159,6 +201,7 @@ pub fn run(kind: Kind, cli: &Cli, rt: &Runtime) -> Result<ScenarioReport> {
         .filter(|e| e["kind"] != "scheduled_snapshot")
         .map(|e| json!({"ts": e["ts"], "kind": e["kind"], "step": e["step"], "phase": e["phase"], "detail": e["detail"]}))
         .collect();
+    summarise_remediation(&mut report, &follower.audit.events);
     report.passed = report.failures.is_empty();
     tl.mark(if report.passed { "PASSED" } else { "FAILED" });
     report.timeline = tl.entries;
@@ -313,7 +356,7 @@ impl Drill<'_> {
     /// What the audit log and the checks must show after a repair.
     fn judge_repair(&mut self, before: usize, budget: f64) {
         let mut failures = Vec::new();
-        if self.kind == Kind::Nospace && !self.follower.nospace_seen {
+        if matches!(self.kind, Kind::Nospace | Kind::RuleOnly) && !self.follower.nospace_seen {
             failures.push("the storm never raised NOSPACE: the incident did not happen".to_owned());
         }
         let events = self.events_since(before);
@@ -323,18 +366,32 @@ impl Drill<'_> {
                 .any(|e| e["kind"] == "remediation" && e["step"] == step && e["phase"] == "ok")
         };
         let required: &[&str] = match self.kind {
-            Kind::Nospace => &["snapshot", "compact", "disarm_nospace"],
+            Kind::Nospace | Kind::RuleOnly => &["snapshot", "compact", "disarm_nospace"],
             _ => &["snapshot", "compact"],
         };
+        if self.kind == Kind::RuleOnly
+            && !events.iter().any(|e| {
+                e["step"] == "accepted"
+                    && e["detail"]["trigger"] == "rule"
+                    && e["detail"]["alert"] == "EtcdNoSpace"
+            })
+        {
+            failures.push("the repair was not started by the EtcdNoSpace rule".to_owned());
+        }
         for step in required {
             if !ok(step) {
                 failures.push(format!("no successful `{step}` in the audit log"));
             }
         }
+        let first = events
+            .iter()
+            .find(|e| e["kind"] == "remediation")
+            .map(|e| e["action_id"].clone());
         let defrags = events
             .iter()
             .filter(|e| {
                 e["kind"] == "remediation"
+                    && Some(&e["action_id"]) == first.as_ref()
                     && e["phase"] == "ok"
                     && e["step"].as_str().is_some_and(|s| s.starts_with("defrag"))
             })
@@ -431,6 +488,291 @@ impl Drill<'_> {
         self.report.extra = json!({ "skip_reason": reason });
         Ok(())
     }
+    /// `leader`, `slow-disk`, `member-down`: an incident a defrag would make worse. The
+    /// loop must diagnose it, take a snapshot and escalate, never defragment; etcd is
+    /// healthy once the incident ends, with no key lost.
+    fn escalation(&mut self) -> Result<()> {
+        if self.kind != Kind::SlowDisk && self.cli.members < 3 {
+            bail!("{} needs 3 members (--members 3)", self.kind.name());
+        }
+        let before = self.follower.audit.events.len();
+        let mut incident = Incident::start(self)?;
+        let deadline = DIAGNOSIS_DEADLINE.as_secs_f64();
+        let mut members_down_seen = false;
+        let verdict = loop {
+            self.observe(POLL)?;
+            incident.tick(self)?;
+            if self.kind == Kind::MemberDown && !members_down_seen {
+                members_down_seen = alert_firing(&self.stack, "EtcdMembersDown");
+                if members_down_seen {
+                    self.tl.mark("alert EtcdMembersDown firing");
+                }
+            }
+            let finished = self
+                .events_since(before)
+                .iter()
+                .any(|e| e["kind"] == "remediation" && e["step"] == "finished");
+            if finished {
+                break Ok(());
+            }
+            if self.tl.now() > deadline {
+                break Err(format!(
+                    "no remediation finished {deadline:.0}s into the incident: not detected"
+                ));
+            }
+        };
+        incident.stop(self)?;
+        let mut failures = Vec::new();
+        if let Err(why) = verdict {
+            failures.push(why);
+        }
+        if self.kind == Kind::MemberDown && !members_down_seen {
+            failures.push("EtcdMembersDown never fired".to_owned());
+        }
+        let events = self.events_since(before);
+        let remediation = |step: &str| {
+            events
+                .iter()
+                .any(|e| e["kind"] == "remediation" && e["step"] == step && e["phase"] == "ok")
+        };
+        if events.iter().any(|e| {
+            e["kind"] == "remediation"
+                && (e["step"] == "compact"
+                    || e["step"].as_str().is_some_and(|s| s.starts_with("defrag")))
+                && e["phase"] != "skipped"
+        }) {
+            failures.push("a compaction or defrag ran: the wrong medicine".to_owned());
+        }
+        if !events.is_empty() && events.iter().any(|e| e["kind"] == "remediation") {
+            for step in ["snapshot", "escalate"] {
+                if !remediation(step) {
+                    failures.push(format!("no successful `{step}` in the audit log"));
+                }
+            }
+        }
+        // The incident is over: etcd must be healthy again, every key there.
+        let settle = self.tl.now() + 90.0;
+        loop {
+            self.observe(Duration::from_secs(1))?;
+            match self.healthy() {
+                Ok((checked, lost)) => {
+                    self.report.keys_checked = checked;
+                    self.report.keys_lost = lost;
+                    self.tl.mark(&format!(
+                        "incident over; etcd healthy, {checked} seeded keys intact"
+                    ));
+                    break;
+                }
+                Err(why) if self.tl.now() > settle => {
+                    failures.push(format!("etcd not healthy after the incident: {why}"));
+                    break;
+                }
+                Err(_) => {}
+            }
+        }
+        if self.kind == Kind::MemberDown {
+            let resolved_by = self.tl.now() + 60.0;
+            while alert_firing(&self.stack, "EtcdMembersDown") {
+                if self.tl.now() > resolved_by {
+                    failures.push("EtcdMembersDown still firing after the member came back".into());
+                    break;
+                }
+                self.observe(Duration::from_secs(1))?;
+            }
+            self.tl.mark("EtcdMembersDown resolved");
+        }
+        if self.report.keys_lost > 0 {
+            failures.push(format!("{} seeded keys lost", self.report.keys_lost));
+        }
+        for failure in failures {
+            self.report.fail(&failure);
+        }
+        Ok(())
+    }
+}
+
+/// What an escalation scenario does to etcd while it runs, and undoes after.
+enum Incident {
+    /// Leadership moved to the next member every `LEADER_MOVE_EVERY`.
+    Leader { last_move: Option<Instant> },
+    /// A writer saturating the file system etcd's data is on.
+    SlowDisk(ChildGuard),
+    /// One member of three stopped.
+    MemberDown { index: usize },
+}
+
+impl Incident {
+    fn start(drill: &mut Drill<'_>) -> Result<Self> {
+        Ok(match drill.kind {
+            Kind::Leader => {
+                drill.tl.incident_started(&format!(
+                    "incident: leadership moved every {}s",
+                    LEADER_MOVE_EVERY.as_secs()
+                ));
+                Incident::Leader { last_move: None }
+            }
+            Kind::SlowDisk => {
+                let file = drill.stack.dir.join("etcd").join("slow-disk.fill");
+                let mut cmd = std::process::Command::new("timeout");
+                // Synchronous 1 MiB writes, 256 MiB at a time, in the file system of
+                // etcd's data dirs: every WAL fsync waits behind them.
+                cmd.args([
+                    &format!("{}", DIAGNOSIS_DEADLINE.as_secs() + 30),
+                    "sh",
+                    "-c",
+                    "while :; do dd if=/dev/zero of=\"$1\" bs=1M count=256 oflag=dsync 2>/dev/null; rm -f \"$1\"; done",
+                    "slow-disk",
+                ]);
+                cmd.arg(&file);
+                let guard = ChildGuard::spawn(
+                    "slow-disk writer",
+                    cmd,
+                    &drill.stack.dir.join("slow-disk.log"),
+                    false,
+                )?;
+                drill.tl.incident_started(
+                    "incident: a writer saturating etcd's file system with synchronous writes",
+                );
+                Incident::SlowDisk(guard)
+            }
+            Kind::MemberDown => {
+                let index = drill.stack.etcd.len() - 1;
+                drill.stack.etcd.stop_member(index)?;
+                let name = drill.stack.etcd.member(index).name.clone();
+                drill
+                    .tl
+                    .incident_started(&format!("incident: {name} stopped (1 of 3: quorum holds)"));
+                Incident::MemberDown { index }
+            }
+            other => bail!("{} is not an escalation scenario", other.name()),
+        })
+    }
+
+    /// Keeps the incident going (moves the leader when due).
+    fn tick(&mut self, drill: &mut Drill<'_>) -> Result<()> {
+        if let Incident::Leader { last_move } = self {
+            if last_move.is_none_or(|t| t.elapsed() >= LEADER_MOVE_EVERY) {
+                *last_move = Some(Instant::now());
+                let endpoints = drill.stack.etcd.client_endpoints();
+                match drill.rt.block_on(move_leader(&endpoints)) {
+                    Ok(line) => drill.tl.mark(&line),
+                    Err(err) => drill.tl.mark(&format!("leader not moved: {err:#}")),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn stop(self, drill: &mut Drill<'_>) -> Result<()> {
+        match self {
+            Incident::Leader { .. } => drill.tl.mark("leader moves stopped"),
+            Incident::SlowDisk(mut writer) => {
+                writer.stop()?;
+                let _ = fs::remove_file(drill.stack.dir.join("etcd").join("slow-disk.fill"));
+                drill.tl.mark("slow-disk writer stopped");
+            }
+            Incident::MemberDown { index } => {
+                drill.stack.etcd.start_member(index)?;
+                let name = drill.stack.etcd.member(index).name.clone();
+                drill.tl.mark(&format!("{name} started again"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Moves leadership from the current leader to the next member (by ID); bounded.
+async fn move_leader(endpoints: &[String]) -> Result<String> {
+    let options = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(3));
+    let work = async {
+        for endpoint in endpoints {
+            let mut client = Client::connect([endpoint], Some(options.clone())).await?;
+            let status = client.status().await?;
+            let me = status.header().map(|h| h.member_id()).unwrap_or_default();
+            if status.leader() != me {
+                continue;
+            }
+            let mut ids: Vec<u64> = client
+                .member_list()
+                .await?
+                .members()
+                .iter()
+                .map(|m| m.id())
+                .collect();
+            ids.sort_unstable();
+            let next = ids
+                .iter()
+                .copied()
+                .find(|id| *id > me)
+                .or_else(|| ids.first().copied())
+                .filter(|id| *id != me)
+                .context("no other member to move leadership to")?;
+            client.move_leader(next).await?;
+            return Ok(format!("leadership moved from {me:x} to {next:x}"));
+        }
+        bail!("no member says it is the leader")
+    };
+    tokio::time::timeout(Duration::from_secs(8), work)
+        .await
+        .context("moving the leader timed out")?
+}
+
+/// True while Prometheus has `alertname` firing.
+fn alert_firing(stack: &Stack, alertname: &str) -> bool {
+    dr_testkit::http_get(&format!("{}/api/v1/alerts", stack.prometheus.url()))
+        .ok()
+        .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
+        .is_some_and(|answer| {
+            answer["data"]["alerts"].as_array().is_some_and(|alerts| {
+                alerts
+                    .iter()
+                    .any(|a| a["labels"]["alertname"] == alertname && a["state"] == "firing")
+            })
+        })
+}
+
+/// The first remediation's diagnosis, plan and the steps that ran, into the report; and
+/// whether the diagnosis is the one the scenario is about.
+fn summarise_remediation(report: &mut ScenarioReport, events: &[Value]) {
+    let Some(first) = events
+        .iter()
+        .find(|e| e["kind"] == "remediation" && e["step"] == "diagnosis")
+    else {
+        return;
+    };
+    let id = &first["action_id"];
+    report.diagnosis = first["detail"]["diagnosis"].as_str().map(str::to_owned);
+    report.evidence = first["detail"]["evidence"].clone();
+    let of_run = || events.iter().filter(|e| &e["action_id"] == id);
+    report.plan = of_run()
+        .find(|e| e["step"] == "plan")
+        .and_then(|e| e["detail"]["steps"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|s| s["step"].as_str().map(str::to_owned))
+        .collect();
+    report.ran = of_run()
+        .filter(|e| e["phase"] == "ok")
+        .filter_map(|e| e["step"].as_str().map(str::to_owned))
+        .collect();
+    let scenario = report.scenario.clone();
+    let wanted = [
+        Kind::Nospace,
+        Kind::RuleOnly,
+        Kind::Leader,
+        Kind::SlowDisk,
+        Kind::MemberDown,
+    ]
+    .into_iter()
+    .find(|k| k.name() == scenario)
+    .and_then(Kind::expected_diagnosis);
+    if let (Some(wanted), Some(got)) = (wanted, report.diagnosis.clone())
+        && wanted != got
+    {
+        report.fail(&format!("diagnosed {got}, want {wanted}"));
+    }
 }
 
 /// The repair is done, but the cluster breaks again: a majority of members die and their
@@ -470,4 +812,46 @@ fn storm_summary(log: &Path) -> String {
         summary["elapsed_seconds"].as_f64().unwrap_or(f64::NAN),
         summary["bytes_written"].as_f64().unwrap_or(f64::NAN) / 1e6
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn event(id: &str, step: &str, phase: &str, detail: Value) -> Value {
+        json!({"action_id": id, "kind": "remediation", "step": step, "phase": phase, "detail": detail})
+    }
+
+    #[test]
+    fn the_report_says_the_first_runs_diagnosis_plan_and_what_ran() {
+        let cli = Cli::parse_from(["dr-drill", "--bin-dir", "/nowhere"]);
+        let events = vec![
+            event(
+                "a",
+                "diagnosis",
+                "info",
+                json!({"diagnosis": "leader_instability", "evidence": [{"source": "detector", "detail": "x"}]}),
+            ),
+            event(
+                "a",
+                "plan",
+                "info",
+                json!({"steps": [{"step": "snapshot"}, {"step": "escalate"}]}),
+            ),
+            event("a", "snapshot", "ok", json!({})),
+            event("b", "compact", "ok", json!({})),
+            event("a", "escalate", "ok", json!({})),
+        ];
+        let mut report = ScenarioReport::new("leader", &cli, EtcdVersion::V3_4);
+        summarise_remediation(&mut report, &events);
+        assert_eq!(report.diagnosis.as_deref(), Some("leader_instability"));
+        assert_eq!(report.plan, ["snapshot", "escalate"]);
+        assert_eq!(report.ran, ["snapshot", "escalate"]);
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+        // The wrong diagnosis for the incident fails the scenario.
+        let mut report = ScenarioReport::new("slow-disk", &cli, EtcdVersion::V3_4);
+        summarise_remediation(&mut report, &events);
+        assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+    }
 }

@@ -61,6 +61,11 @@ pub struct Stack {
     pub markers: RestoreMarkers,
     pub bin_dir: PathBuf,
     pub dir: PathBuf,
+    /// Rule alerts the remediator acts on without the detector (`--space-alerts`), set
+    /// before `close_loop`; none by default, so only the model's alert acts.
+    pub space_alerts: Vec<String>,
+    /// Where the detector is in `services` once the loop is closed.
+    detector: Option<usize>,
     pending: Option<PendingLoop>,
 }
 
@@ -128,6 +133,8 @@ impl Stack {
             markers: RestoreMarkers::new(&o.dir.join("restore-markers"))?,
             bin_dir: o.bin_dir.to_path_buf(),
             dir: o.dir.to_path_buf(),
+            space_alerts: Vec::new(),
+            detector: None,
             pending: None,
         };
         fs::create_dir_all(&stack.snapshot_dir)?;
@@ -174,6 +181,7 @@ impl Stack {
             detector.extend(["--model".into(), model.display().to_string()]);
         }
         self.spawn_service("dr-detector", &detector, p.detector_port)?;
+        self.detector = Some(self.services.len() - 1);
 
         let mut remediator = vec![
             "--etcd-endpoints".to_owned(),
@@ -199,8 +207,22 @@ impl Stack {
             "--listen".into(),
             format!("127.0.0.1:{}", p.remediator_port),
         ];
+        if !self.space_alerts.is_empty() {
+            remediator.extend(["--space-alerts".into(), self.space_alerts.join(",")]);
+        }
         remediator.extend(self.markers.remediator_flags(&self.etcd)?);
         self.spawn_service("dr-remediator", &remediator, p.remediator_port)?;
+        Ok(())
+    }
+
+    /// Stops the detector (the `rule-only` scenario): the model's alert can no longer be
+    /// confirmed, nor fire.
+    pub fn stop_detector(&mut self) -> Result<()> {
+        let index = self
+            .detector
+            .take()
+            .context("the detector is not running")?;
+        self.services[index].stop()?;
         Ok(())
     }
 
@@ -269,15 +291,22 @@ impl Stack {
     }
 }
 
+/// The chart's routing: the model's alert and the rule alerts that may act go to the
+/// remediator (which acts only on those it is configured for); the rest page a person
+/// (here: nobody).
 fn alertmanager_config(remediator_port: u16, token_file: &Path) -> String {
     format!(
         "route:
-  receiver: remediator
+  receiver: person
   group_by: [alertname]
   group_wait: 1s
   group_interval: 1s
   repeat_interval: 1h
+  routes:
+    - receiver: remediator
+      matchers: ['alertname=~\"{ALERT_NAME}|EtcdNoSpace|EtcdMembersDown\"']
 receivers:
+  - name: person
   - name: remediator
     webhook_configs:
       - url: http://127.0.0.1:{remediator_port}/webhook
@@ -312,7 +341,9 @@ fn scrape_configs(pushgateway: &str, service_ports: &[u16]) -> String {
 
 /// The chart's anomaly rule, with a `for` of ten steps (the chart's default is 2 m): a
 /// few noisy steps must not start a repair. Five steps let one burst of slow WAL fsyncs
-/// on a busy CI disk fire the alert on normal load.
+/// on a busy CI disk fire the alert on normal load. And two of the chart's safety-net
+/// rules over what the collector pushes, in steps: NOSPACE, and a member whose scrape
+/// fails (`etcd_dr_collector_target_up` 0).
 fn rules(step_seconds: u64) -> String {
     format!(
         "groups:
@@ -323,7 +354,21 @@ fn rules(step_seconds: u64) -> String {
         for: {}s
         labels:
           severity: critical
+      - alert: EtcdNoSpace
+        expr: etcd_mvcc_db_total_size_in_bytes >= etcd_server_quota_backend_bytes
+        for: {}s
+        labels:
+          severity: critical
+          etcd_dr_diagnosis: space
+      - alert: EtcdMembersDown
+        expr: count by (job) (etcd_dr_collector_target_up == 0) > 0
+        for: {}s
+        labels:
+          severity: critical
+          etcd_dr_diagnosis: member_unavailable
 ",
-        10 * step_seconds
+        10 * step_seconds,
+        2 * step_seconds,
+        3 * step_seconds
     )
 }
