@@ -169,6 +169,8 @@ pub fn run(kind: Kind, cli: &Cli, rt: &Runtime) -> Result<ScenarioReport> {
             .report
             .fail("false positive: the remediator acted on normal load, before the incident");
     }
+    // The report's diagnosis is of the incident's remediation, not of a false positive.
+    let incident_from = drill.follower.audit.events.len();
     let result = match kind {
         Kind::Nospace | Kind::Restore => drill.repair(),
         Kind::RuleOnly => drill
@@ -201,7 +203,8 @@ pub fn run(kind: Kind, cli: &Cli, rt: &Runtime) -> Result<ScenarioReport> {
         .filter(|e| e["kind"] != "scheduled_snapshot")
         .map(|e| json!({"ts": e["ts"], "kind": e["kind"], "step": e["step"], "phase": e["phase"], "detail": e["detail"]}))
         .collect();
-    summarise_remediation(&mut report, &follower.audit.events);
+    let since = incident_from.min(follower.audit.events.len());
+    summarise_remediation(&mut report, &follower.audit.events[since..]);
     report.passed = report.failures.is_empty();
     tl.mark(if report.passed { "PASSED" } else { "FAILED" });
     report.timeline = tl.entries;
