@@ -48,12 +48,18 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
     {
         chosen.push(s);
     }
+    // The CSV is one instance: a format 2 model sets it against its own baseline.
+    let baseline = scorer.instance_baseline(&data.rows, data.mask.as_deref());
     let mut windows = Vec::with_capacity(chosen.len());
     for start in chosen {
         let values: Vec<Vec<f64>> = data.rows[start..start + meta.window].to_vec();
         let mask = data.window_mask(start, meta.window);
         let scored = scorer
-            .score(&data.window_values(start, meta.window), &mask)
+            .score_against(
+                &data.window_values(start, meta.window),
+                &mask,
+                baseline.as_ref(),
+            )
             .map_err(anyhow::Error::msg)?;
         windows.push(json!({
             "start": start,

@@ -59,9 +59,10 @@ pub struct FeatureTreatment {
     pub scale_floor: f64,
 }
 
-/// `ln 2 / 3`: one event in a rate window where there were none (log1p 0 -> log1p 1) is
-/// three scales out, not the clip limit.
-const ONE_EVENT_SCALE: f64 = std::f64::consts::LN_2 / 3.0;
+/// `ln 2 / 1.5`: one event in a rate window where there were none (log1p 0 -> log1p 1) is
+/// 1.5 scales out and three events 3 scales: a busy cluster's occasional failed proposal
+/// (measured at 10x load) stays in the noise, a storm does not.
+const ONE_EVENT_SCALE: f64 = std::f64::consts::LN_2 / 1.5;
 
 /// The treatment of a default feature at `step_seconds` (rate windows of four steps, at
 /// least 4 s, as in `features::default_features`); unknown names: identity, scored, with a
@@ -79,8 +80,12 @@ pub fn treatment(name: &str, step_seconds: f64) -> (FeatureTreatment, Option<f64
         )
     };
     match name {
-        // Fractions of the quota: 1% of it.
-        "db_size_over_quota" | "fragmentation" => known(Transform::Identity, true, 0.01),
+        // Fractions: levels that sit still for long stretches (a median absolute
+        // deviation near 0) and move by tens of percent in normal operation (a churn's
+        // freed pages wait for the next defrag), so floors of 5% of the quota and 10% of
+        // the db: a storm to NOSPACE from 20% is still 16 scales out.
+        "db_size_over_quota" => known(Transform::Identity, true, 0.05),
+        "fragmentation" => known(Transform::Identity, true, 0.1),
         // Per step, so a minute's growth reads the same at any step; 0.1% of the quota.
         "db_growth_rate" => known(
             Transform::Scale {
@@ -95,9 +100,10 @@ pub fn treatment(name: &str, step_seconds: f64) -> (FeatureTreatment, Option<f64
         "failed_proposals" | "slow_applies" => {
             known(Transform::Log1p { factor: range }, true, ONE_EVENT_SCALE)
         }
-        // 0.05 decades is 12%: below a disk's normal jitter.
+        // etcd's latency buckets double (0.3 decades), so a quantile sitting in one bucket
+        // has a MAD near 0 and jumps a bucket at a time: one bucket.
         "wal_fsync_p99" | "backend_commit_p99" => {
-            known(Transform::Log10 { floor: 1e-4 }, true, 0.05)
+            known(Transform::Log10 { floor: 1e-4 }, true, 0.3)
         }
         "grpc_request_rate" => known(Transform::Log10 { floor: 0.1 }, false, 0.05),
         _ => (
