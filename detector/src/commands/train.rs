@@ -27,7 +27,7 @@ pub struct TrainArgs {
     pub data: Vec<PathBuf>,
     /// Recordings (one instance each) that choose the epoch, each feature's calibration
     /// and the threshold, and nothing else: giving any makes a format 2 model, scored
-    /// per feature against each instance's own baseline (detector/README: model formats).
+    /// per feature against each instance's own baseline (`model::transform`, `train_v2`).
     #[arg(long, env = "DR_DETECTOR_CALIBRATE", value_delimiter = ',')]
     pub calibrate: Vec<PathBuf>,
     /// Format 2: the threshold is the lowest score whose alert gives at most this many

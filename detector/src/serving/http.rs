@@ -61,6 +61,10 @@ fn to_value(value: &impl Serialize) -> Result<Value, ApiError> {
         .map_err(|err| ApiError::Internal(format!("encoding the response: {err}")))
 }
 
+/// `POST /score`'s body: one window, without the instance's history. A format 2 model
+/// scores it against the pooled reference baseline stored in model.json (`normalisation`),
+/// not against that instance's own baseline as eval (and, later, `GET /score`) do, so the
+/// same window may score differently there.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ScoreRequest {
