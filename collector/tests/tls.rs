@@ -136,8 +136,17 @@ async fn a_renewed_client_certificate_is_used_by_the_next_scrape() {
     let collector = collector(&config);
     let target = &config.targets[0];
     tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        // Refused: under TLS 1.3 the server judges the client certificate after the client
+        // has finished its side of the handshake, so the refusal can arrive as a TLS alert
+        // or as the connection closing under the first request, depending on timing.
         let err = collector.collect_once(target).await.unwrap_err();
-        assert!(matches!(err, CollectError::EtcdTls { .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                CollectError::EtcdTls { .. } | CollectError::EtcdUnreachable { .. }
+            ),
+            "{err}"
+        );
 
         install(&tls.client_cert, &cert);
         install(&tls.client_key, &key);
