@@ -107,6 +107,9 @@ pub struct AlertingReport {
     /// Incidents some rule caught, and of those, the ones the model caught no later.
     pub caught_by_a_rule: usize,
     pub model_no_later_than_rules: usize,
+    /// How the model scored: format 1 (one global normalisation) or 2 (each recording
+    /// against its own baseline).
+    pub model_format: u32,
 }
 
 /// Judges the model's alert (score above its threshold for `alert_for`) and every rule
@@ -205,6 +208,7 @@ pub fn alerting(
         any_rule,
         caught_by_a_rule,
         model_no_later_than_rules,
+        model_format: meta.format_version,
     })
 }
 
@@ -227,6 +231,11 @@ impl AlertingReport {
             self.represents_seconds,
             self.threshold
         );
+        if self.model_format >= 2 {
+            out.push_str(
+                "model format 2: each recording is one instance, scored against its own baseline\n\n",
+            );
+        }
         out.push_str(&format!("{:34} {:>5}", "alert", "for"));
         for k in &kinds {
             out.push_str(&format!(" {k:>16}"));
