@@ -677,6 +677,7 @@ misfits = {
     "deployment mode without targets": {"collector": {"mode": "deployment"}},
     "confirmation without a detector": {"detector": {"enabled": False}},
     "tls without a secret": {"collector": {"tls": {"enabled": True}}},
+    "a detector selector that misses the collector's job": {"collector": {"pushgateway": {"job": "etcd-main"}}},
     "cert-manager without an issuer": {"remediator": {"https": {"enabled": True, "certManager": {"enabled": True}}}},
 }
 for what, values in misfits.items():

@@ -61,7 +61,7 @@ fn version_prints_the_version() {
 
 #[test]
 fn bad_flags_exit_non_zero_with_a_message() {
-    let cases: [(&[&str], &str); 3] = [
+    let cases: [(&[&str], &str); 5] = [
         (
             &[
                 "serve",
@@ -81,6 +81,30 @@ fn bad_flags_exit_non_zero_with_a_message() {
                 "soon",
             ],
             "--refresh",
+        ),
+        (
+            &[
+                "serve",
+                "--prometheus-url",
+                "http://p:9090",
+                "--etcd-selector",
+                "job=etcd",
+            ],
+            "want label matchers like job=\"etcd\"",
+        ),
+        (
+            &[
+                "export",
+                "--prometheus-url",
+                "http://p:9090",
+                "--start",
+                "-1h",
+                "--out",
+                "x.csv",
+                "--etcd-selector",
+                "{job=\"etcd\"}",
+            ],
+            "--etcd-selector",
         ),
     ];
     for (args, needle) in cases {

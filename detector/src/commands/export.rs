@@ -35,6 +35,10 @@ pub struct ExportArgs {
     pub out: PathBuf,
     #[arg(long, default_value = "30s", value_parser = parse_duration, env = "DR_DETECTOR_PROMETHEUS_TIMEOUT")]
     pub prometheus_timeout: Duration,
+    /// Label matchers added to every etcd and gRPC-server metric of the queries, e.g.
+    /// `job="etcd"` (as `serve --etcd-selector`).
+    #[arg(long, value_parser = crate::model::selector::parse, env = "DR_DETECTOR_ETCD_SELECTOR")]
+    pub etcd_selector: Option<String>,
 }
 
 /// Unix seconds, RFC 3339, or `-<duration>` before `now`.
@@ -65,6 +69,9 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<()> {
         meta.step_seconds = step;
         meta.features = crate::model::features::default_features(step);
         meta.mask = Some(crate::model::features::default_mask(step));
+    }
+    if let Some(selector) = &args.etcd_selector {
+        crate::model::selector::scope_all(&mut meta.features, meta.mask.as_mut(), selector);
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

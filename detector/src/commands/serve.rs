@@ -47,6 +47,11 @@ pub struct ServeArgs {
     /// (Prometheus scraping etcd directly) nothing is checked.
     #[arg(long, value_parser = parse_duration, env = "DR_DETECTOR_MAX_PUSH_AGE")]
     pub max_push_age: Option<Duration>,
+    /// Label matchers added to every etcd and gRPC-server metric of the model's queries,
+    /// e.g. `job="etcd"`: other jobs export the same families (kube-prometheus-stack's own
+    /// etcd job, every other gRPC server), and the queries would add them in.
+    #[arg(long, value_parser = crate::model::selector::parse, env = "DR_DETECTOR_ETCD_SELECTOR")]
+    pub etcd_selector: Option<String>,
 }
 
 pub async fn run(args: ServeArgs) -> ExitCode {
@@ -76,10 +81,15 @@ pub async fn run(args: ServeArgs) -> ExitCode {
 
 /// The model loaded and the live scorer with its routes, before anything listens.
 fn serving_state(args: &ServeArgs) -> anyhow::Result<(Arc<LiveScorer>, axum::Router)> {
-    let scorer = load_model(args.model.as_deref())?;
+    let mut scorer = load_model(args.model.as_deref())?;
+    if let Some(selector) = &args.etcd_selector {
+        let meta = &mut scorer.bundle.meta;
+        crate::model::selector::scope_all(&mut meta.features, meta.mask.as_mut(), selector);
+    }
     let meta = &scorer.bundle.meta;
     tracing::info!(
         model = %scorer.bundle.source,
+        etcd_selector = args.etcd_selector.as_deref().unwrap_or(""),
         window = meta.window,
         step_seconds = meta.step_seconds,
         features = meta.features.len(),

@@ -7,4 +7,5 @@ pub mod lstm;
 pub mod model_dir;
 pub mod normalisation;
 pub mod scoring;
+pub mod selector;
 pub mod transform;
