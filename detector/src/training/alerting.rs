@@ -71,6 +71,9 @@ pub struct Judged {
     pub false_alarms: usize,
     /// Steps with label 0 where the condition was known.
     pub normal_steps: usize,
+    /// Of those, the ones where the alert was firing (not a late alert of an incident):
+    /// an alert that never ends is one onset but many steps.
+    pub normal_steps_in_alert: usize,
 }
 
 pub fn judge(
@@ -103,15 +106,16 @@ pub fn judge(
             false_alarms += 1;
         }
     }
-    let normal_steps = condition
-        .iter()
-        .zip(labels)
-        .filter(|(c, l)| c.is_some() && **l == 0)
+    let normal = |i: usize| condition[i].is_some() && labels[i] == 0;
+    let normal_steps = (0..fires.len()).filter(|&i| normal(i)).count();
+    let normal_steps_in_alert = (0..fires.len())
+        .filter(|&i| normal(i) && fires[i] && !after_incident(i))
         .count();
     Judged {
         delays,
         false_alarms,
         normal_steps,
+        normal_steps_in_alert,
     }
 }
 
@@ -137,6 +141,9 @@ pub struct AlertStats {
     pub false_alarms: usize,
     pub normal_steps: usize,
     pub false_alarms_per_1000_normal_steps: f64,
+    /// The share of normal steps spent alerting: a stuck alert is one false alarm, but
+    /// it catches every incident that starts under it.
+    pub normal_steps_in_alert_share: f64,
     /// Per incident, in the order of [`AlertStats`]' recordings: the delay or `None`.
     #[serde(skip)]
     pub delays: Vec<Option<usize>>,
@@ -183,6 +190,7 @@ pub fn summarise(
         .collect();
     let false_alarms = judged.iter().map(|j| j.false_alarms).sum();
     let normal_steps = judged.iter().map(|j| j.normal_steps).sum();
+    let in_alert: usize = judged.iter().map(|j| j.normal_steps_in_alert).sum();
     AlertStats {
         name: name.to_string(),
         for_steps,
@@ -194,6 +202,7 @@ pub fn summarise(
         } else {
             1000.0 * false_alarms as f64 / normal_steps as f64
         },
+        normal_steps_in_alert_share: in_alert as f64 / normal_steps.max(1) as f64,
         delays,
     }
 }
@@ -271,6 +280,10 @@ mod tests {
         assert_eq!(j.delays, [Some(1)]);
         assert_eq!(j.false_alarms, 1, "the onset at 9 is normal");
         assert_eq!(j.normal_steps, 7);
+        assert_eq!(
+            j.normal_steps_in_alert, 1,
+            "step 9; 5 is step 3's alert, late"
+        );
         // Condition only after the incident, within the grace: caught late, not false.
         let late = [f, f, f, f, f, t, t, f, f, f];
         let j = judge(&late, 2, &labels, &incs);
@@ -304,11 +317,13 @@ mod tests {
                 delays: vec![Some(2), None],
                 false_alarms: 1,
                 normal_steps: 1500,
+                normal_steps_in_alert: 150,
             },
             Judged {
                 delays: vec![Some(4)],
                 false_alarms: 0,
                 normal_steps: 500,
+                normal_steps_in_alert: 0,
             },
         ];
         let s = summarise("model", 3, &judged, &incs);
@@ -318,6 +333,7 @@ mod tests {
         assert_eq!(s.kinds[0].max_delay_steps, Some(4));
         assert_eq!(s.kinds[1].recall, 0.0);
         assert_eq!(s.false_alarms_per_1000_normal_steps, 0.5);
+        assert_eq!(s.normal_steps_in_alert_share, 0.075);
         assert_eq!(s.delays, [Some(2), None, Some(4)]);
     }
 }

@@ -240,7 +240,7 @@ impl AlertingReport {
         for k in &kinds {
             out.push_str(&format!(" {k:>16}"));
         }
-        out.push_str("   false alarms / 1000 normal steps\n");
+        out.push_str("   false alarms / 1000 normal steps; normal steps in alert\n");
         for alert in std::iter::once(&self.model)
             .chain(&self.rules)
             .chain(std::iter::once(&self.any_rule))
@@ -259,8 +259,11 @@ impl AlertingReport {
                 out.push_str(&format!(" {cell:>16}"));
             }
             out.push_str(&format!(
-                "   {:.2} ({} in {} steps)\n",
-                alert.false_alarms_per_1000_normal_steps, alert.false_alarms, alert.normal_steps
+                "   {:.2} ({} in {} steps); {:.1}%\n",
+                alert.false_alarms_per_1000_normal_steps,
+                alert.false_alarms,
+                alert.normal_steps,
+                100.0 * alert.normal_steps_in_alert_share
             ));
         }
         out.push_str(&format!(
