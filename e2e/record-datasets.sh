@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Records the detector's recordings (data/recordings/), each from a fresh real stack on
+# loopback, made unlike each other (load, quota, etcd version, members, seed) so that some
+# can be kept aside and never trained or calibrated on. Each row below is one recording:
+#
+#   name        role      etcd  load  quota(MiB)  members  steps  seed  incidents
+#
+# The roles say what a recording may be used for: `train` (fit the model), `calibrate`
+# (choose the epoch, the per-feature scales and the threshold), `test` (report only).
+# Time is compressed: a 1 s step stands for a minute. A recording plays in real time, so
+# this takes about as many seconds as the steps it records (two run at once by default;
+# -j 1 for one at a time, which keeps their disk incidents apart).
+#
+#   e2e/record-datasets.sh [-j N] [NAME...]      (no names: every recording)
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+jobs=2
+if [[ ${1:-} == -j ]]; then
+  jobs=${2:?-j takes a number}
+  shift 2
+fi
+
+recordings=(
+  "r1-train     train      3.4  1    64    3  1000  11  space,churn,leader,disk"
+  "r2-train     train      3.6  3    256   3  1000  12  space,churn,leader,disk"
+  "r3-calibrate calibrate  3.4  0.5  128   3  900   13  space,churn,leader,disk"
+  "t1-busy      test       3.6  10   2048  3  900   21  none"
+  "t2-quiet     test       3.4  0.3  64    3  1200  22  space,churn,leader,disk"
+  "t3-single    test       3.6  5    1024  1  900   23  space,churn,disk"
+  "t4-mid       test       3.6  1    512   3  900   24  space,churn,leader,disk"
+)
+
+wanted=("$@")
+selected=()
+for row in "${recordings[@]}"; do
+  read -r name _ <<<"$row"
+  if ((${#wanted[@]} == 0)) || [[ " ${wanted[*]} " == *" $name "* ]]; then
+    selected+=("$row")
+  fi
+done
+((${#selected[@]})) || { echo "record-datasets: no recording named ${wanted[*]}" >&2; exit 2; }
+
+bash ci/install-deps.sh --debian-only
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+[[ $target_dir == /* ]] || target_dir=$root/$target_dir
+cargo build --release --locked --quiet -p dr-collector -p dr-detector -p dr-loadgen -p dr-e2e
+
+out=data/recordings
+mkdir -p "$out" "$target_dir/recordings"
+
+record() {
+  local name role etcd load quota members steps seed incidents
+  read -r name role etcd load quota members steps seed incidents <<<"$1"
+  local log=$target_dir/recordings/$name.log
+  echo "record-datasets: $name ($role: etcd $etcd, load x$load, quota ${quota} MiB, $members member(s), $steps steps, seed $seed, incidents $incidents) -> $log"
+  "$target_dir/release/dr-dataset" --bin-dir "$target_dir/release" \
+    --work-dir "$target_dir/recordings/$name" --out "$out/$name.csv" \
+    --etcd "$etcd" --load-scale "$load" --quota-mib "$quota" --members "$members" \
+    --steps "$steps" --seed "$seed" --incidents "$incidents" --all-members >"$log" 2>&1 ||
+    { echo "record-datasets: $name failed; see $log" >&2; return 1; }
+  printf 'name=%s role=%s etcd=%s load=%s quota_mib=%s members=%s steps=%s seed=%s incidents=%s\n' \
+    "$name" "$role" "$etcd" "$load" "$quota" "$members" "$steps" "$seed" "$incidents" >"$out/$name.meta"
+  tail -n 1 "$log"
+}
+
+pids=()
+failed=0
+for row in "${selected[@]}"; do
+  record "$row" &
+  pids+=($!)
+  if ((${#pids[@]} >= jobs)); then
+    wait "${pids[0]}" || failed=1
+    pids=("${pids[@]:1}")
+  fi
+done
+for pid in "${pids[@]}"; do
+  wait "$pid" || failed=1
+done
+exit "$failed"
