@@ -343,7 +343,9 @@ fn scrape_configs(pushgateway: &str, service_ports: &[u16]) -> String {
 /// few noisy steps must not start a repair. Five steps let one burst of slow WAL fsyncs
 /// on a busy CI disk fire the alert on normal load. And two of the chart's safety-net
 /// rules over what the collector pushes, in steps: NOSPACE, and a member whose scrape
-/// fails (`etcd_dr_collector_target_up` 0).
+/// fails (`etcd_dr_collector_target_up` 0). NOSPACE as the chart writes it: etcd raises
+/// the alarm with the db anywhere from 96% to 102% of the quota, so the db at the quota,
+/// or near it while etcd refuses requests with ResourceExhausted.
 fn rules(step_seconds: u64) -> String {
     format!(
         "groups:
@@ -355,7 +357,7 @@ fn rules(step_seconds: u64) -> String {
         labels:
           severity: critical
       - alert: EtcdNoSpace
-        expr: etcd_mvcc_db_total_size_in_bytes >= etcd_server_quota_backend_bytes
+        expr: (etcd_mvcc_db_total_size_in_bytes / etcd_server_quota_backend_bytes >= 1) or on (job, instance) (etcd_mvcc_db_total_size_in_bytes / etcd_server_quota_backend_bytes >= 0.9 and on (job, instance) sum by (job, instance) (rate(grpc_server_handled_total{{grpc_code=\"ResourceExhausted\"}}[{}s])) > 0)
         for: {}s
         labels:
           severity: critical
@@ -368,6 +370,7 @@ fn rules(step_seconds: u64) -> String {
           etcd_dr_diagnosis: member_unavailable
 ",
         10 * step_seconds,
+        5 * step_seconds,
         2 * step_seconds,
         3 * step_seconds
     )
