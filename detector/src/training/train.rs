@@ -423,6 +423,12 @@ pub fn train(
     bundle.meta.training.threshold_max_fpr = (method == YOUDEN_J).then_some(opts.max_fpr);
     bundle.meta.training.validation_anomalous_windows = labels.iter().filter(|&&l| l).count();
     bundle.meta.training.validation_auc = roc::auc(&scores, &labels);
+    finish(bundle, started)
+}
+
+/// Stamps the training time, checks the model as loading would, and names its source:
+/// the last step of both formats' training.
+pub(crate) fn finish(mut bundle: ModelBundle, started: Instant) -> anyhow::Result<ModelBundle> {
     bundle.meta.training.seconds = started.elapsed().as_secs_f64();
     bundle
         .meta

@@ -323,13 +323,7 @@ pub fn train_v2(
     if let Some(s) = bundle.meta.scoring_v2.as_mut() {
         s.calibration_false_alarms_per_1000 = rate;
     }
-    bundle.meta.training.seconds = started.elapsed().as_secs_f64();
-    bundle
-        .meta
-        .validate()
-        .context("the trained model failed its own checks")?;
-    bundle.source = "trained".into();
-    Ok(bundle)
+    crate::training::train::finish(bundle, started)
 }
 
 /// The lowest threshold (among the scores of normal steps, at most ~1000 of their
