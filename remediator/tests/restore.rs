@@ -22,6 +22,34 @@ fn restore_flags(etcd: &EtcdCluster, markers: &RestoreMarkers) -> Vec<String> {
     flags
 }
 
+/// What every restore test starts from: a cluster, the restore markers and the flags that
+/// point the remediator's restore commands at them, and a runtime. The temp dirs live as
+/// long as the value.
+struct Setup {
+    etcd: EtcdCluster,
+    endpoints: Vec<String>,
+    dir: tempfile::TempDir,
+    markers: RestoreMarkers,
+    flags: Vec<String>,
+    rt: tokio::runtime::Runtime,
+    _marker_dir: tempfile::TempDir,
+}
+
+fn setup(options: EtcdOptions) -> Setup {
+    let etcd = EtcdCluster::start(options).unwrap();
+    let marker_dir = tempfile::tempdir().unwrap();
+    let markers = RestoreMarkers::new(marker_dir.path()).unwrap();
+    Setup {
+        endpoints: etcd.client_endpoints(),
+        dir: tempfile::tempdir().unwrap(),
+        flags: restore_flags(&etcd, &markers),
+        rt: runtime(),
+        etcd,
+        markers,
+        _marker_dir: marker_dir,
+    }
+}
+
 /// Writes some data, fires the alert and returns when the run waits for health (where
 /// the tests break etcd): the action id and the seeded keys' digest.
 async fn fire_until_the_health_wait(
@@ -72,18 +100,19 @@ fn answer_until_started(
 
 #[test]
 fn a_member_killed_mid_run_with_quorum_left_is_not_restored() {
-    let mut etcd = EtcdCluster::start(EtcdOptions {
+    let Setup {
+        mut etcd,
+        endpoints,
+        dir,
+        markers,
+        flags,
+        rt,
+        _marker_dir,
+    } = setup(EtcdOptions {
         version: EtcdVersion::V3_4,
         members: 3,
         ..EtcdOptions::default()
-    })
-    .unwrap();
-    let endpoints = etcd.client_endpoints();
-    let dir = tempfile::tempdir().unwrap();
-    let marker_dir = tempfile::tempdir().unwrap();
-    let markers = RestoreMarkers::new(marker_dir.path()).unwrap();
-    let flags = restore_flags(&etcd, &markers);
-    let rt = runtime();
+    });
     let r = remediator(&endpoints, dir.path(), &flags);
     let id = rt.block_on(async {
         let mut c = client(&endpoints).await;
@@ -117,18 +146,19 @@ fn a_member_killed_mid_run_with_quorum_left_is_not_restored() {
 }
 
 fn restored_from_the_snapshot(version: EtcdVersion, members: usize) {
-    let mut etcd = EtcdCluster::start(EtcdOptions {
+    let Setup {
+        mut etcd,
+        endpoints,
+        dir,
+        mut markers,
+        flags,
+        rt,
+        _marker_dir,
+    } = setup(EtcdOptions {
         version,
         members,
         ..EtcdOptions::default()
-    })
-    .unwrap();
-    let endpoints = etcd.client_endpoints();
-    let dir = tempfile::tempdir().unwrap();
-    let marker_dir = tempfile::tempdir().unwrap();
-    let mut markers = RestoreMarkers::new(marker_dir.path()).unwrap();
-    let flags = restore_flags(&etcd, &markers);
-    let rt = runtime();
+    });
     let r = remediator(&endpoints, dir.path(), &flags);
     let (id, seeded_before) = rt.block_on(fire_until_the_health_wait(&r, &endpoints));
     // Every member dies and its data is gone: only the snapshot can bring it back.
@@ -175,29 +205,23 @@ fn a_failed_stop_starts_the_member_again_on_its_data() {
 }
 
 fn failed_command_starts_the_member_again(flag: &str, failed_step: &str) {
-    let mut etcd = EtcdCluster::start(EtcdOptions::default()).unwrap();
-    let endpoints = etcd.client_endpoints();
-    let dir = tempfile::tempdir().unwrap();
-    let marker_dir = tempfile::tempdir().unwrap();
-    let mut markers = RestoreMarkers::new(marker_dir.path()).unwrap();
-    let mut flags = restore_flags(&etcd, &markers);
+    let Setup {
+        mut etcd,
+        endpoints,
+        dir,
+        mut markers,
+        mut flags,
+        rt,
+        _marker_dir,
+    } = setup(EtcdOptions::default());
     let command = flags.iter().position(|f| f == flag).unwrap() + 1;
     flags[command] = "echo no etcdctl here >&2; exit 7".into();
-    let rt = runtime();
     let r = remediator(&endpoints, dir.path(), &flags);
     let (id, _) = rt.block_on(fire_until_the_health_wait(&r, &endpoints));
     etcd.stop_member(0).unwrap();
     let data_dir = etcd.member(0).data_dir.clone();
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    while markers.started() < 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the stopped member was never started again: {:#?}",
-            r.events_of(&id)
-        );
-        markers.answer(&mut etcd).unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // The stopped member must be started again.
+    answer_until_started(&mut markers, &mut etcd, 1, &r, &id);
     rt.block_on(async {
         let events = r.wait_finished(&id, RUN_TIMEOUT).await;
         let failed = step(&events, "restore_if_unavailable", Phase::Failed)
@@ -235,13 +259,16 @@ fn failed_command_starts_the_member_again(flag: &str, failed_step: &str) {
 /// A repair that brings etcd back leaves restore alone, configured or not.
 #[test]
 fn a_healthy_cluster_after_the_repair_is_never_restored() {
-    let etcd = EtcdCluster::start(EtcdOptions::default()).unwrap();
-    let endpoints = etcd.client_endpoints();
-    let dir = tempfile::tempdir().unwrap();
-    let marker_dir = tempfile::tempdir().unwrap();
-    let markers = RestoreMarkers::new(marker_dir.path()).unwrap();
-    let r = remediator(&endpoints, dir.path(), &restore_flags(&etcd, &markers));
-    let rt = runtime();
+    let Setup {
+        etcd: _etcd,
+        endpoints,
+        dir,
+        markers,
+        flags,
+        rt,
+        _marker_dir,
+    } = setup(EtcdOptions::default());
+    let r = remediator(&endpoints, dir.path(), &flags);
     rt.block_on(async {
         let (id, seeded_before) = fire_until_the_health_wait(&r, &endpoints).await;
         let events = r.wait_finished(&id, RUN_TIMEOUT).await;
@@ -485,18 +512,19 @@ fn the_kubeadm_preset_leaves_a_three_member_cluster_alone() {
 /// etcd lock (etcd grants none without quorum); then the escalation says what happened.
 #[test]
 fn quorum_lost_before_the_webhook_is_restored_after_the_wait() {
-    let mut etcd = EtcdCluster::start(EtcdOptions {
+    let Setup {
+        mut etcd,
+        endpoints,
+        dir,
+        mut markers,
+        flags,
+        rt,
+        _marker_dir,
+    } = setup(EtcdOptions {
         version: EtcdVersion::V3_4,
         members: 3,
         ..EtcdOptions::default()
-    })
-    .unwrap();
-    let endpoints = etcd.client_endpoints();
-    let dir = tempfile::tempdir().unwrap();
-    let marker_dir = tempfile::tempdir().unwrap();
-    let mut markers = RestoreMarkers::new(marker_dir.path()).unwrap();
-    let flags = restore_flags(&etcd, &markers);
-    let rt = runtime();
+    });
     let r = remediator(&endpoints, dir.path(), &flags);
     let seeded_before = rt.block_on(async {
         let mut c = client(&endpoints).await;
