@@ -11,10 +11,15 @@ use crate::config::Config;
 use crate::gate::Gate;
 use crate::metrics::Metrics;
 use crate::remediation::Remediator;
+use crate::retry::Retries;
 
 pub struct App {
     pub remediator: Arc<Remediator>,
     pub gate: Arc<Gate>,
+    /// Alerts skipped as busy, tried again.
+    pub retries: Arc<Retries>,
+    /// This replica's name in the etcd lock's owner key.
+    pub identity: String,
     /// The bearer token `/webhook` and `/actions` want; `None` leaves them open.
     pub webhook_token: Option<Arc<Reloading<String>>>,
     /// HTTPS on the listener when set.
@@ -36,7 +41,8 @@ impl App {
         }
         let gate = Gate::new(&config, audit.clone())
             .map_err(|err| anyhow!("building the HTTP client: {err}"))?;
-        let remediator = Remediator {
+        let gate = Arc::new(gate);
+        let remediator = Arc::new(Remediator {
             access: config.etcd_access(),
             snapshots: config.snapshots,
             defrag_timeout: config.defrag_timeout,
@@ -45,10 +51,19 @@ impl App {
             dry_run: config.dry_run,
             audit,
             metrics,
-        };
+        });
+        let retries = Retries::new(
+            config.retry,
+            gate.clone(),
+            remediator.clone(),
+            config.alertmanager_url,
+        )
+        .map_err(|err| anyhow!("building the HTTP client: {err}"))?;
         Ok(Arc::new(App {
-            remediator: Arc::new(remediator),
-            gate: Arc::new(gate),
+            remediator,
+            gate,
+            retries: Arc::new(retries),
+            identity: config.identity,
             webhook_token: config.webhook_token,
             listener_tls: config.listener_tls,
         }))

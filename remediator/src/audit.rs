@@ -63,11 +63,18 @@ impl Audit {
         };
         let skip = existing.len().saturating_sub(MEMORY_LIMIT);
         let events = existing.into_iter().skip(skip).collect();
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(FileError::on("opening", &path))?;
+        // A process killed mid-write leaves a line without its end; the next event must not
+        // be glued to it (that line is then unreadable and skipped, not the new one).
+        if torn_last_line(&path) {
+            file.write_all(b"\n")
+                .and_then(|()| file.sync_data())
+                .map_err(FileError::on("writing", &path))?;
+        }
         Ok(Audit {
             path,
             inner: Mutex::new((file, events)),
@@ -159,6 +166,88 @@ impl Audit {
                 })
             })
             .collect()
+    }
+}
+
+fn torn_last_line(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = File::open(path) else {
+        return false;
+    };
+    let mut last = [0u8; 1];
+    file.seek(SeekFrom::End(-1))
+        .and_then(|_| file.read_exact(&mut last))
+        .is_ok_and(|()| last[0] != b'\n')
+}
+
+/// The kinds of action that have an end, and the event that is it.
+fn ends(event: &Event) -> bool {
+    let ended = match event.kind.as_str() {
+        "remediation" => event.step == "finished",
+        "scheduled_snapshot" => matches!(event.phase, Phase::Ok | Phase::Failed),
+        "retry" => event.step == "retry",
+        _ => true,
+    };
+    ended || event.step == INTERRUPTED
+}
+
+/// The step recorded, at start-up, for an action a killed process left unfinished.
+pub const INTERRUPTED: &str = "interrupted";
+
+/// An action the log shows begun and never ended.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Unfinished {
+    pub action_id: String,
+    pub kind: String,
+    pub started: String,
+    /// The last thing it recorded: how far it got.
+    pub last_step: String,
+    pub last_phase: Phase,
+    pub last_ts: String,
+}
+
+impl Audit {
+    /// Every action of this log that began and never ended, oldest first. Read from the
+    /// file, not the in-memory tail: an old run must not be missed for being old. Called at
+    /// start-up, before this process begins anything.
+    pub fn unfinished(&self) -> Result<Vec<Unfinished>, AuditError> {
+        let text =
+            std::fs::read_to_string(&self.path).map_err(FileError::on("reading", &self.path))?;
+        let mut order: Vec<String> = Vec::new();
+        let mut open: HashMap<String, Unfinished> = HashMap::new();
+        for event in text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Event>(l).ok())
+        {
+            if ends(&event) {
+                open.remove(&event.action_id);
+                continue;
+            }
+            if !matches!(
+                event.kind.as_str(),
+                "remediation" | "scheduled_snapshot" | "retry"
+            ) {
+                continue;
+            }
+            let entry = open.entry(event.action_id.clone()).or_insert_with(|| {
+                order.push(event.action_id.clone());
+                Unfinished {
+                    action_id: event.action_id.clone(),
+                    kind: event.kind.clone(),
+                    started: event.ts.clone(),
+                    last_step: String::new(),
+                    last_phase: event.phase,
+                    last_ts: String::new(),
+                }
+            });
+            entry.last_step.clone_from(&event.step);
+            entry.last_phase = event.phase;
+            entry.last_ts.clone_from(&event.ts);
+        }
+        Ok(order
+            .into_iter()
+            .filter_map(|id| open.remove(&id))
+            .collect())
     }
 }
 

@@ -131,6 +131,32 @@ pub struct Args {
     #[arg(long, env = "DR_REMEDIATOR_RESTORE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub restore_timeout: Duration,
 
+    /// This replica's name in the etcd lock's owner key: a restarted process releases the
+    /// locks of its own name left by its killed predecessor. Must differ between replicas.
+    /// Default: an id made once and kept in `<snapshot-dir>/identity`.
+    #[arg(long, env = "DR_REMEDIATOR_IDENTITY")]
+    pub identity: Option<String>,
+
+    /// Alertmanager's base URL; a retry of a skipped rule alert asks it whether the alert
+    /// still fires (`GET /api/v2/alerts`). Without it, such a retry trusts the alert for
+    /// --retry-skipped-for.
+    #[arg(long, env = "DR_REMEDIATOR_ALERTMANAGER_URL")]
+    pub alertmanager_url: Option<Url>,
+
+    /// An alert skipped because another run held the lock is retried, while it still
+    /// fires, for this long after the skip; 0 turns retries off.
+    #[arg(long, env = "DR_REMEDIATOR_RETRY_SKIPPED_FOR", default_value = "10m", value_parser = parse_duration)]
+    pub retry_skipped_for: Duration,
+
+    /// The first wait before retrying a skipped alert; it doubles after each busy attempt,
+    /// up to 30s (or this, if longer).
+    #[arg(long, env = "DR_REMEDIATOR_RETRY_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub retry_interval: Duration,
+
+    /// At most this many attempts per skipped alert.
+    #[arg(long, env = "DR_REMEDIATOR_RETRY_MAX_ATTEMPTS", default_value_t = 20)]
+    pub retry_max_attempts: u32,
+
     /// Log the plan and touch nothing.
     #[arg(long, env = "DR_REMEDIATOR_DRY_RUN")]
     pub dry_run: bool,
@@ -219,6 +245,15 @@ pub enum ConfigError {
     /// The listener's certificate and key.
     #[error("--tls-cert-file/--tls-key-file: {0}")]
     ListenerTls(String),
+    #[error("--identity {0:?}: want a non-empty name without '/'")]
+    BadIdentity(String),
+    #[error("{}: cannot keep the replica identity: {error}", .path.display())]
+    IdentityFile {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("--retry-interval must be above 0")]
+    NoRetryInterval,
     /// `--restore-mode command` without this command and without a preset that has it.
     #[error("--restore-mode command needs {0} (or --restore-preset)")]
     RestoreCommand(&'static str),
@@ -245,6 +280,11 @@ pub struct Config {
     /// `Some` with `--restore-mode command`.
     pub restore: Option<RestoreCommands>,
     pub dry_run: bool,
+    /// Names this replica's etcd lock keys.
+    pub identity: String,
+    pub alertmanager_url: Option<Url>,
+    /// How alerts skipped as busy are retried; `None` when turned off.
+    pub retry: Option<RetryPolicy>,
     pub snapshot_once: bool,
     pub listen: SocketAddr,
     pub snapshot_interval: Duration,
@@ -276,6 +316,23 @@ impl Config {
             path: args.snapshot_dir.clone(),
             error,
         })?;
+        let identity = match args.identity {
+            Some(name) if name.is_empty() || name.contains('/') => {
+                return Err(ConfigError::BadIdentity(name));
+            }
+            Some(name) => name,
+            None => kept_identity(&args.snapshot_dir)?,
+        };
+        if args.retry_interval.is_zero() {
+            return Err(ConfigError::NoRetryInterval);
+        }
+        let retry = (!args.retry_skipped_for.is_zero() && args.retry_max_attempts > 0).then_some(
+            RetryPolicy {
+                window: args.retry_skipped_for,
+                interval: args.retry_interval,
+                max_attempts: args.retry_max_attempts,
+            },
+        );
         let webhook_token = args
             .webhook_token_file
             .as_deref()
@@ -344,6 +401,9 @@ impl Config {
             cooldown: args.cooldown,
             restore,
             dry_run: args.dry_run,
+            identity,
+            alertmanager_url: args.alertmanager_url,
+            retry,
             snapshot_once: args.snapshot_once,
             listen: args.listen,
             snapshot_interval: args.snapshot_interval,
@@ -354,6 +414,58 @@ impl Config {
             otlp_endpoint: args.otlp_endpoint,
         })
     }
+}
+
+/// How an alert skipped as busy is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// From the skip to the last attempt.
+    pub window: Duration,
+    /// The first wait; doubled after each busy attempt up to [`RetryPolicy::MAX_WAIT`].
+    pub interval: Duration,
+    pub max_attempts: u32,
+}
+
+impl RetryPolicy {
+    /// The longest wait between two attempts (unless the interval is longer): a lock
+    /// freed is seen within this.
+    pub const MAX_WAIT: Duration = Duration::from_secs(30);
+
+    /// The wait after `wait`.
+    pub fn next_wait(&self, wait: Duration) -> Duration {
+        (wait * 2).min(Self::MAX_WAIT.max(self.interval))
+    }
+}
+
+/// The identity file in the snapshot dir: it lives as long as the audit log beside it,
+/// so a replica keeps its name across restarts, also where the pod's name changes.
+pub const IDENTITY_FILE: &str = "identity";
+
+fn kept_identity(dir: &Path) -> Result<String, ConfigError> {
+    let path = dir.join(IDENTITY_FILE);
+    let fail = |error| ConfigError::IdentityFile {
+        path: path.clone(),
+        error,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() && !text.trim().contains('/') => {
+            return Ok(text.trim().to_owned());
+        }
+        Ok(_) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(fail(err)),
+    }
+    let mut bytes = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| fail(std::io::Error::other("no randomness from the system")))?;
+    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let id = format!("remediator-{id}");
+    // Written whole or not at all: a torn file would rename the replica.
+    let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{id}\n"))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(fail)?;
+    Ok(id)
 }
 
 /// How often, at most, the token and certificate files are looked at for a change: a
@@ -440,6 +552,28 @@ mod tests {
         assert!(config.restore.is_none());
         assert!(!config.dry_run);
         assert!(config.webhook_token.is_none());
+        assert_eq!(
+            config.retry,
+            Some(RetryPolicy {
+                window: Duration::from_secs(600),
+                interval: Duration::from_secs(5),
+                max_attempts: 20
+            })
+        );
+        assert!(config.identity.starts_with("remediator-"));
+        assert_eq!(
+            parse(&[]).unwrap().identity,
+            config.identity,
+            "the identity is kept"
+        );
+        assert_eq!(parse(&["--identity", "pod-0"]).unwrap().identity, "pod-0");
+        assert!(parse(&["--identity", "a/b"]).is_err());
+        assert!(
+            parse(&["--retry-skipped-for", "0s"])
+                .unwrap()
+                .retry
+                .is_none()
+        );
         assert!(
             config.space_alerts.is_empty(),
             "only the model acts by default"

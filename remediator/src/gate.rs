@@ -71,6 +71,15 @@ pub enum Skip {
     SharedCooldown { fingerprint: String },
 }
 
+impl Skip {
+    /// The skips that mean only "busy": another run holds this process or the etcd lock.
+    /// These are retried ([`crate::retry`]); every other skip is a verdict on the alert or
+    /// the cluster that a retry would only repeat.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Skip::Running | Skip::LockHeld)
+    }
+}
+
 /// What the gate decided about one webhook; each outcome is already in the audit log.
 pub enum Decision {
     Skip {
@@ -98,6 +107,8 @@ pub struct Gate {
     cooldown: Duration,
     dry_run: bool,
     access: EtcdAccess,
+    /// Names the owner key of the etcd lock this replica takes.
+    identity: String,
     audit: Arc<Audit>,
     /// Held by a run (or a scheduled snapshot) for its whole length: one at a time.
     running: Arc<tokio::sync::Mutex<()>>,
@@ -119,6 +130,7 @@ impl Gate {
             cooldown: config.cooldown,
             dry_run: config.dry_run,
             access: config.etcd_access(),
+            identity: config.identity.clone(),
             audit,
             running: Arc::new(tokio::sync::Mutex::new(())),
             cooldowns: Mutex::new(HashMap::new()),
@@ -127,13 +139,19 @@ impl Gate {
 
     /// Decides on a parsed, authenticated webhook.
     pub async fn admit(self: &Arc<Self>, payload: &Payload) -> Decision {
+        self.admit_as(payload, "webhook").await
+    }
+
+    /// [`admit`](Self::admit), a skip recorded as of `kind` (`webhook`, or `retry` for the
+    /// remediator's own second try).
+    pub async fn admit_as(self: &Arc<Self>, payload: &Payload, kind: &str) -> Decision {
         let action_id = audit::new_action_id();
         match self.check(payload, &action_id).await {
             Ok(permit) => self.accept(action_id, permit).await,
             Err(reason) => {
                 let _ = self.audit.record(
                     &action_id,
-                    "webhook",
+                    kind,
                     "decide",
                     Phase::Skipped,
                     json!(reason.to_string()),
@@ -148,6 +166,33 @@ impl Gate {
     /// holds it. A webhook meanwhile is skipped as already running.
     pub fn try_hold(&self) -> Option<MutexGuard<'_, ()>> {
         self.running.try_lock().ok()
+    }
+
+    /// What the payload asks, by this gate's alert names.
+    pub fn trigger(&self, payload: &Payload) -> Trigger {
+        payload.trigger(&self.alert_name, &self.space_alerts)
+    }
+
+    /// True when a model alert is confirmed by the detector (one is configured).
+    pub fn confirms_with_detector(&self) -> bool {
+        self.detector.is_some()
+    }
+
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    /// A look that takes nothing: does a run hold this process, or anyone the etcd lock?
+    /// `Some(reason)` when busy. An etcd that cannot be read is not called busy: the full
+    /// checks then say what is wrong.
+    pub async fn busy(&self) -> Option<Skip> {
+        if self.running.try_lock().is_err() {
+            return Some(Skip::Running);
+        }
+        match lock::held_by_anyone(&self.access).await {
+            Ok(true) => Some(Skip::LockHeld),
+            _ => None,
+        }
     }
 
     /// Returns once no run holds the slot (shutdown waits for this).
@@ -311,7 +356,7 @@ impl Gate {
             );
             return Ok(None);
         }
-        match EtcdLock::try_acquire(&self.access, LOCK_TTL, LOCK_WAIT).await {
+        match EtcdLock::try_acquire(&self.access, &self.identity, LOCK_TTL, LOCK_WAIT).await {
             Ok(Some(lock)) => Ok(Some(lock)),
             Ok(None) => Err(Skip::LockHeld),
             // Under NOSPACE etcd refuses the lease and the lock key; the repair is what

@@ -105,12 +105,14 @@ async fn webhook(
     })
     .await?;
     Ok(match app.gate.admit(&payload).await {
-        Decision::Skip { reason, .. } => {
+        Decision::Skip { reason, action_id } => {
             metrics.count_webhook("skipped");
-            (
-                StatusCode::OK,
-                Json(json!({ "skipped": reason.to_string() })),
-            )
+            let mut answer = json!({ "skipped": reason.to_string() });
+            // Busy is not a verdict: the remediator tries again itself while it fires.
+            if let Some(retry) = app.retries.schedule(payload, &action_id, &reason) {
+                answer["retry"] = json!(retry);
+            }
+            (StatusCode::OK, Json(answer))
         }
         Decision::Unrecorded { .. } => {
             metrics.count_webhook("failed");

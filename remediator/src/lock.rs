@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use etcd_client::LockOptions;
+use etcd_client::{GetOptions, LockOptions};
 use tokio::task::JoinHandle;
 
 use crate::etcd::{EtcdAccess, EtcdError, bounded};
@@ -14,6 +14,10 @@ pub const LOCK_NAME: &str = "/etcd-dr/remediator-lock";
 /// `<prefix><fingerprint>` exists while that alert is in cooldown (a lease ends it), so
 /// every replica sees it.
 pub const COOLDOWN_PREFIX: &str = "/etcd-dr/cooldown/";
+/// `<prefix><identity>/<lease hex>` exists, on the lock's lease, while a replica holds or
+/// waits for the lock: etcd's lock key carries no value, so this is what tells a restarted
+/// replica that a lease is its dead predecessor's (see [`release_own`]).
+pub const OWNER_PREFIX: &str = "/etcd-dr/lock-owner/";
 
 /// A held etcd lock; [`release`](Self::release) it, or its lease expires after the TTL.
 pub struct EtcdLock {
@@ -26,8 +30,10 @@ pub struct EtcdLock {
 impl EtcdLock {
     /// Tries for `wait` to take the lock. `Ok(None)` when another holder has it;
     /// [`EtcdError::Nospace`] when etcd refuses the lease or the lock key for lack of space.
+    /// `identity` names this replica in the owner key beside the lock.
     pub async fn try_acquire(
         access: &EtcdAccess,
+        identity: &str,
         ttl: Duration,
         wait: Duration,
     ) -> Result<Option<Self>, EtcdError> {
@@ -40,6 +46,24 @@ impl EtcdLock {
         )
         .await?
         .id();
+        // Written before queueing for the lock, so a replica killed while it waited is
+        // found too; it goes with the lease.
+        let owner = owner_key(identity, lease);
+        let marked = bounded(
+            "lock owner key",
+            access.timeout,
+            client.put(
+                owner,
+                serde_json::json!({ "identity": identity, "lease": lease, "pid": std::process::id() })
+                    .to_string(),
+                Some(etcd_client::PutOptions::new().with_lease(lease)),
+            ),
+        )
+        .await;
+        if let Err(err) = marked {
+            let _ = tokio::time::timeout(access.timeout, client.lease_revoke(lease)).await;
+            return Err(err);
+        }
         let (mut keeper, mut responses) = match client.lease_keep_alive(lease).await {
             Ok(pair) => pair,
             Err(err) => {
@@ -137,4 +161,74 @@ pub async fn in_shared_cooldown(access: &EtcdAccess, fingerprint: &str) -> Resul
         Ok::<_, EtcdError>(!found.kvs().is_empty())
     };
     bounded("reading the cooldown", access.timeout * 2, call).await
+}
+
+fn owner_key(identity: &str, lease: i64) -> String {
+    format!("{OWNER_PREFIX}{identity}/{lease:x}")
+}
+
+/// A lease of this replica's identity left by a predecessor, revoked at start-up.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct OwnLease {
+    pub lease: i64,
+    /// It held the lock (rather than waiting in its queue).
+    pub held_lock: bool,
+}
+
+/// Revokes every lease an earlier process of this `identity` left (its lock, or its place
+/// in the lock's queue, goes with it), so the next alert is not skipped for the lease's
+/// TTL. Only at start-up, before this process takes any lock: every lease of the identity
+/// then belongs to a dead process.
+pub async fn release_own(access: &EtcdAccess, identity: &str) -> Result<Vec<OwnLease>, EtcdError> {
+    let call = async {
+        let mut client = access.client().await?;
+        let prefix = format!("{OWNER_PREFIX}{identity}/");
+        let owned = client
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|err| EtcdError::request("lock owner keys", err))?;
+        let mut released = Vec::new();
+        for kv in owned.kvs() {
+            let lease = kv.lease();
+            if lease == 0 {
+                continue;
+            }
+            let holder = client
+                .get(
+                    format!("{LOCK_NAME}/{lease:x}"),
+                    Some(GetOptions::new().with_count_only()),
+                )
+                .await
+                .map_err(|err| EtcdError::request("lock key", err))?;
+            match client.lease_revoke(lease).await {
+                Ok(_) => {}
+                // It expired between the read and the revoke: nothing left to release.
+                Err(err) if err.to_string().contains("lease not found") => {}
+                Err(err) => return Err(EtcdError::request("revoking an own lease", err)),
+            }
+            released.push(OwnLease {
+                lease,
+                held_lock: holder.count() > 0,
+            });
+        }
+        Ok::<_, EtcdError>(released)
+    };
+    bounded("releasing own locks", access.timeout * 3, call).await
+}
+
+/// True while anyone holds (or waits for) the etcd lock: a cheap look before a retry runs
+/// every check again.
+pub async fn held_by_anyone(access: &EtcdAccess) -> Result<bool, EtcdError> {
+    let call = async {
+        let mut client = access.client().await?;
+        let found = client
+            .get(
+                format!("{LOCK_NAME}/"),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await
+            .map_err(|err| EtcdError::request("lock key", err))?;
+        Ok::<_, EtcdError>(found.count() > 0)
+    };
+    bounded("reading the lock", access.timeout * 2, call).await
 }

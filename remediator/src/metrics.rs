@@ -27,6 +27,17 @@ pub struct DiagnosisLabel {
     pub diagnosis: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+/// The kinds of run an interrupted one can be.
+pub const INTERRUPTIBLE: [&str; 3] = ["remediation", "scheduled_snapshot", "retry"];
+
+/// How a retry of a skipped alert ends.
+pub const RETRY_OUTCOMES: [&str; 4] = ["started", "not_firing", "gave_up", "stopped"];
+
 #[derive(Clone)]
 pub struct Metrics {
     /// Accepted runs by diagnosis.
@@ -42,6 +53,10 @@ pub struct Metrics {
     pub webhooks: Family<OutcomeLabel, Counter>,
     /// The token and certificate files read again (`file`, `result` ok or failed).
     pub reloads: ReloadCounter,
+    /// Runs a killed predecessor left unfinished, found at start-up, by kind.
+    pub interrupted_runs: Family<KindLabel, Counter>,
+    /// Retries of alerts skipped as busy, by how they ended.
+    pub retries: Family<OutcomeLabel, Counter>,
 }
 
 impl Metrics {
@@ -60,7 +75,31 @@ impl Metrics {
             last_snapshot_timestamp: Gauge::default(),
             webhooks: Family::default(),
             reloads: ReloadCounter::default(),
+            interrupted_runs: Family::default(),
+            retries: Family::default(),
         };
+        registry.register(
+            "etcd_dr_interrupted_runs",
+            "Runs a killed predecessor left unfinished, found and recorded at start-up, by kind",
+            metrics.interrupted_runs.clone(),
+        );
+        registry.register(
+            "etcd_dr_retries",
+            "Retries of alerts skipped because another run held the lock, by outcome",
+            metrics.retries.clone(),
+        );
+        // At 0 from the start, so that the predecessor's series exists: a restart that
+        // finds an interrupted run then reads as an increase, not a new series at 1.
+        for kind in INTERRUPTIBLE {
+            let _ = metrics.interrupted_runs.get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            });
+        }
+        for outcome in RETRY_OUTCOMES {
+            let _ = metrics.retries.get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            });
+        }
         registry.register(
             "etcd_dr_reloads",
             "Token and certificate files read again after a change, by file set and result",
@@ -142,6 +181,22 @@ impl Metrics {
 
     pub fn count_webhook(&self, outcome: &str) {
         self.webhooks
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn count_interrupted(&self, kind: &str) {
+        self.interrupted_runs
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn count_retry(&self, outcome: &str) {
+        self.retries
             .get_or_create(&OutcomeLabel {
                 outcome: outcome.to_owned(),
             })

@@ -35,6 +35,11 @@ pub async fn run(
     let interval = config.snapshot_interval;
     let dry_run = config.dry_run;
     let app = App::new(config, &mut registry)?;
+    // Before the listener serves: a webhook must not meet a predecessor's lock or run.
+    let recovered = crate::recovery::recover(&app.remediator, &app.identity).await;
+    if recovered.found_anything() {
+        tracing::warn!(recovery = %json!(recovered), "recovered from an earlier process's end");
+    }
     let readiness = Readiness::not_ready("etcd not reached yet");
     let mut stop = dr_common::shutdown::flag(shutdown);
     let router = router(app.clone(), readiness.clone(), Arc::new(registry));
@@ -82,6 +87,7 @@ pub async fn run(
         }
     }
     server.await??;
+    app.retries.shutdown().await;
     // Let a remediation under way reach its verdict, within a pod's usual grace period;
     // past that, etcd finishes a started defrag on its own and the audit log shows the
     // last step begun.

@@ -144,7 +144,7 @@ fn the_lock_tells_nospace_apart_from_other_failures() {
                 timeout: Duration::from_secs(5),
                 default_quota_bytes: 1 << 31,
             };
-            let try_lock = || EtcdLock::try_acquire(&access, LOCK_TTL, LOCK_WAIT);
+            let try_lock = || EtcdLock::try_acquire(&access, "test", LOCK_TTL, LOCK_WAIT);
             match try_lock().await {
                 Ok(Some(lock)) => lock.release().await,
                 Ok(None) => panic!("{version:?}: nobody else holds the lock"),

@@ -19,6 +19,8 @@ use crate::etcd::{EtcdAccess, EtcdError, local_revision};
 
 const PREFIX: &str = "snapshot-";
 const SUFFIX: &str = ".db";
+/// A download in progress is `<name>.part` (so `.db.part`) until verified and renamed.
+const PARTIAL_SUFFIX: &str = ".db.part";
 
 /// A snapshot on disk whose trailer verified.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -247,6 +249,22 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>, FileError> {
         .collect();
     found.sort();
     found.reverse();
+    Ok(found)
+}
+
+/// Downloads a killed process left half-way (its [`Partial`] never dropped), oldest first.
+pub fn partials(dir: &Path) -> Result<Vec<PathBuf>, FileError> {
+    let entries = std::fs::read_dir(dir).map_err(FileError::on("listing", dir))?;
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(PREFIX) && n.ends_with(PARTIAL_SUFFIX))
+        })
+        .collect();
+    found.sort();
     Ok(found)
 }
 
