@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # The numpy reference forward pass (detector/reference/forward.py) must give the same
 # scores and feature shares as dr-detector, to 1e-4, on windows of fresh synthetic data
-# (normal, incident and defrag-masked ones) scored with the shipped default model.
+# (normal, incident and defrag-masked ones) scored with the shipped default model, whichever
+# format it is (format 2: against the baseline of the whole synthetic file, which forward.py
+# fits again from the same CSV).
+#
+# Env: DR_DETECTOR_REFERENCE_MODEL (default detector/models/default); DR_VENV (default
+# target/venv); DR_DETECTOR_BIN and DR_SYNTH_DATASET_BIN (prebuilt dr-detector and
+# synth_dataset example; default: `cargo run` them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +21,19 @@ fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-step=$(sed -n 's/^ *"step_seconds": *\([0-9.]*\),*$/\1/p' "$model/model.json" | head -n 1)
-cargo run --quiet --locked -p dr-detector --example synth_dataset -- "$work/data.csv" 3000 "$step" 5
-cargo run --quiet --locked -p dr-detector -- score --model "$model" --data "$work/data.csv" --count 12 >"$work/rust.json"
-"$venv/bin/python" detector/reference/forward.py --model "$model" --scores "$work/rust.json" --tolerance 1e-4
+synth() {
+  if [[ -n ${DR_SYNTH_DATASET_BIN:-} ]]; then "$DR_SYNTH_DATASET_BIN" "$@"
+  else cargo run --quiet --locked -p dr-detector --example synth_dataset -- "$@"; fi
+}
+detector() {
+  if [[ -n ${DR_DETECTOR_BIN:-} ]]; then "$DR_DETECTOR_BIN" "$@"
+  else cargo run --quiet --locked -p dr-detector -- "$@"; fi
+}
+
+# The synthetic data at the model's step, with the default feature names (those of both
+# formats' default models); `score` refuses a CSV without the model's columns.
+step=$("$venv/bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["step_seconds"])' "$model/model.json")
+synth "$work/data.csv" 3000 "$step" 5
+detector score --model "$model" --data "$work/data.csv" --count 12 >"$work/rust.json"
+"$venv/bin/python" detector/reference/forward.py --model "$model" --scores "$work/rust.json" \
+  --data "$work/data.csv" --tolerance 1e-4
