@@ -144,7 +144,7 @@ pub struct Args {
     pub alertmanager_url: Option<Url>,
 
     /// An alert skipped because another run held the lock is retried, while it still
-    /// fires, for this long after the skip; 0 turns retries off.
+    /// fires, for this long after the skip.
     #[arg(long, env = "DR_REMEDIATOR_RETRY_SKIPPED_FOR", default_value = "10m", value_parser = parse_duration)]
     pub retry_skipped_for: Duration,
 
@@ -153,7 +153,7 @@ pub struct Args {
     #[arg(long, env = "DR_REMEDIATOR_RETRY_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub retry_interval: Duration,
 
-    /// At most this many attempts per skipped alert.
+    /// At most this many attempts per skipped alert; 0 turns retries off.
     #[arg(long, env = "DR_REMEDIATOR_RETRY_MAX_ATTEMPTS", default_value_t = 20)]
     pub retry_max_attempts: u32,
 
@@ -252,8 +252,6 @@ pub enum ConfigError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("--retry-interval must be above 0")]
-    NoRetryInterval,
     /// `--restore-mode command` without this command and without a preset that has it.
     #[error("--restore-mode command needs {0} (or --restore-preset)")]
     RestoreCommand(&'static str),
@@ -321,18 +319,14 @@ impl Config {
                 return Err(ConfigError::BadIdentity(name));
             }
             Some(name) => name,
-            None => kept_identity(&args.snapshot_dir)?,
+            None => kept_identity(&args.snapshot_dir, !args.dry_run)?,
         };
-        if args.retry_interval.is_zero() {
-            return Err(ConfigError::NoRetryInterval);
-        }
-        let retry = (!args.retry_skipped_for.is_zero() && args.retry_max_attempts > 0).then_some(
-            RetryPolicy {
-                window: args.retry_skipped_for,
-                interval: args.retry_interval,
-                max_attempts: args.retry_max_attempts,
-            },
-        );
+        // parse_duration refuses 0, so the window and interval are never empty.
+        let retry = (args.retry_max_attempts > 0).then_some(RetryPolicy {
+            window: args.retry_skipped_for,
+            interval: args.retry_interval,
+            max_attempts: args.retry_max_attempts,
+        });
         let webhook_token = args
             .webhook_token_file
             .as_deref()
@@ -441,7 +435,9 @@ impl RetryPolicy {
 /// so a replica keeps its name across restarts, also where the pod's name changes.
 pub const IDENTITY_FILE: &str = "identity";
 
-fn kept_identity(dir: &Path) -> Result<String, ConfigError> {
+/// The identity kept in `dir`, made there when missing; `keep` false (dry-run, which
+/// takes no lock and writes nothing but its audit log) makes one for this process only.
+fn kept_identity(dir: &Path, keep: bool) -> Result<String, ConfigError> {
     let path = dir.join(IDENTITY_FILE);
     let fail = |error| ConfigError::IdentityFile {
         path: path.clone(),
@@ -460,6 +456,9 @@ fn kept_identity(dir: &Path) -> Result<String, ConfigError> {
         .map_err(|_| fail(std::io::Error::other("no randomness from the system")))?;
     let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let id = format!("remediator-{id}");
+    if !keep {
+        return Ok(id);
+    }
     // Written whole or not at all: a torn file would rename the replica.
     let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
     std::fs::write(&tmp, format!("{id}\n"))
@@ -569,7 +568,7 @@ mod tests {
         assert_eq!(parse(&["--identity", "pod-0"]).unwrap().identity, "pod-0");
         assert!(parse(&["--identity", "a/b"]).is_err());
         assert!(
-            parse(&["--retry-skipped-for", "0s"])
+            parse(&["--retry-max-attempts", "0"])
                 .unwrap()
                 .retry
                 .is_none()

@@ -225,9 +225,6 @@ fn rule_alert_retries_ask_alertmanager_whether_the_alert_still_fires() {
     let endpoints = etcd.client_endpoints();
     let dir = tempfile::tempdir().unwrap();
     let am = Alertmanager::start(dr_testkit::alertmanager::NULL_CONFIG).unwrap();
-    let far =
-        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(3600))
-            .to_string();
     runtime().block_on(async {
         // Two rule alerts, told apart by a label: one goes on firing, one resolves.
         let bodies: Vec<String> = ["a", "b"]
