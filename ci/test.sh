@@ -5,6 +5,9 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 started=$SECONDS
+# A clean checkout gains nothing from incremental caches; they only cost disk.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+df -h . | sed 's/^/disk: /'
 
 step "install what is missing"
 bash ci/install-deps.sh
