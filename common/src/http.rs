@@ -62,32 +62,58 @@ impl IntoResponse for ApiError {
 }
 
 /// Whether a service can do its job now; `None` means ready, `Some(reason)` says what
-/// it is still waiting for, so `/readyz` can name it.
+/// it is still waiting for, so `/readyz` can name it. A ready service may carry a note
+/// (`/readyz` shows it): what works only in part.
 #[derive(Clone, Debug)]
-pub struct Readiness(Arc<Mutex<Option<String>>>);
+pub struct Readiness(Arc<Mutex<ReadyState>>);
+
+#[derive(Clone, Debug, Default)]
+struct ReadyState {
+    not_ready: Option<String>,
+    note: Option<String>,
+}
 
 impl Readiness {
     pub fn not_ready(reason: impl Into<String>) -> Self {
-        Readiness(Arc::new(Mutex::new(Some(reason.into()))))
+        Readiness(Arc::new(Mutex::new(ReadyState {
+            not_ready: Some(reason.into()),
+            note: None,
+        })))
     }
 
     pub fn set_ready(&self) {
-        *self.lock() = None;
+        *self.lock() = ReadyState::default();
+    }
+
+    /// Ready, with `note` on `/readyz`.
+    pub fn set_ready_noting(&self, note: impl Into<String>) {
+        *self.lock() = ReadyState {
+            not_ready: None,
+            note: Some(note.into()),
+        };
     }
 
     pub fn set_not_ready(&self, reason: impl Into<String>) {
-        *self.lock() = Some(reason.into());
+        *self.lock() = ReadyState {
+            not_ready: Some(reason.into()),
+            note: None,
+        };
     }
 
     /// `Err(reason)` while not ready.
     pub fn check(&self) -> Result<(), String> {
-        match self.lock().as_ref() {
+        match &self.lock().not_ready {
             None => Ok(()),
             Some(reason) => Err(reason.clone()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+    /// The note of a ready service, if any.
+    pub fn note(&self) -> Option<String> {
+        self.lock().note.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReadyState> {
         // A poisoned flag is still a valid flag: recover the value.
         self.0
             .lock()
@@ -119,7 +145,10 @@ async fn healthz() -> Json<serde_json::Value> {
 
 async fn readyz(State(state): State<OpsState>) -> Result<Json<serde_json::Value>, ApiError> {
     match state.readiness.check() {
-        Ok(()) => Ok(Json(json!({ "status": "ready" }))),
+        Ok(()) => Ok(Json(match state.readiness.note() {
+            Some(note) => json!({ "status": "ready", "note": note }),
+            None => json!({ "status": "ready" }),
+        })),
         Err(reason) => Err(ApiError::Unavailable {
             dependency: "service".into(),
             message: format!("not ready: {reason}"),

@@ -10,11 +10,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use dr_detector::model::baseline::BaselinePolicy;
 use dr_detector::model::features::FeatureSpec;
 use dr_detector::model::inference::Scorer;
 use dr_detector::model::lstm::{Architecture, init_varmap, varmap_to_safetensors};
-use dr_detector::model::model_dir::{FORMAT_VERSION, ModelBundle, ModelMeta, TrainingMetrics};
+use dr_detector::model::model_dir::{
+    FORMAT_VERSION, FORMAT_VERSION_2, ModelBundle, ModelMeta, ScoringV2, TrainingMetrics,
+};
 use dr_detector::model::normalisation::Normalisation;
+use dr_detector::model::transform::Transform;
 use dr_detector::prometheus::PromClient;
 use dr_detector::serving::http::app;
 use dr_detector::serving::live::LiveScorer;
@@ -565,5 +569,97 @@ async fn etcd_scraped_directly_and_coarser_than_the_step_is_a_422_that_says_so()
         error.contains(&target) && error.contains("step is 1s"),
         "{error}"
     );
+    rig.shutdown().await;
+}
+
+/// The two-gauge model in format 2: each instance against its own baseline (fitted on
+/// the last 40 steps, ready after 12, refitted every 5), threshold 0 so that every ready
+/// window is anomalous.
+fn model_v2() -> ModelBundle {
+    let mut bundle = model();
+    let meta = &mut bundle.meta;
+    meta.format_version = FORMAT_VERSION_2;
+    meta.threshold = 0.0;
+    meta.normalisation.std_floor = vec![0.01, 0.01];
+    meta.scoring_v2 = Some(ScoringV2 {
+        transforms: vec![Transform::Identity; 2],
+        scored: vec![true; 2],
+        upward: Vec::new(),
+        level: true,
+        tail_steps: 3,
+        calibration: vec![1.0; 2],
+        calibration_quantile: 0.99,
+        calibration_floor: 1.0,
+        max_false_alarms_per_1000: 1.0,
+        alert_for_steps: 2,
+        calibration_false_alarms_per_1000: 0.0,
+        data_files: Vec::new(),
+        baseline: BaselinePolicy {
+            history_steps: 40,
+            min_steps: 12,
+            refresh_steps: 5,
+        },
+    });
+    meta.validate().unwrap();
+    bundle
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_warms_up_on_its_own_history_then_may_alert() {
+    let scrape = |addr: &str| scrape_pushgateway(addr, "1s", true);
+    let rig = Rig::start(scrape, model_v2(), Duration::from_secs(10), &["etcd-1"]).await;
+
+    // A window's worth of history, short of the 12 steps the baseline needs: scored,
+    // above the threshold, and still not anomalous; no score gauge for an alert.
+    tokio::time::sleep(Duration::from_secs(WINDOW as u64 + 2)).await;
+    let (status, early) = rig.get("/score?instance=etcd-1").await;
+    assert_eq!(status, 200, "{early}");
+    assert_eq!(early["baseline"]["ready"], false, "{early}");
+    assert_eq!(early["baseline"]["min_steps"], 12, "{early}");
+    let steps = early["baseline"]["steps"].as_u64().unwrap();
+    assert!((1..12).contains(&steps), "{early}");
+    assert!(early["score"].as_f64().unwrap() > 0.0, "{early}");
+    assert_eq!(early["anomalous"], false, "{early}");
+    rig.state().refresh().await;
+    let metrics = rig.text("/metrics").await;
+    assert!(
+        metrics.contains("etcd_dr_detector_baseline_ready{instance=\"etcd-1\"} 0"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("etcd_dr_anomaly_score{"), "{metrics}");
+    let (status, ready) = rig.get("/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    assert!(
+        ready["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("warming up") && n.contains("etcd-1")),
+        "{ready}"
+    );
+
+    // Once its history is long enough (refitted every 5 steps), it is ready and alerts.
+    let started = Instant::now();
+    let late = loop {
+        let (status, late) = rig.get("/score?instance=etcd-1").await;
+        assert_eq!(status, 200, "{late}");
+        if late["baseline"]["ready"] == true || started.elapsed() > Duration::from_secs(40) {
+            break late;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(late["baseline"]["ready"], true, "{late}");
+    assert!(late["baseline"]["steps"].as_u64().unwrap() >= 12, "{late}");
+    assert_eq!(late["anomalous"], true, "{late}");
+    rig.state().refresh().await;
+    let metrics = rig.text("/metrics").await;
+    assert!(
+        metrics.contains("etcd_dr_detector_baseline_ready{instance=\"etcd-1\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("etcd_dr_anomaly_score{instance=\"etcd-1\"}"),
+        "{metrics}"
+    );
+    let (_, ready) = rig.get("/readyz").await;
+    assert_eq!(ready, serde_json::json!({"status": "ready"}));
     rig.shutdown().await;
 }

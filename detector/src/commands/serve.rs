@@ -52,6 +52,12 @@ pub struct ServeArgs {
     /// etcd job, every other gRPC server), and the queries would add them in.
     #[arg(long, value_parser = crate::model::selector::parse, env = "DR_DETECTOR_ETCD_SELECTOR")]
     pub etcd_selector: Option<String>,
+    /// The step windows are pulled at: the collector's push (or Prometheus' scrape)
+    /// interval, 1s to 60s. Default: the model's own (1s for the shipped model, which
+    /// recorded compressed time). A format 2 model serves at any step: its queries' ranges
+    /// and its transforms are moved to it (see `model::step`).
+    #[arg(long, value_parser = parse_duration, env = "DR_DETECTOR_STEP")]
+    pub step: Option<Duration>,
 }
 
 pub async fn run(args: ServeArgs) -> ExitCode {
@@ -82,6 +88,9 @@ pub async fn run(args: ServeArgs) -> ExitCode {
 /// The model loaded and the live scorer with its routes, before anything listens.
 fn serving_state(args: &ServeArgs) -> anyhow::Result<(Arc<LiveScorer>, axum::Router)> {
     let mut scorer = load_model(args.model.as_deref())?;
+    if let Some(step) = args.step {
+        crate::model::step::retarget(&mut scorer.bundle.meta, step.as_secs_f64())?;
+    }
     if let Some(selector) = &args.etcd_selector {
         let meta = &mut scorer.bundle.meta;
         crate::model::selector::scope_all(&mut meta.features, meta.mask.as_mut(), selector);

@@ -12,6 +12,7 @@ use dr_common::duration::parse_duration;
 use serde_json::json;
 
 use crate::commands::print_stdout;
+use crate::model::baseline::BaselinePolicy;
 use crate::model::features::FeatureSpec;
 use crate::training::dataset::Dataset;
 use crate::training::provenance;
@@ -49,6 +50,20 @@ pub struct TrainArgs {
     /// Format 2: each feature's error is over the window's last this many unmasked steps.
     #[arg(long, default_value_t = 5, env = "DR_DETECTOR_TAIL_STEPS")]
     pub tail_steps: usize,
+    /// Format 2: an instance's baseline is fitted on its last this many steps ...
+    #[arg(
+        long,
+        default_value_t = 720,
+        env = "DR_DETECTOR_BASELINE_HISTORY_STEPS"
+    )]
+    pub baseline_history_steps: usize,
+    /// ... it may alert once that history has this many unmasked steps (warming up before) ...
+    #[arg(long, default_value_t = 60, env = "DR_DETECTOR_BASELINE_MIN_STEPS")]
+    pub baseline_min_steps: usize,
+    /// ... and it is refitted every this many steps. Training, eval and serving all use
+    /// the values saved in model.json.
+    #[arg(long, default_value_t = 30, env = "DR_DETECTOR_BASELINE_REFRESH_STEPS")]
+    pub baseline_refresh_steps: usize,
     /// Where to write model.safetensors and model.json.
     #[arg(long, env = "DR_DETECTOR_OUT")]
     pub out: PathBuf,
@@ -180,6 +195,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 args.alert_for.as_secs_f64(),
                 represents,
             ),
+            baseline: BaselinePolicy {
+                history_steps: args.baseline_history_steps,
+                min_steps: args.baseline_min_steps,
+                refresh_steps: args.baseline_refresh_steps,
+            },
             ..V2Options::default()
         };
         train_v2(&train, &calibrate, &opts, &v2, &mut progress)?

@@ -116,8 +116,15 @@ impl Scorer {
             return Ok(scoring::score_reconstruction(&x, &recon, mask));
         };
         let (x, recon) = self.reconstruct_v2(values, mask, baseline)?;
-        scoring::score_calibrated(&x, &recon, mask, v2.tail_steps, &v2.calibration, &v2.scored)
-            .ok_or(WindowError::AllMasked)
+        scoring::score_calibrated(
+            &x,
+            &recon,
+            mask,
+            &v2.tail_rule(),
+            &v2.calibration,
+            &v2.scored,
+        )
+        .ok_or(WindowError::AllMasked)
     }
 
     /// Format 2: each feature's uncalibrated tail error (what the calibration is fitted
@@ -132,7 +139,7 @@ impl Scorer {
             return Ok(None);
         };
         let (x, recon) = self.reconstruct_v2(values, mask, baseline)?;
-        scoring::tail_errors(&x, &recon, mask, v2.tail_steps)
+        scoring::tail_errors(&x, &recon, mask, &v2.tail_rule())
             .map(Some)
             .ok_or(WindowError::AllMasked)
     }

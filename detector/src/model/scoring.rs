@@ -90,24 +90,56 @@ pub fn prepare_v2(
     Some(baseline.apply(&filled))
 }
 
-/// Each feature's mean squared error over the last `tail` unmasked steps (fewer when the
-/// window has fewer): the newest steps, so an incident a few steps old is not diluted by a
-/// window of normal before it. `None` when every step is masked.
-pub fn tail_errors(input: &[f32], recon: &[f32], mask: &[bool], tail: usize) -> Option<Vec<f64>> {
+/// How format 2 turns a window's input and reconstruction into per-feature errors.
+#[derive(Clone, Copy, Debug)]
+pub struct TailRule<'a> {
+    /// Over the last this many unmasked steps (fewer when the window has fewer): the
+    /// newest, so an incident a few steps old is not diluted by the normal before it.
+    pub tail: usize,
+    /// Per feature (empty: none): only values above the reconstruction (and above the
+    /// baseline) count. A db smaller, a latency lower or fewer elections than usual are
+    /// not incidents, and a churn's shrink after a defrag would otherwise alarm.
+    pub upward: &'a [bool],
+    /// Also the input's own distance from the baseline, and the larger of the two: an
+    /// autoencoder learns to reconstruct a shift that fills its whole window (a db
+    /// growing fast for minutes), which a robust level still sees.
+    pub level: bool,
+}
+
+/// Each feature's mean squared error over the tail (see [`TailRule`]). `None` when every
+/// step is masked.
+pub fn tail_errors(
+    input: &[f32],
+    recon: &[f32],
+    mask: &[bool],
+    rule: &TailRule,
+) -> Option<Vec<f64>> {
     let steps = mask.len();
     let n_features = input.len() / steps.max(1);
     let mut errors = vec![0.0f64; n_features];
+    let mut levels = vec![0.0f64; n_features];
+    let upward = |j: usize| rule.upward.get(j).copied().unwrap_or(false);
     let mut counted = 0usize;
-    for step in (0..steps).rev().filter(|&s| !mask[s]).take(tail) {
+    for step in (0..steps).rev().filter(|&s| !mask[s]).take(rule.tail) {
         counted += 1;
         let row = step * n_features..(step + 1) * n_features;
-        for ((acc, &x), &y) in errors.iter_mut().zip(&input[row.clone()]).zip(&recon[row]) {
-            let d = f64::from(x) - f64::from(y);
-            *acc += d * d;
+        for (j, (&x, &y)) in input[row.clone()].iter().zip(&recon[row]).enumerate() {
+            let (x, d) = (f64::from(x), f64::from(x) - f64::from(y));
+            if d > 0.0 || !upward(j) {
+                errors[j] += d * d;
+            }
+            if x > 0.0 || !upward(j) {
+                levels[j] += x * x;
+            }
         }
     }
     if counted == 0 {
         return None;
+    }
+    if rule.level {
+        for (e, l) in errors.iter_mut().zip(&levels) {
+            *e = e.max(*l);
+        }
     }
     errors.iter_mut().for_each(|e| *e /= counted as f64);
     Some(errors)
@@ -121,11 +153,11 @@ pub fn score_calibrated(
     input: &[f32],
     recon: &[f32],
     mask: &[bool],
-    tail: usize,
+    rule: &TailRule,
     calibration: &[f64],
     scored: &[bool],
 ) -> Option<Score> {
-    let errors = tail_errors(input, recon, mask, tail)?;
+    let errors = tail_errors(input, recon, mask, rule)?;
     let calibrated: Vec<f64> = errors
         .iter()
         .zip(calibration)
@@ -173,12 +205,56 @@ mod tests {
         // 4 steps x 1 feature; errors 1, 4, 9, 16 by step.
         let input = [1.0, 2.0, 3.0, 4.0];
         let recon = [0.0; 4];
-        let e = tail_errors(&input, &recon, &[false; 4], 2).unwrap();
+        let rule = two_sided(2);
+        let e = tail_errors(&input, &recon, &[false; 4], &rule).unwrap();
         assert_eq!(e, [12.5], "steps 2 and 3");
         // Step 3 masked: the last two unmasked are 1 and 2.
-        let e = tail_errors(&input, &recon, &[false, false, false, true], 2).unwrap();
+        let e = tail_errors(&input, &recon, &[false, false, false, true], &rule).unwrap();
         assert_eq!(e, [6.5]);
-        assert!(tail_errors(&input, &recon, &[true; 4], 2).is_none());
+        assert!(tail_errors(&input, &recon, &[true; 4], &rule).is_none());
+    }
+
+    fn two_sided(tail: usize) -> TailRule<'static> {
+        TailRule {
+            tail,
+            upward: &[],
+            level: false,
+        }
+    }
+
+    #[test]
+    fn an_upward_feature_counts_only_values_above_their_reconstruction() {
+        // 2 steps x 2 features: both 2 below their reconstruction at step 0, 3 above at 1.
+        let input = [-2.0, -2.0, 3.0, 3.0];
+        let recon = [0.0; 4];
+        let rule = TailRule {
+            tail: 2,
+            upward: &[true, false],
+            level: false,
+        };
+        let e = tail_errors(&input, &recon, &[false; 2], &rule).unwrap();
+        assert_eq!(e, [4.5, 6.5]);
+    }
+
+    #[test]
+    fn the_level_catches_a_shift_the_autoencoder_reconstructs() {
+        // 3 steps x 1 feature, 4 scales above the baseline throughout and reconstructed
+        // almost exactly: the reconstruction error is tiny, the level is not.
+        let input = [4.0, 4.0, 4.0];
+        let recon = [3.9, 3.9, 3.9];
+        let mut rule = TailRule {
+            tail: 3,
+            upward: &[true],
+            level: false,
+        };
+        let e = tail_errors(&input, &recon, &[false; 3], &rule).unwrap();
+        assert!(e[0] < 0.02, "{e:?}");
+        rule.level = true;
+        let e = tail_errors(&input, &recon, &[false; 3], &rule).unwrap();
+        assert!((e[0] - 16.0).abs() < 1e-9, "{e:?}");
+        // Below the baseline, an upward feature's level is nothing.
+        let e = tail_errors(&[-4.0; 3], &[-4.0; 3], &[false; 3], &rule).unwrap();
+        assert_eq!(e, [0.0]);
     }
 
     #[test]
@@ -197,16 +273,17 @@ mod tests {
         assert!(mean.score < 0.2, "{}", mean.score);
         let calibration = vec![1.0; f];
         let mut scored = vec![true; f];
-        let s = score_calibrated(&input, &recon, &mask, 5, &calibration, &scored).unwrap();
+        let rule = two_sided(5);
+        let s = score_calibrated(&input, &recon, &mask, &rule, &calibration, &scored).unwrap();
         assert!((s.score - 9.0).abs() < 1e-9, "{}", s.score);
         assert_eq!(s.feature_shares[3], 1.0);
         // The calibration divides; a context feature is never scored.
         let mut calibration = calibration;
         calibration[3] = 4.5;
-        let s = score_calibrated(&input, &recon, &mask, 5, &calibration, &scored).unwrap();
+        let s = score_calibrated(&input, &recon, &mask, &rule, &calibration, &scored).unwrap();
         assert!((s.score - 2.0).abs() < 1e-9);
         scored[3] = false;
-        let s = score_calibrated(&input, &recon, &mask, 5, &calibration, &scored).unwrap();
+        let s = score_calibrated(&input, &recon, &mask, &rule, &calibration, &scored).unwrap();
         assert_eq!(s.score, 0.0);
         assert_eq!(s.feature_shares[3], 0.0);
     }

@@ -56,6 +56,8 @@ pub struct FeatureTreatment {
     /// False for context: an input to the LSTM whose own error is not scored (the
     /// request rate: ten times the usual load is not an incident by itself).
     pub scored: bool,
+    /// Only values above normal are incidents (sizes, latencies, event counts).
+    pub upward: bool,
     pub scale_floor: f64,
 }
 
@@ -74,6 +76,8 @@ pub fn treatment(name: &str, step_seconds: f64) -> (FeatureTreatment, Option<f64
             FeatureTreatment {
                 transform,
                 scored,
+                // Every catalogue feature is "more is worse"; the request rate is context.
+                upward: scored,
                 scale_floor: floor,
             },
             Some(floor),
@@ -110,6 +114,7 @@ pub fn treatment(name: &str, step_seconds: f64) -> (FeatureTreatment, Option<f64
             FeatureTreatment {
                 transform: Transform::Identity,
                 scored: true,
+                upward: false,
                 scale_floor: 0.0,
             },
             None,

@@ -15,8 +15,10 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::model::inference::Scorer;
+use crate::model::normalisation::Normalisation;
 use crate::model::scoring::Score;
 use crate::prometheus::PromClient;
+use crate::serving::baselines::{BaselineStatus, Baselines};
 use crate::serving::metrics::Metrics;
 use crate::serving::pull::{self, Refusal, WindowSource};
 
@@ -101,6 +103,8 @@ pub struct LiveScorer {
     /// The latest pull, answered again for its window: the background refresh and every
     /// `GET /score` within one step ask Prometheus once. Failures are not kept.
     last_pull: Mutex<Option<Arc<LiveScores>>>,
+    /// Format 2: each instance's own baseline, from its history in Prometheus.
+    baselines: Baselines,
 }
 
 /// One scored window, as `/score` answers it.
@@ -121,6 +125,10 @@ pub struct ScoreResponse {
     pub masked_steps: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub filled_points: Option<usize>,
+    /// Format 2, live windows: the instance's own baseline. Not ready (warming up): the
+    /// window is scored against the model's reference and is never anomalous.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BaselineStatus>,
 }
 
 impl LiveScorer {
@@ -141,6 +149,7 @@ impl LiveScorer {
             metrics,
             readiness: Readiness::not_ready("no answer from Prometheus yet"),
             last_pull: Mutex::default(),
+            baselines: Baselines::default(),
         }
     }
 
@@ -149,9 +158,14 @@ impl LiveScorer {
         &self.readiness
     }
 
-    fn score_timed(&self, values: &[f64], mask: &[bool]) -> Result<Score, ApiError> {
+    fn score_timed(
+        &self,
+        values: &[f64],
+        mask: &[bool],
+        baseline: Option<&Normalisation>,
+    ) -> Result<Score, ApiError> {
         let started = Instant::now();
-        let result = self.scorer.score(values, mask);
+        let result = self.scorer.score_against(values, mask, baseline);
         self.metrics
             .observe_inference(started.elapsed().as_secs_f64());
         result.map_err(|err| ApiError::BadRequest(err.to_string()))
@@ -162,11 +176,13 @@ impl LiveScorer {
         score: Score,
         instance: Option<String>,
         window_end: Option<f64>,
+        baseline: Option<BaselineStatus>,
     ) -> ScoreResponse {
         let meta = &self.scorer.bundle.meta;
+        let warming_up = baseline.as_ref().is_some_and(|b| !b.ready);
         ScoreResponse {
             instance,
-            anomalous: score.score > meta.threshold,
+            anomalous: score.score > meta.threshold && !warming_up,
             score: score.score,
             threshold: meta.threshold,
             window_end,
@@ -180,6 +196,7 @@ impl LiveScorer {
                 .collect(),
             masked_steps: score.masked_steps,
             filled_points: None,
+            baseline,
         }
     }
 
@@ -205,8 +222,8 @@ impl LiveScorer {
             Some(mask) => mask,
             None => vec![false; self.scorer.window()],
         };
-        let score = self.score_timed(&values, &mask)?;
-        Ok(self.response(score, None, None))
+        let score = self.score_timed(&values, &mask, None)?;
+        Ok(self.response(score, None, None, None))
     }
 
     /// Every instance's latest window, scored.
@@ -241,18 +258,58 @@ impl LiveScorer {
 
     /// Pulls every instance's window ending at `end` and scores the ones it got.
     async fn pull(&self, end: f64) -> Result<LiveScores, ApiError> {
-        let pulled = self.source.pull(&self.scorer.bundle.meta, end).await?;
+        let meta = &self.scorer.bundle.meta;
+        let pulled = self.source.pull(meta, end).await?;
+        let policy = meta.scoring_v2.as_ref().map(|v2| v2.baseline);
+        if let Some(policy) = &policy {
+            let live: Vec<&str> = pulled
+                .windows
+                .iter()
+                .filter(|(_, w)| w.is_ok())
+                .map(|(i, _)| i.as_str())
+                .collect();
+            if !live.is_empty()
+                && self
+                    .baselines
+                    .due(policy, meta.step_seconds, pulled.end, &live)
+            {
+                let refit = self
+                    .baselines
+                    .refit(&self.scorer, policy, self.source.prometheus(), pulled.end)
+                    .await;
+                if let Err(err) = refit {
+                    tracing::warn!(error = %err, "cannot pull the instances' history for their baselines; keeping the ones there are");
+                }
+            }
+        }
         let mut scored = Vec::new();
         let mut refused = Vec::new();
         for (instance, window) in pulled.windows {
+            // Format 2: the instance's own baseline; none yet: the reference, warming up.
+            let (baseline, status) = match &policy {
+                Some(policy) => match self.baselines.of(&instance, policy) {
+                    Some((b, status)) => (Some(b), Some(status)),
+                    None => (
+                        None,
+                        Some(BaselineStatus {
+                            ready: false,
+                            steps: 0,
+                            min_steps: policy.min_steps,
+                            fitted_at: pulled.end,
+                        }),
+                    ),
+                },
+                None => (None, None),
+            };
             let result = window.and_then(|w| {
-                self.score_timed(&w.values, &w.mask)
+                self.score_timed(&w.values, &w.mask, baseline.as_ref())
                     .map(|s| (s, w.filled_points))
                     .map_err(|err| Refusal::Window(format!("instance {instance}: {err}")))
             });
             match result {
                 Ok((score, filled)) => {
-                    let mut response = self.response(score, Some(instance), Some(pulled.end));
+                    let mut response =
+                        self.response(score, Some(instance), Some(pulled.end), status);
                     response.filled_points = Some(filled);
                     scored.push(response);
                 }
@@ -272,12 +329,36 @@ impl LiveScorer {
     pub async fn refresh(&self) {
         match self.latest().await {
             Ok(live) => {
+                // A warming-up instance has no score gauge: an alert must not fire on it.
+                let ready = |s: &ScoreResponse| s.baseline.as_ref().is_none_or(|b| b.ready);
                 let scores: Vec<(String, f64)> = live
                     .scored
                     .iter()
+                    .filter(|s| ready(s))
                     .filter_map(|s| s.instance.clone().map(|i| (i, s.score)))
                     .collect();
                 self.metrics.set_scores(&scores);
+                let baselines: Vec<(String, bool)> = live
+                    .scored
+                    .iter()
+                    .filter(|s| s.baseline.is_some())
+                    .filter_map(|s| s.instance.clone().map(|i| (i, ready(s))))
+                    .collect();
+                self.metrics.set_baseline_ready(&baselines);
+                let warming: Vec<String> = live
+                    .scored
+                    .iter()
+                    .filter(|s| !ready(s))
+                    .filter_map(|s| {
+                        let b = s.baseline.as_ref()?;
+                        Some(format!(
+                            "{} ({} of {} steps)",
+                            s.instance.as_deref()?,
+                            b.steps,
+                            b.min_steps
+                        ))
+                    })
+                    .collect();
                 for (instance, why) in &live.refused {
                     tracing::warn!(%instance, reason = %why.message(), "cannot score instance");
                 }
@@ -290,7 +371,12 @@ impl LiveScorer {
                     Some(why) if live.scored.is_empty() => self
                         .readiness
                         .set_not_ready(format!("no instance can be scored: {why}")),
-                    _ => self.readiness.set_ready(),
+                    _ if warming.is_empty() => self.readiness.set_ready(),
+                    // Ready (the service works), but it says who cannot alert yet.
+                    _ => self.readiness.set_ready_noting(format!(
+                        "baseline warming up, scored but never alerting: {}",
+                        warming.join(", ")
+                    )),
                 }
             }
             Err(err) => {

@@ -14,7 +14,6 @@ use prometheus_client::registry::Registry;
 type Labels = Vec<(String, String)>;
 
 /// The detector's own metrics.
-/// The detector's own metrics.
 #[derive(Clone)]
 pub struct Metrics {
     score: Family<Labels, Gauge<f64, AtomicU64>>,
@@ -22,6 +21,10 @@ pub struct Metrics {
     /// their score (clearing all would leave a scrape between clear and set with none).
     scored: Arc<Mutex<BTreeSet<String>>>,
     threshold: Gauge<f64, AtomicU64>,
+    /// 1 once an instance's own baseline has enough history to alert on, 0 while it warms
+    /// up; kept for the same instances as `score` plus the warming-up ones.
+    baseline_ready: Family<Labels, Gauge>,
+    with_baseline: Arc<Mutex<BTreeSet<String>>>,
     inference: Histogram,
     refreshes: Family<Labels, Counter>,
 }
@@ -32,6 +35,8 @@ impl Metrics {
             score: Family::default(),
             scored: Arc::default(),
             threshold: Gauge::default(),
+            baseline_ready: Family::default(),
+            with_baseline: Arc::default(),
             // 5 us .. ~20 ms: a fused forward is tens of microseconds.
             inference: Histogram::new(exponential_buckets(5e-6, 2.0, 12)),
             refreshes: Family::default(),
@@ -45,6 +50,11 @@ impl Metrics {
             "etcd_dr_anomaly_threshold",
             "Score above which a window is anomalous",
             metrics.threshold.clone(),
+        );
+        registry.register(
+            "etcd_dr_detector_baseline_ready",
+            "1 when the instance's own baseline has enough history to alert, 0 while it warms up (format 2 models)",
+            metrics.baseline_ready.clone(),
         );
         registry.register(
             "etcd_dr_detector_inference_duration_seconds",
@@ -83,21 +93,41 @@ impl Metrics {
     /// Sets the gauge of every scored instance and removes the gauges of instances that
     /// have none now (vanished, or unscorable), so an alert never fires on a stale value.
     pub fn set_scores(&self, scores: &[(String, f64)]) {
-        let mut scored = self
-            .scored
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let now: BTreeSet<String> = scores.iter().map(|(i, _)| i.clone()).collect();
-        for gone in scored.difference(&now) {
-            self.score.remove(&Self::score_labels(gone));
-        }
-        for (instance, score) in scores {
-            self.score
-                .get_or_create(&Self::score_labels(instance))
-                .set(*score);
-        }
-        *scored = now;
+        replace_family(&self.score, &self.scored, scores);
     }
+
+    /// Each instance's baseline readiness (instances with a window scored); the others
+    /// lose their gauge.
+    pub fn set_baseline_ready(&self, ready: &[(String, bool)]) {
+        let values: Vec<(String, i64)> = ready
+            .iter()
+            .map(|(i, r)| (i.clone(), i64::from(*r)))
+            .collect();
+        replace_family(&self.baseline_ready, &self.with_baseline, &values);
+    }
+}
+
+/// Sets one gauge per instance of `values` in `family`, and removes the gauges of the
+/// instances in `kept` that are not there any more; `kept` becomes this round's set.
+fn replace_family<N, A>(
+    family: &Family<Labels, Gauge<N, A>>,
+    kept: &Mutex<BTreeSet<String>>,
+    values: &[(String, N)],
+) where
+    N: Copy,
+    A: prometheus_client::metrics::gauge::Atomic<N> + Default,
+{
+    let mut kept = kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let now: BTreeSet<String> = values.iter().map(|(i, _)| i.clone()).collect();
+    for gone in kept.difference(&now) {
+        family.remove(&Metrics::score_labels(gone));
+    }
+    for (instance, value) in values {
+        family
+            .get_or_create(&Metrics::score_labels(instance))
+            .set(*value);
+    }
+    *kept = now;
 }
 
 #[cfg(test)]

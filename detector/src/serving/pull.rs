@@ -16,7 +16,7 @@
 //!    directly (no push times) whose window has gaps gets its raw `up` samples asked for,
 //!    to tell a coarse scrape interval from a plain gap.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use dr_common::http::ApiError;
@@ -92,6 +92,10 @@ impl WindowSource {
             max_gap_steps,
             max_push_age,
         }
+    }
+
+    pub fn prometheus(&self) -> &PromClient {
+        &self.prometheus
     }
 
     /// Every instance's window ending at `end` (a step boundary), judged. Prometheus
@@ -196,6 +200,104 @@ async fn fetch(client: &PromClient, meta: &ModelMeta, end: f64) -> Result<Fetche
         mask,
         pushes,
     })
+}
+
+/// One instance's history for its baseline: the complete rows (every feature present,
+/// in the model's order) of the steps before a window, and which of them were masked.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct History {
+    pub rows: Vec<Vec<f64>>,
+    pub mask: Vec<bool>,
+}
+
+/// Every instance's last `steps` steps before `end` (not including it), from one
+/// `query_range` per feature and the mask, bounded by the client's timeout. Steps with a
+/// feature missing are left out (a baseline needs no continuity); a latency quantile that
+/// is NaN or absent is 0, as in a window.
+pub async fn history(
+    client: &PromClient,
+    meta: &ModelMeta,
+    end: f64,
+    steps: usize,
+) -> Result<BTreeMap<String, History>, PromError> {
+    let step = meta.step_seconds;
+    let start = end - steps as f64 * step;
+    let last = end - step;
+    let mut queries: Vec<String> = meta.features.iter().map(|f| f.query.clone()).collect();
+    queries.extend(meta.mask.iter().map(|m| m.query.clone()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, query) in queries.into_iter().enumerate() {
+        let client = client.clone();
+        tasks.spawn(async move { (index, client.query_range(&query, start, last, step).await) });
+    }
+    let mut answers: Vec<Vec<Series>> = vec![Vec::new(); tasks.len()];
+    let run = async {
+        while let Some(joined) = tasks.join_next().await {
+            let (index, answer) = joined.map_err(|err| PromError::Unreachable {
+                url: client.url().to_string(),
+                message: format!("query task failed: {err}"),
+            })?;
+            answers[index] = answer?;
+        }
+        Ok::<(), PromError>(())
+    };
+    tokio::time::timeout(client.timeout(), run)
+        .await
+        .map_err(|_| PromError::Unreachable {
+            url: client.url().to_string(),
+            message: format!(
+                "the baseline's history ({steps} steps) took longer than {}",
+                humantime::format_duration(client.timeout())
+            ),
+        })??;
+    let mask = if meta.mask.is_some() {
+        answers.pop().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let instances: BTreeSet<String> = answers
+        .iter()
+        .flatten()
+        .map(|s| s.instance().to_string())
+        .collect();
+    let mut out = BTreeMap::new();
+    for instance in instances {
+        let columns: Vec<Vec<Option<f64>>> = meta
+            .features
+            .iter()
+            .zip(&answers)
+            .map(|(spec, series)| {
+                let mut grid = vec![None; steps];
+                for s in series.iter().filter(|s| s.instance() == instance) {
+                    for (cell, v) in grid.iter_mut().zip(to_grid(&s.points, start, step, steps)) {
+                        if cell.is_none_or(f64::is_nan) && v.is_some() {
+                            *cell = v;
+                        }
+                    }
+                }
+                grid.into_iter().map(|v| spec.reading(v)).collect()
+            })
+            .collect();
+        let mut masked = vec![false; steps];
+        for s in mask.iter().filter(|s| s.instance() == instance) {
+            for (m, v) in masked
+                .iter_mut()
+                .zip(to_grid(&s.points, start, step, steps))
+            {
+                *m |= v.is_some_and(|v| v > 0.0);
+            }
+        }
+        let mut kept = History::default();
+        for t in 0..steps {
+            let row: Option<Vec<f64>> = columns.iter().map(|c| c[t]).collect();
+            if let Some(row) = row {
+                kept.rows.push(row);
+                kept.mask.push(masked[t]);
+            }
+        }
+        out.insert(instance, kept);
+    }
+    Ok(out)
 }
 
 /// The raw `up` samples of `instance` before `end`: how often Prometheus scrapes it when

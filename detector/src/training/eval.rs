@@ -4,6 +4,7 @@
 use anyhow::{Context, ensure};
 use serde::Serialize;
 
+use crate::model::baseline::Trailing;
 use crate::model::inference::Scorer;
 use crate::training::alerting::{self, AlertStats, Judged};
 use crate::training::dataset::Dataset;
@@ -110,6 +111,9 @@ pub struct AlertingReport {
     /// How the model scored: format 1 (one global normalisation) or 2 (each recording
     /// against its own baseline).
     pub model_format: u32,
+    /// Incidents that began while the recording's baseline was still warming up (its first
+    /// steps): the model may not alert then, so neither it nor the rules are judged on them.
+    pub incidents_in_warm_up: usize,
 }
 
 /// Judges the model's alert (score above its threshold for `alert_for`) and every rule
@@ -127,6 +131,7 @@ pub fn alerting(
     let mut rule_judged: Vec<Vec<Judged>> = vec![Vec::new(); RULES.len()];
     let mut rule_present = vec![true; RULES.len()];
     let mut any_judged = Vec::new();
+    let mut incidents_in_warm_up = 0;
     for rec in recordings {
         let labels = rec.data.labels.as_deref().with_context(|| {
             format!(
@@ -138,18 +143,32 @@ pub fn alerting(
             .data
             .for_model(meta)
             .with_context(|| format!("reading {}", rec.name))?;
-        let incs = alerting::incidents(labels, rec.kinds.as_deref());
+        let mut incs = alerting::incidents(labels, rec.kinds.as_deref());
         // The score of the window ending at each step.
         let mut above = vec![None; data.len()];
-        // One recording is one instance: format 2 sets it against its own baseline.
-        let baseline = scorer.instance_baseline(&data.rows, data.mask.as_deref());
+        // One recording is one instance: format 2 sets each window against the baseline
+        // of the history before it, as serving does, and never alerts while it warms up.
+        let trailing = Trailing::fit(scorer, &data.rows, data.mask.as_deref());
+        if let Some(trailing) = &trailing {
+            let ready_from = trailing.ready_from().unwrap_or(data.len());
+            let before = incs.len();
+            // Neither the model nor the rules are judged on incidents it could not alert on.
+            incs.retain(|inc| inc.start >= ready_from);
+            incidents_in_warm_up += before - incs.len();
+        }
         for s in data.window_starts(w, meta.step_seconds) {
-            if let Ok(score) = scorer.score_against(
-                &data.window_values(s, w),
-                &data.window_mask(s, w),
-                baseline.as_ref(),
-            ) {
-                above[s + w - 1] = Some(score.score > meta.threshold);
+            let end = s + w - 1;
+            let baseline = match &trailing {
+                Some(t) => match t.at(end) {
+                    Some((b, true)) => Some(b),
+                    _ => continue,
+                },
+                None => None,
+            };
+            if let Ok(score) =
+                scorer.score_against(&data.window_values(s, w), &data.window_mask(s, w), baseline)
+            {
+                above[end] = Some(score.score > meta.threshold);
             }
         }
         model_judged.push(alerting::judge(&above, model_for, labels, &incs));
@@ -209,6 +228,7 @@ pub fn alerting(
         caught_by_a_rule,
         model_no_later_than_rules,
         model_format: meta.format_version,
+        incidents_in_warm_up,
     })
 }
 
@@ -232,9 +252,12 @@ impl AlertingReport {
             self.threshold
         );
         if self.model_format >= 2 {
-            out.push_str(
-                "model format 2: each recording is one instance, scored against its own baseline\n\n",
-            );
+            out.push_str(&format!(
+                "model format 2: each recording is one instance, each window scored against the \
+                 baseline of the history before it; {} incident(s) began while that baseline \
+                 warmed up and are not counted\n\n",
+                self.incidents_in_warm_up
+            ));
         }
         out.push_str(&format!("{:34} {:>5}", "alert", "for"));
         for k in &kinds {

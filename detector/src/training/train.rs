@@ -13,6 +13,7 @@ use anyhow::{Context, bail, ensure};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder};
 
+use crate::model::baseline::Trailing;
 use crate::model::features::{self, FeatureSpec};
 use crate::model::inference::Scorer;
 use crate::model::lstm::{
@@ -440,19 +441,26 @@ pub(crate) fn finish(mut bundle: ModelBundle, started: Instant) -> anyhow::Resul
 
 /// Scores the windows at `starts` the way serving does; windows masked throughout are
 /// skipped. `data` (in the model's feature order) is one instance's recording: a format 2
-/// model sets it against the baseline of its own rows. Returns scores and labels (false
+/// model sets each window against the baseline of the rows before it and skips windows
+/// while that baseline warms up. Returns scores and labels (false
 /// where the data has none).
 pub fn score_windows(scorer: &Scorer, data: &Dataset, starts: &[usize]) -> (Vec<f64>, Vec<bool>) {
     let w = scorer.window();
-    let baseline = scorer.instance_baseline(&data.rows, data.mask.as_deref());
+    // Format 2: the baseline of the history before each window; warming up: not scored.
+    let trailing = Trailing::fit(scorer, &data.rows, data.mask.as_deref());
     let mut scores = Vec::with_capacity(starts.len());
     let mut labels = Vec::with_capacity(starts.len());
     for &s in starts {
-        if let Ok(score) = scorer.score_against(
-            &data.window_values(s, w),
-            &data.window_mask(s, w),
-            baseline.as_ref(),
-        ) {
+        let baseline = match &trailing {
+            Some(t) => match t.at(s + w - 1) {
+                Some((b, true)) => Some(b),
+                _ => continue,
+            },
+            None => None,
+        };
+        if let Ok(score) =
+            scorer.score_against(&data.window_values(s, w), &data.window_mask(s, w), baseline)
+        {
             scores.push(score.score);
             labels.push(data.label_any(s, w) == Some(true));
         }

@@ -1,5 +1,6 @@
 //! Training a format 2 model on several recordings with disjoint roles. Each recording is
-//! one instance and is set against its own robust baseline (`model::transform`). The LSTM
+//! one instance and is set against its own robust baseline (`model::transform`), fitted
+//! on the history before each window as serving fits it (`model::baseline`). The LSTM
 //! fits the normal windows of the `train` recordings; the epoch, each feature's
 //! calibration and the alert threshold are all chosen on the `calibrate` recordings, so
 //! no figure of a recording used for neither is touched by either.
@@ -8,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
 
+use crate::model::baseline::{BaselinePolicy, InstanceBaseline, Trailing};
 use crate::model::features::{self, FeatureSpec};
 use crate::model::inference::Scorer;
 use crate::model::model_dir::{DataFile, FORMAT_VERSION_2, ModelBundle, ModelMeta, ScoringV2};
@@ -42,6 +44,12 @@ pub struct V2Options {
     pub max_false_alarms_per_1000: f64,
     /// How many steps the score must stay above the threshold before the alert fires.
     pub alert_for_steps: usize,
+    /// Each recording is scored against its trailing baseline, as serving scores: windows
+    /// while it warms up neither train, calibrate nor count.
+    pub baseline: BaselinePolicy,
+    /// Per-feature errors also take the input's distance from the baseline (see
+    /// `scoring::TailRule::level`).
+    pub level: bool,
 }
 
 impl Default for V2Options {
@@ -52,6 +60,8 @@ impl Default for V2Options {
             calibration_floor: 1.0,
             max_false_alarms_per_1000: 0.5,
             alert_for_steps: 3,
+            baseline: BaselinePolicy::default(),
+            level: true,
         }
     }
 }
@@ -176,17 +186,38 @@ pub fn train_v2(
     // Every instance's baseline uses the reference's floors (features without a
     // catalogue floor get the pooled fit's), as `Scorer::instance_baseline` does.
     let floors: Vec<Option<f64>> = reference.std_floor.iter().map(|&x| Some(x)).collect();
-    let baselines = |sets: Vec<(Dataset, Vec<Vec<f64>>)>| -> Vec<(Dataset, Normalisation)> {
+    let policy = v2.baseline;
+    policy.validate().map_err(anyhow::Error::msg)?;
+    let baselines = |sets: Vec<(Dataset, Vec<Vec<f64>>)>| -> Vec<(Dataset, Trailing)> {
         sets.into_iter()
-            .map(|(data, t)| {
-                let baseline = transform::fit_baseline(&t, unmasked(&data), &floors);
-                (data, baseline)
+            .filter_map(|(data, t)| {
+                let trailing = {
+                    let keep = unmasked(&data);
+                    Trailing::build(t.len(), policy, |from, at| {
+                        Some(InstanceBaseline {
+                            normalisation: transform::fit_baseline(
+                                &t[from..at],
+                                |i| keep(from + i),
+                                &floors,
+                            ),
+                            steps: (from..at).filter(|&i| keep(i)).count(),
+                        })
+                    })?
+                };
+                Some((data, trailing))
             })
             .collect()
     };
     let train_sets = baselines(train_rows);
     let calib_sets = baselines(calib_rows);
 
+    // A window's baseline, when it is ready: warming-up windows are left out.
+    let ready = |trailing: &Trailing, s: usize| {
+        trailing
+            .at(s + w - 1)
+            .filter(|(_, ready)| *ready)
+            .map(|(b, _)| b.clone())
+    };
     let prepare = |data: &Dataset, baseline: &Normalisation, s: usize| {
         scoring::prepare_v2(
             &data.window_values(s, w),
@@ -196,9 +227,11 @@ pub fn train_v2(
         )
     };
     let mut train_x: Vec<Vec<f32>> = Vec::new();
-    for (data, baseline) in &train_sets {
+    for (data, trailing) in &train_sets {
         for s in normal_starts(data, w, step) {
-            train_x.extend(prepare(data, baseline, s));
+            if let Some(baseline) = ready(trailing, s) {
+                train_x.extend(prepare(data, &baseline, s));
+            }
         }
     }
     ensure!(
@@ -211,9 +244,11 @@ pub fn train_v2(
         train_x = train_x.into_iter().step_by(stride).collect();
     }
     let mut val_x: Vec<Vec<f32>> = Vec::new();
-    for (data, baseline) in &calib_sets {
+    for (data, trailing) in &calib_sets {
         for s in normal_starts(data, w, step) {
-            val_x.extend(prepare(data, baseline, s));
+            if let Some(baseline) = ready(trailing, s) {
+                val_x.extend(prepare(data, &baseline, s));
+            }
         }
     }
     ensure!(
@@ -224,6 +259,7 @@ pub fn train_v2(
     let fitted = fit_autoencoder(&train_x, &val_x, w, f, opts, on_epoch)?;
 
     let scored: Vec<bool> = treatments.iter().map(|(t, _)| t.scored).collect();
+    let upward: Vec<bool> = treatments.iter().map(|(t, _)| t.upward).collect();
     let mut data_files: Vec<DataFile> = train.iter().map(|s| s.file.clone()).collect();
     data_files.extend(calibrate.iter().map(|s| s.file.clone()));
     let meta = ModelMeta {
@@ -245,6 +281,8 @@ pub fn train_v2(
         scoring_v2: Some(ScoringV2 {
             transforms,
             scored,
+            upward,
+            level: v2.level,
             tail_steps: v2.tail_steps,
             calibration: vec![1.0; f],
             calibration_quantile: v2.calibration_quantile,
@@ -253,6 +291,7 @@ pub fn train_v2(
             alert_for_steps: v2.alert_for_steps,
             calibration_false_alarms_per_1000: 0.0,
             data_files,
+            baseline: policy,
         }),
     };
     tracing::debug!(
@@ -267,12 +306,15 @@ pub fn train_v2(
 
     // Calibration: each feature's error quantile on the calibration normal windows.
     let mut errors: Vec<Vec<f64>> = vec![Vec::new(); f];
-    for (data, baseline) in &calib_sets {
+    for (data, trailing) in &calib_sets {
         for s in normal_starts(data, w, step) {
+            let Some(baseline) = ready(trailing, s) else {
+                continue;
+            };
             let e = scorer.feature_errors(
                 &data.window_values(s, w),
                 &data.window_mask(s, w),
-                Some(baseline),
+                Some(&baseline),
             );
             if let Ok(Some(e)) = e {
                 for (acc, v) in errors.iter_mut().zip(e) {
@@ -297,13 +339,16 @@ pub fn train_v2(
 
     // The threshold: per-step scores of the calibration recordings, as an alert.
     let mut recordings = Vec::with_capacity(calib_sets.len());
-    for (data, baseline) in &calib_sets {
+    for (data, trailing) in &calib_sets {
         let mut at = vec![None; data.len()];
         for s in data.window_starts(w, step) {
+            let Some(baseline) = ready(trailing, s) else {
+                continue;
+            };
             if let Ok(score) = scorer.score_against(
                 &data.window_values(s, w),
                 &data.window_mask(s, w),
-                Some(baseline),
+                Some(&baseline),
             ) {
                 at[s + w - 1] = Some(score.score);
             }
@@ -464,10 +509,12 @@ mod tests {
         assert!(!s.scored[grpc]);
         assert!(meta.threshold > 0.0);
         assert!(s.calibration_false_alarms_per_1000 <= 0.5);
-        assert_eq!(
-            meta.training.validation_windows,
-            normal_starts(&calib_src.data, 10, 2.0).len()
-        );
+        // Every normal window of the calibration recording but those of its baseline's
+        // warm-up (60 steps by default).
+        let all_normal = normal_starts(&calib_src.data, 10, 2.0);
+        let after_warm_up = all_normal.iter().filter(|&&s| s + 10 > 60).count();
+        assert!(meta.training.validation_windows <= after_warm_up);
+        assert!(meta.training.validation_windows * 10 >= after_warm_up * 9);
         // Saved and loaded, it is the same model (JSON may move a float's last bit).
         let dir = tempfile::tempdir().unwrap();
         v2.save(dir.path()).unwrap();
