@@ -2,8 +2,8 @@
 # The numpy reference forward pass (detector/reference/forward.py) must give the same
 # scores and feature shares as dr-detector, to 1e-4, on windows of fresh synthetic data
 # (normal, incident and defrag-masked ones) scored with the shipped default model, whichever
-# format it is (format 2: against the baseline of the whole synthetic file, which forward.py
-# fits again from the same CSV).
+# format it is (format 2, with or without `scoring_v2.level`: against the baseline of the whole
+# synthetic file, which forward.py fits again from the same CSV).
 #
 # Env: DR_DETECTOR_REFERENCE_MODEL (default detector/models/default); DR_VENV (default
 # target/venv); DR_DETECTOR_BIN and DR_SYNTH_DATASET_BIN (prebuilt dr-detector and

@@ -6,8 +6,8 @@
 #
 # Env: DR_VENV (default target/venv, see ci/install-deps.sh); DR_DETECTOR_BIN (default:
 # build dr-detector, debug profile, in CARGO_TARGET_DIR or target/); DR_NOTEBOOK_MODEL (the
-# format 2 model directory the notebook explains, default detector/models/default; when that
-# is format 1, the notebook trains a small format 2 model and explains that one);
+# format 2 model directory the notebook explains, default detector/models/default; a format 1
+# one fails the first cell);
 # DR_NOTEBOOK_RECORDINGS (default data/recordings); DR_NOTEBOOK_CELL_TIMEOUT (s, default 300);
 # DR_NOTEBOOK_TIMEOUT (the whole run, s, default 900). The kernel inherits the environment.
 set -euo pipefail
