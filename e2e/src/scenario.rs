@@ -23,8 +23,9 @@ const STEADY_RATE: u32 = 50;
 /// The detector's window (30 steps) and its rate ranges, plus a margin.
 const SETTLE_STEPS: u32 = 40;
 const POLL: Duration = Duration::from_millis(250);
-/// Long enough for a window of 30 steps of 2 s, its rate ranges, and the first refresh.
-const WARM_UP: Duration = Duration::from_secs(180);
+/// Long enough for a window of 30 steps, its rate ranges, and each member's baseline to
+/// gather its 60 steps of history (refitted every 30).
+const WARM_UP: Duration = Duration::from_secs(240);
 /// The score must stay under the threshold this many polls in a row before the incident.
 const CALM_POLLS: usize = 8;
 
@@ -241,13 +242,14 @@ impl Drill<'_> {
         healthy(&self.stack, self.rt, &mut self.client, &self.seeded)
     }
 
-    /// Until the detector scores every member and the score has stayed under the
-    /// threshold for a while: the model's view of normal.
+    /// Until the detector scores every member against a ready baseline of its own and the
+    /// score has stayed under the threshold for a while: the model's view of normal.
     fn warm_up(&mut self) -> Result<()> {
         let members = self.cli.members;
         let deadline = Instant::now() + WARM_UP;
         let mut calm = 0;
         let mut scored_once = false;
+        let mut baselines_marked = false;
         while calm < CALM_POLLS {
             self.observe(Duration::from_secs(1))?;
             match &self.follower.last_score {
@@ -262,8 +264,21 @@ impl Drill<'_> {
                             threshold.unwrap_or(f64::NAN)
                         ));
                     }
+                    // A format 2 model alerts only once each member's own baseline has
+                    // history enough: until then normal load proves nothing.
+                    let baselines_ready = a["instances"].as_array().is_some_and(|all| {
+                        all.iter()
+                            .all(|i| i["baseline"].is_null() || i["baseline"]["ready"] == true)
+                    });
+                    if baselines_ready && !baselines_marked && instances == members {
+                        baselines_marked = true;
+                        self.tl
+                            .mark("every member's own baseline has history enough to alert on");
+                    }
                     match (score, threshold) {
-                        (Some(s), Some(t)) if instances == members && s <= t => calm += 1,
+                        (Some(s), Some(t)) if instances == members && baselines_ready && s <= t => {
+                            calm += 1
+                        }
                         _ => calm = 0,
                     }
                 }
