@@ -237,23 +237,19 @@ pub fn verify_file(path: &Path) -> Result<(u64, String), ActionError> {
 
 /// Verified snapshots in `dir`, newest first (names sort by time).
 pub fn list(dir: &Path) -> Result<Vec<PathBuf>, FileError> {
-    let entries = std::fs::read_dir(dir).map_err(FileError::on("listing", dir))?;
-    let mut found: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(PREFIX) && n.ends_with(SUFFIX))
-        })
-        .collect();
-    found.sort();
+    let mut found = named(dir, SUFFIX)?;
     found.reverse();
     Ok(found)
 }
 
-/// Downloads a killed process left half-way (its [`Partial`] never dropped), oldest first.
+/// Partial snapshots a killed process left half-way (its [`Partial`] never dropped),
+/// oldest first.
 pub fn partials(dir: &Path) -> Result<Vec<PathBuf>, FileError> {
+    named(dir, PARTIAL_SUFFIX)
+}
+
+/// The snapshot files in `dir` whose names end in `suffix`, oldest first.
+fn named(dir: &Path, suffix: &str) -> Result<Vec<PathBuf>, FileError> {
     let entries = std::fs::read_dir(dir).map_err(FileError::on("listing", dir))?;
     let mut found: Vec<PathBuf> = entries
         .filter_map(Result::ok)
@@ -261,7 +257,7 @@ pub fn partials(dir: &Path) -> Result<Vec<PathBuf>, FileError> {
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(PREFIX) && n.ends_with(PARTIAL_SUFFIX))
+                .is_some_and(|n| n.starts_with(PREFIX) && n.ends_with(suffix))
         })
         .collect();
     found.sort();
