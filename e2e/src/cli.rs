@@ -67,6 +67,7 @@ pub enum ScenarioChoice {
     SlowDisk,
     MemberDown,
     RuleOnly,
+    BusyNormal,
 }
 
 fn members(s: &str) -> Result<usize, String> {

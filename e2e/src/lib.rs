@@ -34,6 +34,7 @@ pub fn run(mut cli: Cli) -> anyhow::Result<bool> {
                 Kind::Nospace,
                 Kind::Restore,
                 Kind::FalseAlarm,
+                Kind::BusyNormal,
                 Kind::RuleOnly,
                 Kind::MemberDown,
                 Kind::Leader,
@@ -46,6 +47,7 @@ pub fn run(mut cli: Cli) -> anyhow::Result<bool> {
             ScenarioChoice::SlowDisk => vec![Kind::SlowDisk],
             ScenarioChoice::MemberDown => vec![Kind::MemberDown],
             ScenarioChoice::RuleOnly => vec![Kind::RuleOnly],
+            ScenarioChoice::BusyNormal => vec![Kind::BusyNormal],
         };
         for kind in chosen {
             if !kinds.contains(&kind) {

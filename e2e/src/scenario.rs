@@ -20,6 +20,10 @@ use crate::timeline::Timeline;
 
 const SEEDED_KEYS: usize = 1000;
 const STEADY_RATE: u32 = 50;
+/// `busy-normal`: the steady load times this, for this long after the warm-up.
+const BUSY_LOAD: u32 = 10;
+const BUSY_FOR: Duration = Duration::from_secs(240);
+const BUSY_QUOTA_MIB: u64 = 2048;
 /// The detector's window (30 steps) and its rate ranges, plus a margin.
 const SETTLE_STEPS: u32 = 40;
 const POLL: Duration = Duration::from_millis(250);
@@ -44,6 +48,8 @@ pub enum Kind {
     SlowDisk,
     MemberDown,
     RuleOnly,
+    /// A healthy cluster at ten times the steady load, from its start: nothing may fire.
+    BusyNormal,
 }
 
 impl Kind {
@@ -56,6 +62,7 @@ impl Kind {
             Kind::SlowDisk => "slow-disk",
             Kind::MemberDown => "member-down",
             Kind::RuleOnly => "rule-only",
+            Kind::BusyNormal => "busy-normal",
         }
     }
 
@@ -66,7 +73,7 @@ impl Kind {
             Kind::Leader => Some("leader_instability"),
             Kind::SlowDisk => Some("slow_disk"),
             Kind::MemberDown => Some("member_unavailable"),
-            Kind::Restore | Kind::FalseAlarm => None,
+            Kind::Restore | Kind::FalseAlarm | Kind::BusyNormal => None,
         }
     }
 }
@@ -101,12 +108,18 @@ pub fn run(kind: Kind, cli: &Cli, rt: &Runtime) -> Result<ScenarioReport> {
     let version = EtcdVersion::parse(&cli.etcd_version)?;
     let mut tl = Timeline::new(kind.name());
     flush_pending_writes(&mut tl);
+    // Ten times the load fills a small quota in a minute: busy clusters have big ones
+    // (t1-busy, the busiest recording, has 2 GiB).
+    let quota_mib = match kind {
+        Kind::BusyNormal => cli.quota_mib.max(BUSY_QUOTA_MIB),
+        _ => cli.quota_mib,
+    };
     let mut stack = Stack::start(&StackOptions {
         dir: &dir,
         bin_dir: &cli.bin_dir,
         version,
         members: cli.members,
-        quota_bytes: cli.quota_mib * 1024 * 1024,
+        quota_bytes: quota_mib * 1024 * 1024,
         step: cli.step,
         model: cli.model.as_deref(),
         alert_rule: true,
@@ -116,13 +129,17 @@ pub fn run(kind: Kind, cli: &Cli, rt: &Runtime) -> Result<ScenarioReport> {
         dir.display(),
         version.as_str(),
         cli.members,
-        cli.quota_mib
+        quota_mib
     ));
-    stack.start_steady_load(STEADY_RATE, 1)?;
+    let steady_rate = match kind {
+        Kind::BusyNormal => BUSY_LOAD * STEADY_RATE,
+        _ => STEADY_RATE,
+    };
+    stack.start_steady_load(steady_rate, 1)?;
     let mut client = rt.block_on(keys::connect(&stack.etcd.client_endpoints()))?;
     let seeded = rt.block_on(keys::seed(&mut client, SEEDED_KEYS))?;
     tl.mark(&format!(
-        "seeded {} keys under /drill/seed/ (sha256 {}); steady load {STEADY_RATE} ops/s",
+        "seeded {} keys under /drill/seed/ (sha256 {}); steady load {steady_rate} ops/s",
         seeded.count,
         &seeded.sha256[..12]
     ));
@@ -184,6 +201,7 @@ pub fn run(kind: Kind, cli: &Cli, rt: &Runtime) -> Result<ScenarioReport> {
             })
             .and_then(|()| drill.repair()),
         Kind::FalseAlarm => drill.false_alarm(),
+        Kind::BusyNormal => drill.busy_normal(),
         Kind::Leader | Kind::SlowDisk | Kind::MemberDown => drill.escalation(),
     };
     let Drill {
@@ -433,6 +451,55 @@ impl Drill<'_> {
         }
         for failure in failures {
             self.report.fail(&failure);
+        }
+    }
+
+    /// Ten times the steady load, healthy, watched for `BUSY_FOR`: the detector judges
+    /// each member against its own (busy) normal, so no alert may fire, no webhook arrive,
+    /// nothing be touched.
+    fn busy_normal(&mut self) -> Result<()> {
+        let before = self.follower.audit.events.len();
+        self.tl.incident_started(&format!(
+            "watching {}s of {BUSY_LOAD}x the steady load: nothing may fire",
+            BUSY_FOR.as_secs()
+        ));
+        let until = self.tl.now() + BUSY_FOR.as_secs_f64();
+        let mut failures = Vec::new();
+        while self.tl.now() <= until {
+            self.observe(Duration::from_secs(1))?;
+            if let Ok(answer) = &self.follower.last_score {
+                if answer["anomalous"] == true {
+                    failures.push(format!(
+                        "the detector called a busy, healthy cluster anomalous: {}",
+                        answer.to_string().chars().take(300).collect::<String>()
+                    ));
+                    break;
+                }
+            }
+        }
+        let events = self.events_since(before);
+        if let Some(webhook) = events.iter().find(|e| e["kind"] == "webhook") {
+            failures.push(format!("an alert reached the remediator: {webhook}"));
+        }
+        if events.iter().any(|e| e["kind"] == "remediation") {
+            failures.push("the remediator started a remediation on normal load".to_owned());
+        }
+        match self.healthy() {
+            Ok((checked, lost)) => {
+                self.report.keys_checked = checked;
+                self.report.keys_lost = lost;
+                self.tl.mark(&format!(
+                    "peak score {:.2} against {:.2}; etcd healthy, {checked} seeded keys intact",
+                    self.follower.peak_score.unwrap_or(f64::NAN),
+                    self.follower.threshold.unwrap_or(f64::NAN)
+                ));
+            }
+            Err(why) => failures.push(why),
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            bail!(failures.join("; "))
         }
     }
 
