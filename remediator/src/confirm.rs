@@ -1,5 +1,7 @@
-//! The detector's second opinion: `GET <detector>/score` must say anomalous (or a score
-//! above its threshold). A detector that cannot be asked does not confirm.
+//! The detector's second opinion: `GET <detector>/score` must say anomalous (a detector
+//! from before `anomalous` was answered: a score above its threshold). A detector that
+//! cannot be asked, or whose worst member is still warming up its baseline, does not
+//! confirm.
 
 use std::time::Duration;
 
@@ -10,8 +12,19 @@ use serde::Deserialize;
 struct Score {
     score: f64,
     threshold: f64,
+    anomalous: Option<bool>,
     #[serde(default)]
-    anomalous: bool,
+    instance: Option<String>,
+    #[serde(default)]
+    baseline: Option<Baseline>,
+}
+
+/// A format 2 detector's view of the member's own history.
+#[derive(Debug, Deserialize)]
+struct Baseline {
+    ready: bool,
+    steps: u64,
+    min_steps: u64,
 }
 
 /// Why the detector did not confirm.
@@ -32,6 +45,16 @@ pub enum Unconfirmed {
     NotAScore(serde_json::Error),
     #[error("detector does not confirm: score {score} <= threshold {threshold}")]
     Calm { score: f64, threshold: f64 },
+    /// The score is high but the member's baseline has too little history to trust it.
+    #[error(
+        "detector does not confirm: {instance} is warming up its baseline ({steps} of {min_steps} steps of history), scored {score} but never anomalous until then"
+    )]
+    WarmingUp {
+        instance: String,
+        score: f64,
+        steps: u64,
+        min_steps: u64,
+    },
 }
 
 /// The detector's yes: a line for the log and its whole answer (the explanation the
@@ -72,16 +95,57 @@ pub async fn ask(
         });
     }
     let answer: serde_json::Value = serde_json::from_str(&body).map_err(Unconfirmed::NotAScore)?;
+    judge(answer)
+}
+
+/// The detector's answer read as a yes or a no.
+fn judge(answer: serde_json::Value) -> Result<Confirmed, Unconfirmed> {
     let score = Score::deserialize(&answer).map_err(Unconfirmed::NotAScore)?;
-    if score.anomalous || score.score > score.threshold {
-        Ok(Confirmed {
+    let above = score.score > score.threshold;
+    match (&score.baseline, score.anomalous.unwrap_or(above)) {
+        (_, true) => Ok(Confirmed {
             detail: format!("score {} > threshold {}", score.score, score.threshold),
             answer,
-        })
-    } else {
-        Err(Unconfirmed::Calm {
+        }),
+        (Some(b), false) if above && !b.ready => Err(Unconfirmed::WarmingUp {
+            instance: score.instance.unwrap_or_else(|| "the member".into()),
+            score: score.score,
+            steps: b.steps,
+            min_steps: b.min_steps,
+        }),
+        (_, false) => Err(Unconfirmed::Calm {
             score: score.score,
             threshold: score.threshold,
-        })
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_detectors_anomalous_decides_and_a_warming_up_member_never_confirms() {
+        let yes = judge(json!({"score": 5.0, "threshold": 3.0, "anomalous": true})).unwrap();
+        assert!(yes.detail.contains("5"), "{}", yes.detail);
+        // Above the threshold while its baseline warms up: the detector says no, and why.
+        let warming = json!({
+            "instance": "etcd-1", "score": 5.0, "threshold": 3.0, "anomalous": false,
+            "baseline": {"ready": false, "steps": 12, "min_steps": 60, "fitted_at": 1.0}
+        });
+        let err = judge(warming).unwrap_err();
+        assert!(matches!(err, Unconfirmed::WarmingUp { .. }), "{err}");
+        assert!(err.to_string().contains("etcd-1") && err.to_string().contains("12 of 60"));
+        // Calm is calm, with or without a baseline.
+        let calm = judge(json!({"score": 1.0, "threshold": 3.0, "anomalous": false})).unwrap_err();
+        assert!(matches!(calm, Unconfirmed::Calm { .. }), "{calm}");
+        // A detector from before `anomalous`: the score against the threshold.
+        assert!(judge(json!({"score": 5.0, "threshold": 3.0})).is_ok());
+        assert!(judge(json!({"score": 1.0, "threshold": 3.0})).is_err());
+        assert!(matches!(
+            judge(json!({"threshold": 3.0})).unwrap_err(),
+            Unconfirmed::NotAScore(_)
+        ));
     }
 }

@@ -341,7 +341,9 @@ impl Retries {
             }
             Decision::Skip { reason, .. } if reason.is_busy() => Attempt::Again(reason.to_string()),
             Decision::Skip {
-                reason: reason @ Skip::NotConfirmed(Unconfirmed::Calm { .. }),
+                reason:
+                    reason
+                    @ Skip::NotConfirmed(Unconfirmed::Calm { .. } | Unconfirmed::WarmingUp { .. }),
                 ..
             } => Attempt::NotFiring(reason.to_string()),
             // The detector could not be asked: that is no verdict on the alert.

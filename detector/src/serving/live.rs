@@ -61,7 +61,7 @@ impl LiveScores {
         )))
     }
 
-    /// The scored instances, worst first; when none scored, why (`first_query` names the
+    /// The scored instances, anomalous ones first, then worst first; when none scored, why (`first_query` names the
     /// model's first query when Prometheus had no series at all).
     pub fn ranked(&self, first_query: &str) -> Result<Vec<&ScoreResponse>, ApiError> {
         if self.scored.is_empty() {
@@ -88,7 +88,13 @@ impl LiveScores {
             });
         }
         let mut ranked: Vec<&ScoreResponse> = self.scored.iter().collect();
-        ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
+        // Anomalous members first, then by score: the fleet's answer is anomalous exactly
+        // when a member is, even when a warming-up member scores higher.
+        ranked.sort_by(|a, b| {
+            b.anomalous
+                .cmp(&a.anomalous)
+                .then(b.score.total_cmp(&a.score))
+        });
         Ok(ranked)
     }
 }
@@ -465,5 +471,45 @@ pub(crate) mod tests {
         assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE, "{err}");
         let still = state.last_pull.lock().unwrap().clone().unwrap();
         assert!(Arc::ptr_eq(&kept, &still));
+    }
+
+    fn scored(instance: &str, score: f64, anomalous: bool) -> ScoreResponse {
+        ScoreResponse {
+            instance: Some(instance.into()),
+            score,
+            threshold: 3.0,
+            anomalous,
+            window_end: Some(1.0),
+            step_seconds: 1.0,
+            model: "test".into(),
+            feature_shares: Map::new(),
+            masked_steps: 0,
+            filled_points: Some(0),
+            baseline: Some(BaselineStatus {
+                ready: anomalous,
+                steps: if anomalous { 60 } else { 10 },
+                min_steps: 60,
+                fitted_at: 1.0,
+            }),
+        }
+    }
+
+    #[test]
+    fn the_fleet_answer_is_an_anomalous_member_before_a_higher_warming_up_one() {
+        let live = LiveScores {
+            scored: vec![
+                scored("warming", 9.0, false),
+                scored("ready", 4.0, true),
+                scored("calm", 1.0, false),
+            ],
+            refused: Vec::new(),
+            end: 1.0,
+        };
+        let ranked = live.ranked("q").unwrap();
+        let order: Vec<&str> = ranked
+            .iter()
+            .filter_map(|s| s.instance.as_deref())
+            .collect();
+        assert_eq!(order, ["ready", "warming", "calm"]);
     }
 }
