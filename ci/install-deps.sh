@@ -34,6 +34,9 @@ fi
 # Debian's packages would start their services under systemd; no test wants those, and on
 # machines without systemd nothing was started. Tests start their own, on free ports.
 
+# etcd 3.5 and 3.7 beside Debian's 3.4 and the workspace's 3.6.
+bash ci/install-etcd-versions.sh
+
 ((debian_only)) && exit 0
 
 venv=${DR_VENV:-target/venv}
