@@ -6,7 +6,7 @@
 #
 #   e2e/drill.sh [--scenario all|nospace|restore|false-alarm|busy-normal|rule-only|member-down|leader|slow-disk]
 #                [--members 1|3]
-#                [--etcd 3.4|3.6] [--model DIR] [--step 1s] [--mttr-budget 120s]
+#                [--etcd 3.4|3.5|3.6|3.7] [--model DIR] [--step 1s] [--mttr-budget 120s]
 #
 # Exit 0 when every scenario passed, 1 when one failed, 2 when the drill could not run.
 # Everything it starts is stopped on exit, failure and Ctrl-C. See docs/drill.md.

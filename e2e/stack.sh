@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start and stop the real stack (etcd, Pushgateway, Prometheus, Alertmanager) on loopback.
 #
-#   e2e/stack.sh up [--members 1|3] [--etcd 3.4|3.6] [--quota BYTES] [--tls] [--pushgateway]
+#   e2e/stack.sh up [--members 1|3] [--etcd 3.4|3.5|3.6|3.7] [--quota BYTES] [--tls] [--pushgateway]
 #                   [--prometheus] [--prometheus-config FILE] [--rules FILE ...]
 #                   [--alertmanager-config FILE]
 #   e2e/stack.sh env | down | wait-healthy | stop-member N | start-member N

@@ -26,7 +26,7 @@ pub struct Cli {
     /// etcd members: 1 or 3.
     #[arg(long, default_value_t = 3, value_parser = members, env = "DR_DRILL_MEMBERS")]
     pub members: usize,
-    /// etcd server version: 3.4 (Debian) or 3.6 (vendored).
+    /// etcd server version: 3.4 (Debian), 3.6 (vendored), 3.5 or 3.7 (ci/install-etcd-versions.sh).
     #[arg(long = "etcd", default_value = "3.4", env = "DR_DRILL_ETCD")]
     pub etcd_version: String,
     /// etcd's --quota-backend-bytes, in MiB: small, so a storm fills it in seconds.

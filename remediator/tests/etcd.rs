@@ -86,6 +86,16 @@ fn bloated_db_shrinks_and_keeps_every_key_3_6_three_members() {
     shrinks_and_keeps_every_key(EtcdVersion::V3_6, 3);
 }
 
+#[test]
+fn bloated_db_shrinks_and_keeps_every_key_3_5_single() {
+    shrinks_and_keeps_every_key(EtcdVersion::V3_5, 1);
+}
+
+#[test]
+fn bloated_db_shrinks_and_keeps_every_key_3_7_single() {
+    shrinks_and_keeps_every_key(EtcdVersion::V3_7, 1);
+}
+
 fn nospace_is_cleared(version: EtcdVersion) {
     let quota: u64 = 16 * 1024 * 1024;
     let etcd = start(version, 1, Some(quota));
@@ -127,6 +137,16 @@ fn nospace_alarm_is_cleared_and_writes_work_3_4() {
 #[test]
 fn nospace_alarm_is_cleared_and_writes_work_3_6() {
     nospace_is_cleared(EtcdVersion::V3_6);
+}
+
+#[test]
+fn nospace_alarm_is_cleared_and_writes_work_3_5() {
+    nospace_is_cleared(EtcdVersion::V3_5);
+}
+
+#[test]
+fn nospace_alarm_is_cleared_and_writes_work_3_7() {
+    nospace_is_cleared(EtcdVersion::V3_7);
 }
 
 /// The drill's race: NOSPACE raised after the remediator looked at the alarms and before

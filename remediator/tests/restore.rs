@@ -296,6 +296,16 @@ fn an_unavailable_single_member_is_restored_from_the_snapshot_3_6() {
     restored_from_the_snapshot(EtcdVersion::V3_6, 1);
 }
 
+#[test]
+fn an_unavailable_single_member_is_restored_from_the_snapshot_3_5() {
+    restored_from_the_snapshot(EtcdVersion::V3_5, 1);
+}
+
+#[test]
+fn an_unavailable_single_member_is_restored_from_the_snapshot_3_7() {
+    restored_from_the_snapshot(EtcdVersion::V3_7, 1);
+}
+
 /// Quorum lost for good: the same snapshot restored on every member, under a new token.
 #[test]
 fn an_unavailable_three_member_cluster_is_restored_from_the_snapshot_3_4() {

