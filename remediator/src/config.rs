@@ -14,6 +14,7 @@ use reqwest::Url;
 
 use crate::actions::restore::{self, CommandFlags, RestoreCommands, RestorePreset};
 use crate::actions::snapshot::SnapshotPolicy;
+use crate::actions::store::SnapshotStore;
 use crate::etcd::EtcdAccess;
 
 #[derive(Parser, Debug, Clone)]
@@ -28,13 +29,34 @@ pub struct Args {
         long,
         env = "DR_REMEDIATOR_ETCD_ENDPOINTS",
         value_delimiter = ',',
-        required = true
+        required_unless_present = "snapshot_fetch_latest"
     )]
     pub etcd_endpoints: Vec<String>,
 
     /// Where snapshots and the audit log (`audit.jsonl`) are written.
-    #[arg(long, env = "DR_REMEDIATOR_SNAPSHOT_DIR")]
-    pub snapshot_dir: PathBuf,
+    #[arg(
+        long,
+        env = "DR_REMEDIATOR_SNAPSHOT_DIR",
+        required_unless_present = "snapshot_fetch_latest"
+    )]
+    pub snapshot_dir: Option<PathBuf>,
+
+    /// Object store every verified snapshot is also copied to, in the background:
+    /// s3://bucket/prefix, gs://bucket/prefix, az://container/prefix or file:///dir.
+    /// Credentials from the store's usual environment (AWS_ACCESS_KEY_ID, AWS_REGION,
+    /// AWS_ENDPOINT_URL, AWS_ALLOW_HTTP, web identity, ...), never from flags.
+    #[arg(long, env = "DR_REMEDIATOR_SNAPSHOT_STORE")]
+    pub snapshot_store: Option<String>,
+
+    /// How many snapshots to keep in --snapshot-store (the newest); default --snapshot-retain.
+    #[arg(long, env = "DR_REMEDIATOR_SNAPSHOT_STORE_RETAIN")]
+    pub snapshot_store_retain: Option<usize>,
+
+    /// Download the newest snapshot of --snapshot-store that verifies (its SHA-256 and
+    /// etcd's trailer; a corrupt one is refused and the one before it tried) into DIR,
+    /// print {name, sha256, bytes, path} as JSON and exit; for a restore by hand.
+    #[arg(long, env = "DR_REMEDIATOR_SNAPSHOT_FETCH_LATEST", value_name = "DIR")]
+    pub snapshot_fetch_latest: Option<PathBuf>,
 
     /// CA certificate that signed etcd's serving certificate (PEM).
     #[arg(long, env = "DR_REMEDIATOR_CACERT")]
@@ -225,6 +247,12 @@ pub enum ConfigError {
     NotHttp(String),
     #[error("--snapshot-retain must be at least 1")]
     NoRetention,
+    #[error("--snapshot-store-retain must be at least 1")]
+    NoStoreRetention,
+    #[error("--snapshot-fetch-latest needs --snapshot-store")]
+    FetchWithoutStore,
+    #[error("{0}")]
+    Store(#[from] crate::actions::store::StoreError),
     #[error("--alert-name must not be empty")]
     NoAlertName,
     #[error("--snapshot-dir {}: cannot create: {error}", .path.display())]
@@ -284,6 +312,8 @@ pub struct Config {
     /// How alerts skipped as busy are retried; `None` when turned off.
     pub retry: Option<RetryPolicy>,
     pub snapshot_once: bool,
+    /// `--snapshot-fetch-latest`: download into this dir and exit.
+    pub snapshot_fetch_latest: Option<PathBuf>,
     pub listen: SocketAddr,
     pub snapshot_interval: Duration,
     pub etcd_quota_bytes: u64,
@@ -307,11 +337,34 @@ impl Config {
         if args.snapshot_retain == 0 {
             return Err(ConfigError::NoRetention);
         }
+        let store_retain = args.snapshot_store_retain.unwrap_or(args.snapshot_retain);
+        if store_retain == 0 {
+            return Err(ConfigError::NoStoreRetention);
+        }
+        let store = args
+            .snapshot_store
+            .as_deref()
+            .map(|url| SnapshotStore::open(url, store_retain, &[]))
+            .transpose()?
+            .map(Arc::new);
+        if args.snapshot_fetch_latest.is_some() && store.is_none() {
+            return Err(ConfigError::FetchWithoutStore);
+        }
+        // Fetching needs neither etcd nor a snapshot dir of its own: the download dir
+        // stands in, and no identity file is left in it.
+        let fetching = args.snapshot_fetch_latest.is_some();
+        let Some(snapshot_dir) = args
+            .snapshot_dir
+            .clone()
+            .or_else(|| args.snapshot_fetch_latest.clone())
+        else {
+            return Err(ConfigError::FetchWithoutStore);
+        };
         if args.alert_name.is_empty() {
             return Err(ConfigError::NoAlertName);
         }
-        std::fs::create_dir_all(&args.snapshot_dir).map_err(|error| ConfigError::SnapshotDir {
-            path: args.snapshot_dir.clone(),
+        std::fs::create_dir_all(&snapshot_dir).map_err(|error| ConfigError::SnapshotDir {
+            path: snapshot_dir.clone(),
             error,
         })?;
         let identity = match args.identity {
@@ -319,7 +372,7 @@ impl Config {
                 return Err(ConfigError::BadIdentity(name));
             }
             Some(name) => name,
-            None => kept_identity(&args.snapshot_dir, !args.dry_run)?,
+            None => kept_identity(&snapshot_dir, !args.dry_run && !fetching)?,
         };
         // parse_duration refuses 0, so the window and interval are never empty.
         let retry = (args.retry_max_attempts > 0).then_some(RetryPolicy {
@@ -376,9 +429,12 @@ impl Config {
         Ok(Config {
             etcd_endpoints: args.etcd_endpoints,
             snapshots: SnapshotPolicy {
-                dir: args.snapshot_dir,
+                dir: snapshot_dir,
                 retain: args.snapshot_retain,
                 timeout: args.snapshot_timeout,
+                store,
+                // --snapshot-once exits after its snapshot: a background upload would die.
+                upload_inline: args.snapshot_once,
             },
             tls,
             detector_url: args.detector_url,
@@ -399,6 +455,7 @@ impl Config {
             alertmanager_url: args.alertmanager_url,
             retry,
             snapshot_once: args.snapshot_once,
+            snapshot_fetch_latest: args.snapshot_fetch_latest,
             listen: args.listen,
             snapshot_interval: args.snapshot_interval,
             etcd_quota_bytes: args.etcd_quota_bytes,

@@ -1,4 +1,5 @@
-//! Wiring only: flags, logging, then the service (or one snapshot with --snapshot-once).
+//! Wiring only: flags, logging, then the service (or one snapshot with --snapshot-once, or
+//! one download from the store with --snapshot-fetch-latest).
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -27,6 +28,15 @@ async fn main() -> ExitCode {
     };
     if config.snapshot_once {
         return snapshot_once(&config).await;
+    }
+    if let (Some(dir), Some(store)) = (&config.snapshot_fetch_latest, &config.snapshots.store) {
+        return match store.fetch_latest(dir).await {
+            Ok(fetched) => {
+                println!("{}", serde_json::json!(fetched));
+                ExitCode::SUCCESS
+            }
+            Err(err) => process::fail(NAME, format!("fetch failed: {err}")),
+        };
     }
     process::serve(NAME, config.listen, |listener| {
         tracing::info!(listen = %config.listen, endpoints = ?config.etcd_endpoints, dry_run = config.dry_run, "remediator started");

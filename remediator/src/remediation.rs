@@ -24,6 +24,8 @@ use crate::metrics::Metrics;
 use crate::plan::Step;
 
 pub const KIND: &str = "remediation";
+/// The audit kind of a snapshot's upload to the store, under the action id that took it.
+pub const UPLOAD_KIND: &str = "snapshot_upload";
 
 /// Everything a remediation needs, shared by the webhook and the scheduler.
 pub struct Remediator {
@@ -51,6 +53,30 @@ impl Remediator {
         let taken = self.snapshots.take(&self.access).await;
         self.metrics.snapshot_done(taken.is_ok());
         taken
+    }
+
+    /// Copies a verified snapshot to `--snapshot-store` in the background: the run goes on
+    /// with its local copy at once. The result is recorded later under the run's `id` as
+    /// kind `snapshot_upload` (a kind of its own, so an upload still going when the process
+    /// dies never makes the run itself look interrupted).
+    pub fn upload_later(&self, id: &str, info: &SnapshotInfo) {
+        let Some(store) = self.snapshots.store.clone() else {
+            return;
+        };
+        if self.snapshots.upload_inline {
+            return;
+        }
+        let (audit, id, path) = (self.audit.clone(), id.to_owned(), info.path.clone());
+        tokio::spawn(async move {
+            let (phase, detail) = match store.upload(&path).await {
+                Ok(uploaded) => (Phase::Ok, json!(uploaded)),
+                Err(err) => (
+                    Phase::Failed,
+                    json!({ "path": path, "error": err.to_string(), "local_copy": "kept" }),
+                ),
+            };
+            let _ = audit.record(&id, UPLOAD_KIND, "upload", phase, detail, false);
+        });
     }
 
     fn record(&self, id: &str, step: &str, phase: Phase, detail: Value) -> Result<(), AuditError> {
@@ -136,6 +162,7 @@ impl Remediator {
             let result: Result<Value, ActionError> = match step {
                 Step::Snapshot => self.take_snapshot().await.map(|info| {
                     snapshot_path = Some(info.path.clone());
+                    self.upload_later(id, &info);
                     json!(info)
                 }),
                 Step::Compact => compact::to_current_revision(&self.access)

@@ -34,6 +34,9 @@ pub async fn run(
     let mut registry = Registry::default();
     let interval = config.snapshot_interval;
     let dry_run = config.dry_run;
+    if let Some(store) = &config.snapshots.store {
+        store.register(&mut registry);
+    }
     let app = App::new(config, &mut registry)?;
     // Before the listener serves: a webhook must not meet a predecessor's lock or run.
     let recovered = crate::recovery::recover(&app.remediator, &app.identity).await;
@@ -115,7 +118,11 @@ async fn scheduled_snapshot(app: &App) {
         return;
     }
     let _ = match r.take_snapshot().await {
-        Ok(info) => record(Phase::Ok, json!(info)),
+        Ok(info) => {
+            let recorded = record(Phase::Ok, json!(info));
+            r.upload_later(&id, &info);
+            recorded
+        }
         Err(err) => record(Phase::Failed, json!(err.to_string())),
     };
 }

@@ -28,6 +28,7 @@ pub mod process;
 pub mod prometheus;
 pub mod pushgateway;
 pub mod restore;
+pub mod s3;
 
 pub use alertmanager::{Alertmanager, AlertmanagerOptions};
 pub use certs::{TlsFiles, UnrelatedCa, generate_tls, generate_unrelated_ca};
@@ -39,3 +40,4 @@ pub use process::{ChildGuard, Workdir, output_within, pid_alive, run_within};
 pub use prometheus::{Prometheus, PrometheusOptions};
 pub use pushgateway::{Pushgateway, PushgatewayOptions};
 pub use restore::{MarkerAction, RestoreMarkers};
+pub use s3::S3Server;

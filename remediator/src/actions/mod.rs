@@ -5,4 +5,5 @@ pub mod defrag;
 pub mod disarm;
 pub mod restore;
 pub mod snapshot;
+pub mod store;
 pub mod verify;

@@ -8,12 +8,14 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ring::digest::{Context, SHA256, SHA256_OUTPUT_LEN};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
+use crate::actions::store::{SnapshotStore, UploadOutcome};
 use crate::error::{ActionError, FileError};
 use crate::etcd::{EtcdAccess, EtcdError, local_revision};
 
@@ -31,6 +33,9 @@ pub struct SnapshotInfo {
     pub revision: i64,
     pub sha256: String,
     pub duration_seconds: f64,
+    /// Its copy in `--snapshot-store`, when one is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload: Option<UploadOutcome>,
 }
 
 /// Where snapshots go, how many stay and how long one may take: built once from the flags,
@@ -42,10 +47,18 @@ pub struct SnapshotPolicy {
     pub retain: usize,
     /// Deadline for one download.
     pub timeout: Duration,
+    /// Where every verified snapshot is copied (`--snapshot-store`).
+    pub store: Option<Arc<SnapshotStore>>,
+    /// Upload before `take` returns (`--snapshot-once`, which exits after); otherwise the
+    /// caller uploads in the background ([`crate::remediation::Remediator::upload_later`]),
+    /// so a slow store never holds up a remediation.
+    pub upload_inline: bool,
 }
 
 impl SnapshotPolicy {
-    /// Streams a snapshot into the dir, verifies it and keeps the newest `retain`.
+    /// Streams a snapshot into the dir, verifies it and keeps the newest `retain`; with
+    /// `upload_inline`, also copies it to the store (a failed upload is reported in
+    /// `upload`, the local snapshot stands).
     pub async fn take(&self, access: &EtcdAccess) -> Result<SnapshotInfo, ActionError> {
         let (dir, timeout) = (self.dir.as_path(), self.timeout);
         let started = std::time::Instant::now();
@@ -99,12 +112,21 @@ impl SnapshotPolicy {
         part.rename_to(&final_path)?;
         sync_dir(dir)?;
         prune(dir, self.retain)?;
+        let upload = match &self.store {
+            Some(store) if self.upload_inline => Some(match store.upload(&final_path).await {
+                Ok(uploaded) => UploadOutcome::Uploaded(uploaded),
+                Err(err) => UploadOutcome::Failed(err.to_string()),
+            }),
+            Some(store) => Some(UploadOutcome::Pending(format!("to {}", store.url()))),
+            None => None,
+        };
         Ok(SnapshotInfo {
             path: final_path,
             size_bytes,
             revision,
             sha256,
             duration_seconds: started.elapsed().as_secs_f64(),
+            upload,
         })
     }
 }
@@ -112,20 +134,24 @@ impl SnapshotPolicy {
 /// A download in progress. A partial or corrupt file is never used, so it is removed
 /// unless renamed into place: after a failure, a timeout, or a shutdown that drops the
 /// download half-way, nothing is left for someone to try.
-struct Partial {
+pub(crate) struct Partial {
     path: PathBuf,
     renamed: bool,
 }
 
 impl Partial {
-    fn new(path: PathBuf) -> Self {
+    pub(crate) fn new(path: PathBuf) -> Self {
         Partial {
             path,
             renamed: false,
         }
     }
 
-    fn rename_to(mut self, to: &Path) -> Result<(), ActionError> {
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn rename_to(mut self, to: &Path) -> Result<(), ActionError> {
         std::fs::rename(&self.path, to).map_err(|error| ActionError::Rename {
             from: self.path.clone(),
             to: to.to_path_buf(),
@@ -146,14 +172,14 @@ impl Drop for Partial {
 
 /// The trailer check over a stream: everything but the last 32 bytes is hashed, the last
 /// 32 are held back to compare at the end.
-struct TrailerCheck {
+pub(crate) struct TrailerCheck {
     context: Context,
     held: Vec<u8>,
     size: u64,
 }
 
 impl TrailerCheck {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         TrailerCheck {
             context: Context::new(&SHA256),
             held: Vec::with_capacity(2 * SHA256_OUTPUT_LEN),
@@ -161,7 +187,7 @@ impl TrailerCheck {
         }
     }
 
-    fn update(&mut self, chunk: &[u8]) {
+    pub(crate) fn update(&mut self, chunk: &[u8]) {
         self.size += chunk.len() as u64;
         if chunk.len() >= SHA256_OUTPUT_LEN {
             let split = chunk.len() - SHA256_OUTPUT_LEN;
@@ -177,7 +203,7 @@ impl TrailerCheck {
         }
     }
 
-    fn finish(self, path: &Path) -> Result<(u64, String), ActionError> {
+    pub(crate) fn finish(self, path: &Path) -> Result<(u64, String), ActionError> {
         check_shape(path, self.size)?;
         let digest = self.context.finish();
         compare(path, digest.as_ref(), &self.held)?;
@@ -246,6 +272,11 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>, FileError> {
 /// oldest first.
 pub fn partials(dir: &Path) -> Result<Vec<PathBuf>, FileError> {
     named(dir, PARTIAL_SUFFIX)
+}
+
+/// A finished snapshot's file name (`snapshot-<millis>-rev<revision>.db`).
+pub fn is_snapshot_name(name: &str) -> bool {
+    name.starts_with(PREFIX) && name.ends_with(SUFFIX)
 }
 
 /// The snapshot files in `dir` whose names end in `suffix`, oldest first.
