@@ -691,6 +691,52 @@ mod tests {
     }
 
     #[test]
+    fn store_flags_are_checked_and_fetching_needs_no_etcd() {
+        assert_eq!(
+            parse(&["--snapshot-store-retain", "0"]).unwrap_err(),
+            "--snapshot-store-retain must be at least 1"
+        );
+        assert!(
+            parse(&["--snapshot-store", "ftp://host/x"])
+                .unwrap_err()
+                .contains("want s3://")
+        );
+        let store = std::env::temp_dir().join("dr-remediator-config-test-store");
+        let url = format!("file://{}", store.display());
+        let config = parse(&["--snapshot-store", &url, "--snapshot-retain", "4"]).unwrap();
+        let opened = config.snapshots.store.unwrap();
+        assert_eq!(opened.retain, 4, "the local retention by default");
+        assert!(!config.snapshots.upload_inline);
+        let config = parse(&["--snapshot-store", &url, "--snapshot-once"]).unwrap();
+        assert!(
+            config.snapshots.upload_inline,
+            "--snapshot-once exits after"
+        );
+
+        let fetch = |extra: &[&str]| {
+            let mut args = vec![
+                "dr-remediator",
+                "--snapshot-fetch-latest",
+                "/tmp/dr-fetch-test",
+            ];
+            args.extend_from_slice(extra);
+            Args::try_parse_from(args)
+                .map_err(|e| e.to_string())
+                .and_then(|args| Config::from_args(args).map_err(|e| e.to_string()))
+        };
+        assert_eq!(
+            fetch(&[]).unwrap_err(),
+            "--snapshot-fetch-latest needs --snapshot-store"
+        );
+        let config = fetch(&["--snapshot-store", &url]).unwrap();
+        assert!(config.etcd_endpoints.is_empty());
+        assert_eq!(
+            config.snapshot_fetch_latest.as_deref(),
+            Some(Path::new("/tmp/dr-fetch-test"))
+        );
+    }
+
+    #[test]
     fn kubeadm_preset_fills_every_command() {
         let config = parse(&["--restore-mode", "command", "--restore-preset", "kubeadm"]).unwrap();
         let restore = config.restore.unwrap();
