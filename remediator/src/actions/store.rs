@@ -360,11 +360,7 @@ impl SnapshotStore {
             .list_objects()
             .await?
             .into_iter()
-            .filter(|meta| {
-                meta.location
-                    .filename()
-                    .is_some_and(is_checksum_name)
-            })
+            .filter(|meta| meta.location.filename().is_some_and(is_checksum_name))
             .map(|meta| meta.last_modified)
             .max();
         if let Some(when) = newest {
