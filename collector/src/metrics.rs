@@ -9,10 +9,15 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::error::CollectError;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub instance: String,
     pub result: &'static str,
+    /// Why an attempt failed ([`CollectError::reason`]); empty on success, which
+    /// Prometheus reads as no label at all.
+    pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -39,12 +44,12 @@ impl CollectorMetrics {
         let metrics = CollectorMetrics::default();
         registry.register(
             "etcd_dr_collector_scrapes",
-            "Scrape attempts of etcd metrics endpoints, by result",
+            "Scrape attempts of etcd metrics endpoints, by result and, for errors, reason",
             metrics.scrapes.clone(),
         );
         registry.register(
             "etcd_dr_collector_pushes",
-            "Push attempts to the Pushgateway, by result",
+            "Push attempts to the Pushgateway, by result and, for errors, reason",
             metrics.pushes.clone(),
         );
         registry.register(
@@ -70,12 +75,16 @@ impl CollectorMetrics {
         metrics
     }
 
-    /// Both results of `instance` at 0 from the start: a series that first appears at 1
-    /// hides that first failure from `increase()`.
+    /// Every result and reason of `instance` at 0 from the start: a series that first
+    /// appears at 1 hides that first failure from `increase()`.
     pub fn start_at_zero(&self, instance: &str) {
-        for ok in [true, false] {
-            let _ = self.scrapes.get_or_create(&result(instance, ok));
-            let _ = self.pushes.get_or_create(&result(instance, ok));
+        let _ = self.scrapes.get_or_create(&labels(instance, ""));
+        let _ = self.pushes.get_or_create(&labels(instance, ""));
+        for reason in CollectError::SCRAPE_REASONS {
+            let _ = self.scrapes.get_or_create(&labels(instance, reason));
+        }
+        for reason in CollectError::PUSH_REASONS {
+            let _ = self.pushes.get_or_create(&labels(instance, reason));
         }
     }
 
@@ -86,20 +95,37 @@ impl CollectorMetrics {
         self.target_up.get_or_create(&labels).set(i64::from(up));
     }
 
-    pub fn count_scrape(&self, instance: &str, ok: bool) {
-        self.scrapes.get_or_create(&result(instance, ok)).inc();
+    pub fn count_scrape<T>(&self, instance: &str, outcome: &Result<T, CollectError>) {
+        self.scrapes
+            .get_or_create(&outcome_labels(instance, outcome))
+            .inc();
     }
 
-    pub fn count_push(&self, instance: &str, ok: bool) {
-        self.pushes.get_or_create(&result(instance, ok)).inc();
+    pub fn count_push<T>(&self, instance: &str, outcome: &Result<T, CollectError>) {
+        self.pushes
+            .get_or_create(&outcome_labels(instance, outcome))
+            .inc();
     }
 }
 
-fn result(instance: &str, ok: bool) -> ResultLabels {
+/// `result="success"` with no reason when `reason` is empty, else `result="error"`.
+fn labels(instance: &str, reason: &'static str) -> ResultLabels {
     ResultLabels {
         instance: instance.to_string(),
-        result: if ok { "success" } else { "error" },
+        result: if reason.is_empty() {
+            "success"
+        } else {
+            "error"
+        },
+        reason,
     }
+}
+
+fn outcome_labels<T>(instance: &str, outcome: &Result<T, CollectError>) -> ResultLabels {
+    labels(
+        instance,
+        outcome.as_ref().err().map_or("", CollectError::reason),
+    )
 }
 
 #[cfg(test)]
@@ -107,20 +133,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_result_of_a_target_is_there_from_the_start() {
+    fn every_result_and_reason_of_a_target_is_there_from_the_start() {
         let mut registry = Registry::default();
         let metrics = CollectorMetrics::register(&mut registry);
         metrics.start_at_zero("etcd-0");
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        for family in [
-            "etcd_dr_collector_scrapes_total",
-            "etcd_dr_collector_pushes_total",
+        let series = |family: &str, result: &str, reason: &str| {
+            format!("{family}{{instance=\"etcd-0\",result=\"{result}\",reason=\"{reason}\"}} 0")
+        };
+        let mut want = vec![
+            series("etcd_dr_collector_scrapes_total", "success", ""),
+            series("etcd_dr_collector_pushes_total", "success", ""),
+        ];
+        for reason in CollectError::SCRAPE_REASONS {
+            want.push(series("etcd_dr_collector_scrapes_total", "error", reason));
+        }
+        for reason in CollectError::PUSH_REASONS {
+            want.push(series("etcd_dr_collector_pushes_total", "error", reason));
+        }
+        for sample in want {
+            assert!(text.lines().any(|l| l == sample), "no {sample} in {text}");
+        }
+    }
+
+    #[test]
+    fn a_failure_is_counted_under_its_reason() {
+        let mut registry = Registry::default();
+        let metrics = CollectorMetrics::register(&mut registry);
+        let timeout: Result<(), _> = Err(CollectError::EtcdTimeout {
+            url: "http://etcd".into(),
+            timeout: std::time::Duration::from_secs(1),
+        });
+        metrics.count_scrape("etcd-0", &timeout);
+        metrics.count_scrape("etcd-0", &timeout);
+        metrics.count_scrape("etcd-0", &Ok(()));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for sample in [
+            "etcd_dr_collector_scrapes_total{instance=\"etcd-0\",result=\"error\",reason=\"timeout\"} 2",
+            "etcd_dr_collector_scrapes_total{instance=\"etcd-0\",result=\"success\",reason=\"\"} 1",
         ] {
-            for result in ["success", "error"] {
-                let sample = format!("{family}{{instance=\"etcd-0\",result=\"{result}\"}} 0");
-                assert!(text.lines().any(|l| l == sample), "no {sample} in {text}");
-            }
+            assert!(text.lines().any(|l| l == sample), "no {sample} in {text}");
         }
     }
 }

@@ -1,10 +1,16 @@
 //! Property tests of the exposition parser and writer: random valid pages parse to what
 //! generated them and survive `parse(write(parse(x)))`; any input at all, including
 //! mutations of the real etcd page, parses or fails with a line inside the page, and never
-//! panics.
+//! panics; the collector's filter (`filter_page`, what is pushed) on the same inputs
+//! never panics, and what it keeps is bounded by the page and parses back.
+//!
+//! 512 cases each by default (seconds); `PROPTEST_CASES` sets the count
+//! (`ci/fuzz-long.sh` runs a million).
 
 use std::sync::OnceLock;
 
+use dr_collector::allowlist::Allowlist;
+use dr_collector::collect::{PageError, filter_page};
 use dr_collector::exposition::{MetricFamily, MetricKind, parse, write};
 use proptest::prelude::*;
 
@@ -343,16 +349,23 @@ fn matches_model(parsed: &[MetricFamily<'_>], model: &[ModelFamily]) -> Result<(
     Ok(())
 }
 
-/// Parse never panics, and a failure points at a line of the page.
+/// Parse never panics, and a failure points at a line of the page. What parses survives
+/// `parse(write(..))`, except in the one case `write` documents (a family named like a
+/// histogram's or summary's `_bucket`/`_sum`/`_count`, written after it): then the
+/// collector's filter, which would push it all, must refuse the page.
 fn check_any(text: &str) -> Result<(), TestCaseError> {
     match parse(text) {
         Ok(families) => {
             let mut out = String::new();
             write(&families, &mut out, true);
-            let again = parse(&out).map_err(|err| {
-                TestCaseError::fail(format!("re-emitted page does not parse: {err}\n{out}"))
-            })?;
-            prop_assert!(same(&families, &again), "round trip changed {out}");
+            let survives = parse(&out).is_ok_and(|again| same(&families, &again));
+            if !survives {
+                let everything = &allowlists()[1];
+                prop_assert!(
+                    filter_page(text, everything).is_err(),
+                    "the round trip changed the page and the filter let it through:\n{out}"
+                );
+            }
         }
         Err(err) => {
             let lines = text.lines().count();
@@ -363,8 +376,119 @@ fn check_any(text: &str) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// `PROPTEST_CASES` if set (the long run), else a count that runs in seconds.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(512)
+}
+
+/// The defaults, and everything (so that all of a page goes through the writer).
+fn allowlists() -> &'static [Allowlist; 2] {
+    static LISTS: OnceLock<[Allowlist; 2]> = OnceLock::new();
+    LISTS.get_or_init(|| {
+        [
+            Allowlist::new(&[]).unwrap_or_else(|err| panic!("{err}")),
+            Allowlist::new(&[".*".to_owned()]).unwrap_or_else(|err| panic!("{err}")),
+        ]
+    })
+}
+
+/// The filter never panics; a refusal is one line; what it keeps is at most a fixed
+/// multiple of the page (a TYPE line per family, values spelled out: `9e15` becomes
+/// `9000000000000000`) and parses back to as many families and samples.
+fn check_filter(text: &str) -> Result<(), TestCaseError> {
+    for allowlist in allowlists() {
+        match filter_page(text, allowlist) {
+            Ok(filtered) => {
+                let bound = 8 * text.len() + 64;
+                prop_assert!(
+                    filtered.text.len() <= bound,
+                    "{} bytes out of {} in",
+                    filtered.text.len(),
+                    text.len()
+                );
+                let again = parse(&filtered.text).map_err(|err| {
+                    TestCaseError::fail(format!(
+                        "pushed text does not parse: {err}\n{}",
+                        filtered.text
+                    ))
+                })?;
+                prop_assert_eq!(again.len(), filtered.pushed.families);
+                let samples: usize = again.iter().map(|f| f.samples.len()).sum();
+                prop_assert_eq!(samples, filtered.pushed.samples);
+            }
+            Err(err) => {
+                let line = err.to_string();
+                prop_assert!(!line.is_empty() && !line.contains('\n'), "{line:?}");
+                if let PageError::DuplicateSeries(series) = &err {
+                    prop_assert!(series.chars().count() <= 203, "{series:?}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A run of whole lines of the real page: `start` picks the first, at most `len` lines.
+/// (A window, not the whole 146 KB page, keeps a case cheap enough for a million runs
+/// and the edits dense.)
+fn window(start: prop::sample::Index, len: usize) -> Vec<&'static str> {
+    let lines: Vec<&str> = fixture().lines().collect();
+    let first = start.index(lines.len());
+    lines.into_iter().skip(first).take(len).collect()
+}
+
+fn mutate(
+    start: prop::sample::Index,
+    len: usize,
+    edits: Vec<(prop::sample::Index, u8, u8)>,
+) -> String {
+    let mut bytes = window(start, len).join("\n").into_bytes();
+    for (at, op, byte) in edits {
+        if bytes.is_empty() {
+            bytes.push(byte);
+            continue;
+        }
+        let at = at.index(bytes.len());
+        match op {
+            0 => bytes.insert(at, byte),
+            1 => {
+                bytes.remove(at);
+            }
+            _ => bytes[at] = byte,
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn edits() -> impl Strategy<Value = Vec<(prop::sample::Index, u8, u8)>> {
+    prop::collection::vec(
+        (
+            any::<prop::sample::Index>(),
+            0u8..3,
+            prop::sample::select(b"{}=\",# \n\r\t\\0.eE+-_aZ:\xc3\xff".to_vec()),
+        ),
+        1..6,
+    )
+}
+
+/// Whole lines of the real page dropped, repeated or swapped: duplicated families,
+/// HELP/TYPE after samples, orphan buckets.
+fn line_edits() -> impl Strategy<Value = Vec<(prop::sample::Index, prop::sample::Index, u8)>> {
+    prop::collection::vec(
+        (
+            any::<prop::sample::Index>(),
+            any::<prop::sample::Index>(),
+            0u8..3,
+        ),
+        1..8,
+    )
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(200))]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn valid_pages_parse_to_their_model_and_round_trip((model, style) in page()) {
@@ -389,37 +513,70 @@ proptest! {
     #[test]
     fn arbitrary_text_never_panics(text in "(?s).{0,300}") {
         check_any(&text)?;
+        check_filter(&text)?;
     }
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
-        check_any(&String::from_utf8_lossy(&bytes))?;
+        let text = String::from_utf8_lossy(&bytes);
+        check_any(&text)?;
+        check_filter(&text)?;
     }
 
     #[test]
     fn token_soup_never_panics(tokens in prop::collection::vec(prop::sample::select(vec![
         "# HELP ", "# TYPE ", "#", "a", "a_sum", "a_count", "a_bucket", " histogram", " summary",
         " counter", "{", "}", "le", "quantile", "=", "\"", "\\", "\\n", ",", " ", "\t", "\n", "\r\n",
-        "1", "-2.5e3", "NaN", "+Inf", "-Inf", "é", "__name__", "123456789",
+        "1", "-2.5e3", "NaN", "+Inf", "-Inf", "é", "__name__", "123456789", "9e15", "etcd_server_has_leader",
     ]), 0..60)) {
-        check_any(&tokens.concat())?;
+        let text = tokens.concat();
+        check_any(&text)?;
+        check_filter(&text)?;
     }
 
     #[test]
-    fn mutated_fixture_never_panics(edits in prop::collection::vec(
-        (any::<prop::sample::Index>(), 0u8..3, prop::sample::select(
-            b"{}=\",# \n\r\t\\0.eE+-_aZ:\xc3\xff".to_vec())),
-        1..6,
-    )) {
-        let mut bytes = fixture().as_bytes().to_vec();
-        for (at, op, byte) in edits {
-            let at = at.index(bytes.len());
+    fn mutated_fixture_never_panics(start in any::<prop::sample::Index>(), len in 1usize..400, edits in edits()) {
+        let text = mutate(start, len, edits);
+        check_any(&text)?;
+        check_filter(&text)?;
+    }
+
+    #[test]
+    fn fixture_with_lines_moved_never_panics(
+        start in any::<prop::sample::Index>(),
+        len in 1usize..400,
+        edits in line_edits(),
+    ) {
+        let mut lines = window(start, len);
+        for (from, to, op) in edits {
+            if lines.is_empty() {
+                break;
+            }
+            let (from, to) = (from.index(lines.len()), to.index(lines.len()));
             match op {
-                0 => bytes.insert(at, byte),
-                1 => { bytes.remove(at); }
-                _ => bytes[at] = byte,
+                0 => lines.insert(to, lines[from]),
+                1 => { lines.remove(from); }
+                _ => lines.swap(from, to),
             }
         }
-        check_any(&String::from_utf8_lossy(&bytes))?;
+        let text = lines.join("\n");
+        check_any(&text)?;
+        check_filter(&text)?;
     }
+
+}
+
+#[test]
+fn the_whole_page_and_its_double_pass_the_filter_checks() {
+    // The real page goes through as it is; served twice, its families repeat.
+    for text in [fixture().to_owned(), fixture().repeat(2)] {
+        check_any(&text).unwrap_or_else(|err| panic!("{err}"));
+        check_filter(&text).unwrap_or_else(|err| panic!("{err}"));
+    }
+    let allow = &allowlists()[0];
+    assert!(filter_page(fixture(), allow).is_ok());
+    assert!(matches!(
+        filter_page(&fixture().repeat(2), allow),
+        Err(PageError::NotExposition(why)) if why.contains("second HELP line")
+    ));
 }

@@ -192,3 +192,256 @@ mod tests {
         assert!(!authorized(None, "s3cret"));
     }
 }
+
+/// Property tests of the body parser: arbitrary bytes, arbitrary JSON, JSON shaped like the
+/// payload with arbitrary values, and Alertmanager's real body with its fields removed,
+/// retyped or replaced. Never a panic; every refusal a `PayloadError` whose message is one
+/// line, bounded by the body; every accepted payload version 4, and `trigger` answers for
+/// it. 512 cases each by default; `PROPTEST_CASES` sets the count (`ci/fuzz-long.sh`).
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{Map, Value, json};
+
+    const FIRING: &str = include_str!("../../fixtures/alertmanager-0.25-webhook-firing.json");
+
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(512)
+    }
+
+    /// The payload's own field names, and a few others, so generated objects hit the
+    /// schema as often as they miss it.
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "version",
+                "status",
+                "receiver",
+                "groupKey",
+                "alerts",
+                "labels",
+                "alertname",
+                "startsAt",
+                "fingerprint",
+                "annotations",
+                "truncatedAlerts",
+            ])
+            .prop_map(str::to_owned),
+            "(?s).{0,12}",
+        ]
+    }
+
+    fn leaf() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            prop::sample::select(vec![
+                "4",
+                "3",
+                "firing",
+                "resolved",
+                "EtcdAnomalyScoreHigh",
+                "",
+            ])
+            .prop_map(Value::from),
+            "(?s).{0,24}".prop_map(Value::from),
+        ]
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        leaf().prop_recursive(5, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec((key(), inner), 0..8)
+                    .prop_map(|pairs| Value::Object(pairs.into_iter().collect::<Map<_, _>>())),
+            ]
+        })
+    }
+
+    fn labels() -> impl Strategy<Value = Value> {
+        prop::collection::btree_map(
+            key(),
+            prop_oneof![leaf(), "(?s).{0,16}".prop_map(Value::from)],
+            0..5,
+        )
+        .prop_map(|map| Value::Object(map.into_iter().collect()))
+    }
+
+    /// A version 4 payload with arbitrary alerts: right shape, any values.
+    fn shaped() -> impl Strategy<Value = Value> {
+        let alert = (leaf(), labels(), leaf(), leaf(), any::<bool>()).prop_map(
+            |(status, labels, starts_at, fingerprint, drop_labels)| {
+                let mut alert = json!({
+                    "status": status,
+                    "labels": labels,
+                    "startsAt": starts_at,
+                    "fingerprint": fingerprint,
+                });
+                if drop_labels {
+                    alert.as_object_mut().map(|a| a.remove("labels"));
+                }
+                alert
+            },
+        );
+        (leaf(), leaf(), leaf(), prop::collection::vec(alert, 0..5)).prop_map(
+            |(status, receiver, group_key, alerts)| {
+                json!({
+                    "version": "4",
+                    "status": status,
+                    "receiver": receiver,
+                    "groupKey": group_key,
+                    "alerts": alerts,
+                })
+            },
+        )
+    }
+
+    /// Every path to a value in `value`, as keys and indexes.
+    fn paths(value: &Value, at: &mut Vec<Value>, out: &mut Vec<Vec<Value>>) {
+        out.push(at.clone());
+        match value {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    at.push(Value::from(k.as_str()));
+                    paths(v, at, out);
+                    at.pop();
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    at.push(Value::from(i));
+                    paths(v, at, out);
+                    at.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn at_mut<'v>(value: &'v mut Value, path: &[Value]) -> Option<&'v mut Value> {
+        path.iter().try_fold(value, |v, step| match step {
+            Value::String(k) => v.get_mut(k.as_str()),
+            Value::Number(i) => v.get_mut(usize::try_from(i.as_u64()?).ok()?),
+            _ => None,
+        })
+    }
+
+    /// The real firing body with `edits` applied: a value replaced, or removed.
+    fn mutated(edits: &[(prop::sample::Index, bool, Value)]) -> Value {
+        let mut body: Value = serde_json::from_str(FIRING).unwrap_or(Value::Null);
+        for (which, remove, replacement) in edits {
+            let mut all = Vec::new();
+            paths(&body, &mut Vec::new(), &mut all);
+            let path = which.get(&all).clone();
+            let Some((last, parent)) = path.split_last() else {
+                body = replacement.clone();
+                continue;
+            };
+            let Some(parent) = at_mut(&mut body, parent) else {
+                continue;
+            };
+            match (parent, last, remove) {
+                (Value::Object(map), Value::String(k), true) => {
+                    map.remove(k);
+                }
+                (Value::Array(items), Value::Number(i), true) => {
+                    if let Some(i) = i.as_u64().and_then(|i| usize::try_from(i).ok()) {
+                        if i < items.len() {
+                            items.remove(i);
+                        }
+                    }
+                }
+                (parent, last, false) => {
+                    if let Some(slot) = at_mut(parent, std::slice::from_ref(last)) {
+                        *slot = replacement.clone();
+                    }
+                }
+                _ => {}
+            }
+        }
+        body
+    }
+
+    /// The contract: no panic (the caller runs it), a refusal typed and one bounded line,
+    /// an acceptance version 4 that `trigger` can answer for.
+    fn check(body: &[u8]) -> Result<(), TestCaseError> {
+        match Payload::parse(body) {
+            Ok(payload) => {
+                prop_assert_eq!(payload.version.as_str(), "4");
+                let rules = vec!["EtcdDatabaseQuotaLowSpace".to_owned()];
+                for model in ["EtcdAnomalyScoreHigh", ""] {
+                    if let Trigger::Fire { alert, .. } = payload.trigger(model, &rules) {
+                        prop_assert!(payload.alerts.iter().any(|a| a.status == "firing"));
+                        prop_assert!(alert.name == model || rules.contains(&alert.name));
+                    }
+                }
+            }
+            Err(err) => {
+                prop_assert!(matches!(
+                    err,
+                    PayloadError::NotAWebhook(_) | PayloadError::Version(_)
+                ));
+                let line = err.to_string();
+                prop_assert!(!line.is_empty());
+                prop_assert!(!line.contains(['\n', '\r']), "not one line: {:?}", line);
+                prop_assert!(
+                    line.len() <= 2 * body.len() + 200,
+                    "{} bytes of message for {} of body",
+                    line.len(),
+                    body.len()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_are_refused_in_one_line(body in prop::collection::vec(any::<u8>(), 0..512)) {
+            check(&body)?;
+        }
+
+        #[test]
+        fn arbitrary_json_is_refused_in_one_line_or_read(value in json_value()) {
+            check(value.to_string().as_bytes())?;
+        }
+
+        #[test]
+        fn payload_shaped_json_with_any_values_never_panics(value in shaped()) {
+            check(value.to_string().as_bytes())?;
+        }
+
+        #[test]
+        fn the_real_body_mutated_never_panics(edits in prop::collection::vec(
+            (any::<prop::sample::Index>(), any::<bool>(), leaf()), 1..5,
+        )) {
+            let body = mutated(&edits);
+            check(body.to_string().as_bytes())?;
+            check(serde_json::to_string_pretty(&body).unwrap_or_default().as_bytes())?;
+        }
+
+        #[test]
+        fn the_real_body_cut_or_spliced_never_panics(
+            at in any::<prop::sample::Index>(),
+            cut in any::<bool>(),
+            junk in prop::collection::vec(any::<u8>(), 0..16),
+        ) {
+            let mut body = FIRING.as_bytes().to_vec();
+            let at = at.index(body.len());
+            if cut {
+                body.truncate(at);
+            }
+            body.splice(at..at, junk);
+            check(&body)?;
+        }
+    }
+}

@@ -323,3 +323,198 @@ mod tests {
             .unwrap();
     }
 }
+
+/// Property tests of `POST /score` through the router, in process: arbitrary bodies
+/// (bytes, JSON of any shape, windows of the right shape with any numbers and masks)
+/// against the small test model and the shipped format 2 model. Never a 5xx; every 4xx a
+/// JSON `{"error": "..."}` (not always one line: serde quotes an unknown field's name
+/// as it came, newlines included); every 200 a finite score. 256 cases each by default;
+/// `PROPTEST_CASES` sets the count (`ci/fuzz-long.sh`).
+#[cfg(test)]
+mod props {
+    use super::*;
+    use crate::model::inference::Scorer;
+    use crate::model::model_dir::ModelBundle;
+    use crate::prometheus::PromClient;
+    use crate::serving::live::LiveScorer;
+    use crate::serving::live::tests::{F, W, closed_port_url, live_scorer};
+    use axum::body::Body;
+    use axum::http::Request;
+    use proptest::prelude::*;
+    use proptest::test_runner::{TestCaseError, TestRunner};
+    use serde_json::json;
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    fn config() -> ProptestConfig {
+        let cases = std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(256);
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// The test model (6 steps of 3 features) behind a 4 KiB body limit.
+    fn test_app() -> Router {
+        let mut registry = Registry::default();
+        let state = live_scorer(&closed_port_url(), Duration::from_secs(2), &mut registry);
+        app(state, registry, 4096)
+    }
+
+    /// The shipped model (format 2) behind a 1 MiB body limit; its window and features.
+    fn shipped_app() -> (Router, usize, usize) {
+        let mut registry = Registry::default();
+        let scorer = Scorer::new(ModelBundle::default_model().unwrap()).unwrap();
+        let (window, features) = (scorer.window(), scorer.n_features());
+        let prometheus = PromClient::new(&closed_port_url(), Duration::from_secs(2)).unwrap();
+        let state = Arc::new(LiveScorer::new(
+            scorer,
+            prometheus,
+            2,
+            Duration::from_secs(10),
+            &mut registry,
+        ));
+        (app(state, registry, 1 << 20), window, features)
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Posts `body` and checks the contract on the answer.
+    fn check(
+        runtime: &tokio::runtime::Runtime,
+        router: &Router,
+        body: Vec<u8>,
+        content_type: bool,
+    ) -> Result<(), TestCaseError> {
+        let mut request = Request::post("/score");
+        if content_type {
+            request = request.header("content-type", "application/json");
+        }
+        let request = request.body(Body::from(body)).unwrap();
+        let (status, bytes) = runtime.block_on(async {
+            let response = router.clone().oneshot(request).await.unwrap();
+            let status = response.status();
+            let bytes = axum::body::to_bytes(response.into_body(), 4 << 20)
+                .await
+                .unwrap();
+            (status, bytes)
+        });
+        let text = String::from_utf8_lossy(&bytes);
+        prop_assert!(!status.is_server_error(), "{status}: {text}");
+        let answer: Value = serde_json::from_slice(&bytes)
+            .map_err(|err| TestCaseError::fail(format!("{status}: not JSON ({err}): {text}")))?;
+        if status.is_client_error() {
+            let error = answer["error"].as_str().unwrap_or_default();
+            prop_assert!(!error.is_empty(), "{status}: no error: {text}");
+        } else {
+            prop_assert_eq!(status, StatusCode::OK, "{}", text);
+            let score = answer["score"].as_f64();
+            prop_assert!(
+                score.is_some_and(f64::is_finite),
+                "200 without a finite score: {text}"
+            );
+        }
+        Ok(())
+    }
+
+    fn number() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            any::<f64>().prop_filter("JSON numbers are finite", |v| v.is_finite()),
+            -10.0f64..10.0,
+            prop::sample::select(vec![0.0, -0.0, 1e308, -1e308, 1e-308, f64::MAX, f64::MIN]),
+        ]
+    }
+
+    fn leaf() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            number().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            "(?s).{0,12}".prop_map(Value::from),
+        ]
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let key = prop_oneof![
+            prop::sample::select(vec!["window", "mask", "instance"]).prop_map(str::to_owned),
+            "(?s).{0,8}",
+        ];
+        leaf().prop_recursive(4, 48, 8, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                prop::collection::btree_map(key.clone(), inner, 0..4)
+                    .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// `{"window": ...}` of the right shape mostly, a step or a value off otherwise, with
+    /// any numbers and, sometimes, a mask of any bools.
+    fn window_body(steps: usize, features: usize) -> impl Strategy<Value = Value> {
+        let exact = prop::collection::vec(prop::collection::vec(number(), features), steps);
+        let off = prop::collection::vec(
+            prop::collection::vec(number(), features.saturating_sub(1)..=features + 1),
+            steps.saturating_sub(1)..=steps + 1,
+        );
+        let rows = prop_oneof![4 => exact, 1 => off];
+        let mask = prop::option::of(prop_oneof![
+            4 => prop::collection::vec(any::<bool>(), steps),
+            1 => prop::collection::vec(any::<bool>(), steps + 1),
+        ]);
+        (rows, mask).prop_map(|(window, mask)| match mask {
+            Some(mask) => json!({ "window": window, "mask": mask }),
+            None => json!({ "window": window }),
+        })
+    }
+
+    fn run<S: Strategy>(strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>) {
+        let mut runner = TestRunner::new(config());
+        if let Err(err) = runner.run(&strategy, test) {
+            panic!("{err}");
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_get_a_5xx() {
+        let (runtime, router) = (runtime(), test_app());
+        run(
+            (prop::collection::vec(any::<u8>(), 0..600), any::<bool>()),
+            |(body, content_type)| check(&runtime, &router, body, content_type),
+        );
+    }
+
+    #[test]
+    fn arbitrary_json_never_gets_a_5xx() {
+        let (runtime, router) = (runtime(), test_app());
+        run(json_value(), |value| {
+            check(&runtime, &router, value.to_string().into_bytes(), true)
+        });
+    }
+
+    #[test]
+    fn windows_with_any_numbers_never_get_a_5xx() {
+        let (runtime, router) = (runtime(), test_app());
+        run(window_body(W, F), |value| {
+            check(&runtime, &router, value.to_string().into_bytes(), true)
+        });
+    }
+
+    #[test]
+    fn windows_with_any_numbers_never_get_a_5xx_from_the_shipped_model() {
+        let runtime = runtime();
+        let (router, window, features) = shipped_app();
+        run(window_body(window, features), |value| {
+            check(&runtime, &router, value.to_string().into_bytes(), true)
+        });
+    }
+}
