@@ -86,8 +86,20 @@ async fn post_score(
         }
     })?;
     let request: ScoreRequest = serde_json::from_slice(&body).map_err(|err| {
+        // serde quotes the client's own field names; escape them so the reason stays one line.
+        let reason: String = err
+            .to_string()
+            .chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect();
         ApiError::BadRequest(format!(
-            "the body is not {{\"window\": [[number; {}]; {}]}}: {err}",
+            "the body is not {{\"window\": [[number; {}]; {}]}}: {reason}",
             state.scorer.n_features(),
             state.scorer.window()
         ))
@@ -327,8 +339,8 @@ mod tests {
 /// Property tests of `POST /score` through the router, in process: arbitrary bodies
 /// (bytes, JSON of any shape, windows of the right shape with any numbers and masks)
 /// against the small test model and the shipped format 2 model. Never a 5xx; every 4xx a
-/// JSON `{"error": "..."}` (not always one line: serde quotes an unknown field's name
-/// as it came, newlines included); every 200 a finite score. 256 cases each by default;
+/// JSON `{"error": "..."}` on one line (serde quotes an unknown field's name as it came,
+/// so control characters are escaped); every 200 a finite score. 256 cases each by default;
 /// `PROPTEST_CASES` sets the count (`ci/fuzz-long.sh`).
 #[cfg(test)]
 mod props {
@@ -388,6 +400,12 @@ mod props {
             .unwrap()
     }
 
+    #[test]
+    fn a_field_named_with_a_newline_is_refused_on_one_line() {
+        let runtime = runtime();
+        check(&runtime, &test_app(), br#"{"\n": null}"#.to_vec(), true).unwrap();
+    }
+
     /// Posts `body` and checks the contract on the answer.
     fn check(
         runtime: &tokio::runtime::Runtime,
@@ -415,6 +433,7 @@ mod props {
         if status.is_client_error() {
             let error = answer["error"].as_str().unwrap_or_default();
             prop_assert!(!error.is_empty(), "{status}: no error: {text}");
+            prop_assert!(!error.contains('\n'), "{status}: not one line: {text}");
         } else {
             prop_assert_eq!(status, StatusCode::OK, "{}", text);
             let score = answer["score"].as_f64();
