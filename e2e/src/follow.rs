@@ -156,7 +156,9 @@ impl Follower {
         }
     }
 
-    fn audit(&mut self, tl: &mut Timeline) -> Result<()> {
+    /// The remediator's new audit events onto the timeline; cheap (a file read), so a
+    /// scenario that must act at a given step can watch for it alone.
+    pub fn audit(&mut self, tl: &mut Timeline) -> Result<()> {
         let new = self.audit.refresh()?;
         let events = &self.audit.events;
         for event in &events[events.len() - new..] {

@@ -387,6 +387,18 @@ impl EtcdCluster {
     }
 
     /// Stops member `i` (SIGTERM, then SIGKILL) and keeps its data dir.
+    /// Kills member `i` with SIGKILL (a crash: no leadership hand-over, no last answers).
+    pub fn kill_member(&mut self, i: usize) -> Result<()> {
+        let slot = self
+            .guards
+            .get_mut(i)
+            .with_context(|| format!("no etcd member {i}"))?;
+        if let Some(mut g) = slot.take() {
+            g.kill()?;
+        }
+        Ok(())
+    }
+
     pub fn stop_member(&mut self, i: usize) -> Result<()> {
         let slot = self
             .guards

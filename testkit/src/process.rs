@@ -226,6 +226,23 @@ impl ChildGuard {
         Ok(Some(status))
     }
 
+    /// SIGKILL at once and reap: a crash, not a shutdown (etcd's graceful stop of a
+    /// leader can take seconds, answering all the while). Idempotent.
+    pub fn kill(&mut self) -> Result<Option<ExitStatus>> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(None);
+        };
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        // Still unreaped, so the PID is still ours.
+        let _ = child.kill();
+        let status = child
+            .wait()
+            .with_context(|| format!("reaping {}", self.name))?;
+        Ok(Some(status))
+    }
+
     /// Leaves the process running and forgets it; returns its PID. For `dr-stack up`.
     pub fn disarm(mut self) -> u32 {
         // Dropping a `Child` neither kills nor waits for it.
