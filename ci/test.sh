@@ -29,7 +29,7 @@ step "images: build, --version in each container"
 bash ci/check-images.sh
 
 # rule-only and member-down add about 2.5 min and need no model verdict on a new incident;
-# busy-normal (about 5.5 min) proves ten times the load is not an incident. leader and
+# busy-normal (about 4 min) proves ten times the load is not an incident. leader and
 # slow-disk depend on the model firing (and slow-disk on the disk) and run from
 # `e2e/drill.sh --scenario all`.
 step "the DR drill on the real stack: nospace, restore, busy-normal, rule-only, member-down"

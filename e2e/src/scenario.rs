@@ -22,7 +22,7 @@ const SEEDED_KEYS: usize = 1000;
 const STEADY_RATE: u32 = 50;
 /// `busy-normal`: the steady load times this, for this long after the warm-up.
 const BUSY_LOAD: u32 = 10;
-const BUSY_FOR: Duration = Duration::from_secs(240);
+const BUSY_FOR: Duration = Duration::from_secs(150);
 const BUSY_QUOTA_MIB: u64 = 2048;
 /// The detector's window (30 steps) and its rate ranges, plus a margin.
 const SETTLE_STEPS: u32 = 40;
