@@ -113,6 +113,19 @@ impl StoreError {
     }
 }
 
+/// Maps a failed store request on `location` to [`StoreError::Request`], saying `what`.
+fn request(
+    what: &'static str,
+    location: &ObjectPath,
+) -> impl FnOnce(object_store::Error) -> StoreError {
+    let location = location.to_string();
+    move |error| StoreError::Request {
+        what,
+        location,
+        error,
+    }
+}
+
 /// How a failed upload is tried again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UploadRetry {
@@ -458,14 +471,6 @@ impl SnapshotStore {
         let started = Instant::now();
         let name = file_name(path)?;
         let location = self.prefix.child(name.as_str());
-        let request = |what: &'static str, location: &ObjectPath| {
-            let location = location.to_string();
-            move |error| StoreError::Request {
-                what,
-                location,
-                error,
-            }
-        };
         let mut file = tokio::fs::File::open(path)
             .await
             .map_err(FileError::on("opening", path))?;
@@ -643,14 +648,6 @@ impl SnapshotStore {
     async fn download(&self, name: &str, dir: &Path) -> Result<Fetched, StoreError> {
         let location = self.prefix.child(name);
         let checksum = checksum_location(&location);
-        let request = |what: &'static str, location: &ObjectPath| {
-            let location = location.to_string();
-            move |error| StoreError::Request {
-                what,
-                location,
-                error,
-            }
-        };
         let text = self
             .store
             .get(&checksum)
