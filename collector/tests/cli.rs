@@ -9,6 +9,8 @@ use dr_testkit::{
     ChildGuard, EtcdCluster, EtcdOptions, Pushgateway, Workdir, free_port, http_get, run_within,
 };
 
+mod support;
+
 const BIN: &str = env!("CARGO_BIN_EXE_dr-collector");
 
 /// `--once` and bad flags end within seconds; a hung run fails the test here.
@@ -160,26 +162,14 @@ fn bad_flags_exit_2_with_a_message() {
 }
 
 fn start_service(workdir: &Workdir, etcd_url: &str, pushgateway: &str) -> (ChildGuard, String) {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let mut cmd = Command::new(BIN);
-    cmd.env("DR_COLLECTOR_ETCD_METRICS_URL", etcd_url)
-        .env("DR_COLLECTOR_PUSHGATEWAY_URL", pushgateway)
-        .env("DR_COLLECTOR_INTERVAL", "1s")
-        .env("DR_COLLECTOR_TIMEOUT", "500ms")
-        .env("DR_COLLECTOR_LISTEN", &listen)
-        .env("DR_COLLECTOR_LOG_FORMAT", "json");
-    let guard = ChildGuard::spawn(
-        "dr-collector",
-        cmd,
-        &workdir.path().join("collector.log"),
-        false,
+    support::start_service(
+        BIN,
+        workdir,
+        &[
+            ("DR_COLLECTOR_ETCD_METRICS_URL", etcd_url),
+            ("DR_COLLECTOR_PUSHGATEWAY_URL", pushgateway),
+        ],
     )
-    .unwrap();
-    let base = format!("http://{listen}");
-    guard
-        .wait_http_ok(&format!("{base}/healthz"), Duration::from_secs(20))
-        .unwrap();
-    (guard, base)
 }
 
 /// True once `counter{...,result="<result>"}` on the service's `/metrics` reaches `min`.

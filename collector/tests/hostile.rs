@@ -14,9 +14,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use dr_testkit::{ChildGuard, Workdir, free_port, http_get, run_within};
+use dr_testkit::{Workdir, free_port, http_get, run_within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+mod support;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dr-collector");
 const FIXTURE: &str = concat!(
@@ -385,30 +387,18 @@ fn the_service_keeps_running_and_counts_each_hostile_endpoint_by_reason() {
     let urls: Vec<String> = servers.iter().map(Hostile::url).collect();
     let instances: Vec<&str> = cases.iter().map(|(_, instance, _)| *instance).collect();
     let workdir = Workdir::temp("collector-hostile").unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let mut cmd = Command::new(BIN);
-    cmd.env("DR_COLLECTOR_ETCD_METRICS_URL", urls.join(","))
-        .env("DR_COLLECTOR_INSTANCE", instances.join(","))
-        .env(
-            "DR_COLLECTOR_PUSHGATEWAY_URL",
-            format!("http://127.0.0.1:{}", free_port()),
-        )
-        .env("DR_COLLECTOR_INTERVAL", "1s")
-        .env("DR_COLLECTOR_TIMEOUT", "300ms")
-        .env("DR_COLLECTOR_LISTEN", &listen)
-        .env("DR_COLLECTOR_LOG_FORMAT", "json")
-        .env_remove("RUST_LOG");
-    let mut guard = ChildGuard::spawn(
-        "dr-collector",
-        cmd,
-        &workdir.path().join("collector.log"),
-        false,
-    )
-    .unwrap();
-    let base = format!("http://{listen}");
-    guard
-        .wait_http_ok(&format!("{base}/healthz"), Duration::from_secs(20))
-        .unwrap();
+    let (targets, instances) = (urls.join(","), instances.join(","));
+    let pushgateway = format!("http://127.0.0.1:{}", free_port());
+    let (mut guard, base) = support::start_service(
+        BIN,
+        &workdir,
+        &[
+            ("DR_COLLECTOR_ETCD_METRICS_URL", &targets),
+            ("DR_COLLECTOR_INSTANCE", &instances),
+            ("DR_COLLECTOR_PUSHGATEWAY_URL", &pushgateway),
+            ("DR_COLLECTOR_TIMEOUT", "300ms"),
+        ],
+    );
 
     // Every endpoint fails under its own reason, more than once: the service goes on
     // collecting interval after interval.

@@ -9,6 +9,7 @@ use dr_collector::metrics::CollectorMetrics;
 use prometheus_client::registry::Registry;
 
 use clap::Parser;
+use dr_testkit::{ChildGuard, Workdir, free_port};
 
 pub fn config(args: &[&str]) -> Config {
     let argv = std::iter::once("dr-collector").chain(args.iter().copied());
@@ -55,4 +56,35 @@ pub fn family<'f, 'a>(families: &'f [MetricFamily<'a>], name: &str) -> &'f Metri
         .iter()
         .find(|f| f.name == name)
         .unwrap_or_else(|| panic!("family {name} missing"))
+}
+
+/// `dr-collector` (the binary at `bin`) as a service on a free loopback port, pushing every
+/// second, with `env` on top (the targets, the Pushgateway, the timeout); its guard and
+/// base URL once `/healthz` answers (within 20 s).
+pub fn start_service(bin: &str, workdir: &Workdir, env: &[(&str, &str)]) -> (ChildGuard, String) {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut cmd = std::process::Command::new(bin);
+    cmd.env("DR_COLLECTOR_INTERVAL", "1s")
+        .env("DR_COLLECTOR_TIMEOUT", "500ms")
+        .env("DR_COLLECTOR_LISTEN", &listen)
+        .env("DR_COLLECTOR_LOG_FORMAT", "json")
+        .env_remove("RUST_LOG");
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    let guard = ChildGuard::spawn(
+        "dr-collector",
+        cmd,
+        &workdir.path().join("collector.log"),
+        false,
+    )
+    .unwrap();
+    let base = format!("http://{listen}");
+    guard
+        .wait_http_ok(
+            &format!("{base}/healthz"),
+            std::time::Duration::from_secs(20),
+        )
+        .unwrap();
+    (guard, base)
 }
