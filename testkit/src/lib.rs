@@ -7,7 +7,8 @@
 //! [`loopback`] (the one start-up of the Prometheus project's servers), [`pushgateway`],
 //! [`prometheus`], [`alertmanager`] (each server's kind and flags), [`etcd`] (clusters of 1
 //! or 3 members), [`restore`] (the remediator's restore procedure for harness members),
-//! [`certs`], [`http`] (a tiny blocking client for checks), [`ports`].
+//! [`slow_disk`] (the syncs of chosen processes delayed), [`certs`], [`http`] (a tiny
+//! blocking client for checks), [`ports`].
 //!
 //! ```no_run
 //! use dr_testkit::{EtcdCluster, EtcdOptions, EtcdVersion};
@@ -29,6 +30,7 @@ pub mod prometheus;
 pub mod pushgateway;
 pub mod restore;
 pub mod s3;
+pub mod slow_disk;
 
 pub use alertmanager::{Alertmanager, AlertmanagerOptions};
 pub use certs::{TlsFiles, UnrelatedCa, generate_tls, generate_unrelated_ca};
@@ -41,3 +43,4 @@ pub use prometheus::{Prometheus, PrometheusOptions};
 pub use pushgateway::{Pushgateway, PushgatewayOptions};
 pub use restore::{MarkerAction, RestoreMarkers};
 pub use s3::S3Server;
+pub use slow_disk::SlowDisk;
