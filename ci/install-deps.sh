@@ -15,6 +15,7 @@ debian_packages=(
   shellcheck
   groovy                                        # parses the Jenkinsfile
   curl procps                                   # tests: https checks, kill(1) by PID
+  strace                                        # dr_testkit::SlowDisk: a disk that stalls etcd's syncs
   busybox-static ca-certificates util-linux     # what ci/build-images.sh puts in the images
   docker-registry                               # ci/check-registry.sh: a real registry on loopback
 )

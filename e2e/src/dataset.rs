@@ -8,19 +8,17 @@
 //! 60 s (as the API server does), and now and then a maintenance defrag (masked, as the
 //! remediator's own defrags are). Incidents, in turn: a big-value storm to NOSPACE then
 //! the repair; churn then compaction (fragmentation) then defrag; leader churn (leadership
-//! moved every 2 s); a slow disk (another writer fsyncing on the same file system).
+//! moved every 2 s); a slow disk (every member's syncs delayed, `dr_testkit::SlowDisk`).
 
 use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use dr_common::duration::parse_duration;
-use dr_testkit::{ChildGuard, EtcdVersion};
+use dr_testkit::{ChildGuard, EtcdVersion, SlowDisk};
 use etcd_client::{AlarmAction, AlarmOptions, AlarmType, Client, CompactionOptions};
 use tokio::runtime::Runtime;
 
@@ -515,36 +513,19 @@ impl Recorder<'_> {
         Ok(())
     }
 
-    /// Another writer on etcd's file system, fsyncing 8 MiB at a time: the WAL's fsyncs
-    /// queue behind it, as on a shared or failing disk.
+    /// Every member's fsyncs and fdatasyncs delayed (150-800 ms, varying per incident)
+    /// for 25-40 s, as when the disk under a cluster's nodes stalls: WAL fsync and backend
+    /// commit latencies jump, and below about 500 ms the mixin's fsync rule cannot see it.
     fn disk(&mut self) -> Result<()> {
         let secs = self.rng.between(25, 40);
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut writers = Vec::new();
-        for i in 0..2 {
-            let path = self.stack.dir.join(format!("disk-hog-{i}"));
-            let stop = stop.clone();
-            writers.push(std::thread::spawn(move || -> std::io::Result<()> {
-                use std::io::Write;
-                let block = vec![0x5a_u8; 8 << 20];
-                while !stop.load(Ordering::Relaxed) {
-                    let mut f = fs::File::create(&path)?;
-                    for _ in 0..4 {
-                        f.write_all(&block)?;
-                        f.sync_data()?;
-                    }
-                }
-                fs::remove_file(&path)
-            }));
-        }
+        let delay = Duration::from_millis(self.rng.between(150, 800));
+        let pids: Vec<u32> = (0..self.stack.etcd.len())
+            .filter_map(|i| self.stack.etcd.pid(i))
+            .collect();
+        let mut slow = SlowDisk::attach(&pids, delay, &self.stack.dir)?;
+        self.log(&format!("disk: syncs delayed {} ms", delay.as_millis()));
         let waited = interrupt::sleep(Duration::from_secs(secs));
-        stop.store(true, Ordering::Relaxed);
-        for w in writers {
-            match w.join() {
-                Ok(result) => result.context("the disk writer")?,
-                Err(_) => bail!("the disk writer panicked"),
-            }
-        }
+        slow.stop()?;
         waited
     }
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use dr_testkit::{ChildGuard, EtcdVersion, http_post};
+use dr_testkit::{ChildGuard, EtcdVersion, SlowDisk, http_post};
 use etcd_client::Client;
 use serde_json::{Value, json};
 use tokio::runtime::Runtime;
@@ -38,6 +38,9 @@ const CALM_POLLS: usize = 8;
 const DIAGNOSIS_DEADLINE: Duration = Duration::from_secs(150);
 /// Leadership moves this often in `leader`.
 const LEADER_MOVE_EVERY: Duration = Duration::from_secs(2);
+/// What `slow-disk` adds to every fsync: above the mixin's 500 ms fsync warning, as a
+/// stalling disk under the control plane.
+const SLOW_DISK_DELAY: Duration = Duration::from_millis(600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -692,8 +695,8 @@ impl Drill<'_> {
 enum Incident {
     /// Leadership moved to the next member every `LEADER_MOVE_EVERY`.
     Leader { last_move: Option<Instant> },
-    /// A writer saturating the file system etcd's data is on.
-    SlowDisk(ChildGuard),
+    /// Every member's syncs delayed by [`SLOW_DISK_DELAY`].
+    SlowDisk(SlowDisk),
     /// One member of three stopped.
     MemberDown { index: usize },
 }
@@ -709,28 +712,15 @@ impl Incident {
                 Incident::Leader { last_move: None }
             }
             Kind::SlowDisk => {
-                let file = drill.stack.dir.join("etcd").join("slow-disk.fill");
-                let mut cmd = std::process::Command::new("timeout");
-                // Synchronous 1 MiB writes, 256 MiB at a time, in the file system of
-                // etcd's data dirs: every WAL fsync waits behind them.
-                cmd.args([
-                    &format!("{}", DIAGNOSIS_DEADLINE.as_secs() + 30),
-                    "sh",
-                    "-c",
-                    "while :; do dd if=/dev/zero of=\"$1\" bs=1M count=256 oflag=dsync 2>/dev/null; rm -f \"$1\"; done",
-                    "slow-disk",
-                ]);
-                cmd.arg(&file);
-                let guard = ChildGuard::spawn(
-                    "slow-disk writer",
-                    cmd,
-                    &drill.stack.dir.join("slow-disk.log"),
-                    false,
-                )?;
-                drill.tl.incident_started(
-                    "incident: a writer saturating etcd's file system with synchronous writes",
-                );
-                Incident::SlowDisk(guard)
+                let pids: Vec<u32> = (0..drill.stack.etcd.len())
+                    .filter_map(|i| drill.stack.etcd.pid(i))
+                    .collect();
+                let slow = SlowDisk::attach(&pids, SLOW_DISK_DELAY, &drill.stack.dir)?;
+                drill.tl.incident_started(&format!(
+                    "incident: every member's fsyncs delayed {} ms (a stalling disk)",
+                    SLOW_DISK_DELAY.as_millis()
+                ));
+                Incident::SlowDisk(slow)
             }
             Kind::MemberDown => {
                 let index = drill.stack.etcd.len() - 1;
@@ -763,10 +753,9 @@ impl Incident {
     fn stop(self, drill: &mut Drill<'_>) -> Result<()> {
         match self {
             Incident::Leader { .. } => drill.tl.mark("leader moves stopped"),
-            Incident::SlowDisk(mut writer) => {
-                writer.stop()?;
-                let _ = fs::remove_file(drill.stack.dir.join("etcd").join("slow-disk.fill"));
-                drill.tl.mark("slow-disk writer stopped");
+            Incident::SlowDisk(mut slow) => {
+                slow.stop()?;
+                drill.tl.mark("fsyncs at full speed again");
             }
             Incident::MemberDown { index } => {
                 drill.stack.etcd.start_member(index)?;
