@@ -6,6 +6,7 @@ use anyhow::anyhow;
 use dr_common::reload::Reloading;
 use prometheus_client::registry::Registry;
 
+use crate::actions::proof::Prover;
 use crate::audit::Audit;
 use crate::config::Config;
 use crate::gate::Gate;
@@ -24,6 +25,8 @@ pub struct App {
     pub webhook_token: Option<Arc<Reloading<String>>>,
     /// HTTPS on the listener when set.
     pub listener_tls: Option<Arc<Reloading<rustls::ServerConfig>>>,
+    /// Proves the stores' snapshots restorable; `None` without a store.
+    pub prover: Option<Arc<Prover>>,
 }
 
 impl App {
@@ -42,6 +45,13 @@ impl App {
         let gate = Gate::new(&config, audit.clone())
             .map_err(|err| anyhow!("building the HTTP client: {err}"))?;
         let gate = Arc::new(gate);
+        let prover = config.proof.clone().map(|settings| {
+            Arc::new(Prover::new(
+                config.snapshots.stores(),
+                settings,
+                audit.clone(),
+            ))
+        });
         let remediator = Arc::new(Remediator {
             access: config.etcd_access(),
             snapshots: config.snapshots,
@@ -66,6 +76,7 @@ impl App {
             identity: config.identity,
             webhook_token: config.webhook_token,
             listener_tls: config.listener_tls,
+            prover,
         }))
     }
 }

@@ -12,9 +12,11 @@ use dr_common::telemetry::LogFormat;
 use dr_common::tls::TlsMaterial;
 use reqwest::Url;
 
+use crate::actions::proof::ProofSettings;
 use crate::actions::restore::{self, CommandFlags, RestoreCommands, RestorePreset};
+use crate::actions::retention::Retention;
 use crate::actions::snapshot::SnapshotPolicy;
-use crate::actions::store::SnapshotStore;
+use crate::actions::store::{SECONDARY, SnapshotStore};
 use crate::etcd::EtcdAccess;
 
 #[derive(Parser, Debug, Clone)]
@@ -51,6 +53,80 @@ pub struct Args {
     /// How many snapshots to keep in --snapshot-store (the newest); default --snapshot-retain.
     #[arg(long, env = "DR_REMEDIATOR_SNAPSHOT_STORE_RETAIN")]
     pub snapshot_store_retain: Option<usize>,
+
+    /// Keep every snapshot younger than this in --snapshot-store (e.g. 24h; 0: none by
+    /// age); default --snapshot-retain-within.
+    #[arg(long, env = "DR_REMEDIATOR_SNAPSHOT_STORE_RETAIN_WITHIN", value_parser = parse_optional_duration)]
+    pub snapshot_store_retain_within: Option<MaybeDuration>,
+
+    /// Keep the newest snapshot of each of the last N days in --snapshot-store; default
+    /// --snapshot-retain-daily.
+    #[arg(long, env = "DR_REMEDIATOR_SNAPSHOT_STORE_RETAIN_DAILY")]
+    pub snapshot_store_retain_daily: Option<u32>,
+
+    /// Keep the newest snapshot of each of the last N weeks in --snapshot-store; default
+    /// --snapshot-retain-weekly.
+    #[arg(long, env = "DR_REMEDIATOR_SNAPSHOT_STORE_RETAIN_WEEKLY")]
+    pub snapshot_store_retain_weekly: Option<u32>,
+
+    /// A second object store (another region or provider) that receives every snapshot
+    /// too, with its own retention and proof; its failures never fail --snapshot-store's.
+    /// Same URL forms and credentials environment (one set for both stores).
+    #[arg(
+        long,
+        env = "DR_REMEDIATOR_SNAPSHOT_STORE_SECONDARY",
+        requires = "snapshot_store"
+    )]
+    pub snapshot_store_secondary: Option<String>,
+
+    /// How many snapshots to keep in --snapshot-store-secondary; default that of
+    /// --snapshot-store.
+    #[arg(long, env = "DR_REMEDIATOR_SNAPSHOT_STORE_SECONDARY_RETAIN")]
+    pub snapshot_store_secondary_retain: Option<usize>,
+
+    /// Keep every snapshot younger than this in --snapshot-store-secondary (0: none by
+    /// age); default that of --snapshot-store.
+    #[arg(long, env = "DR_REMEDIATOR_SNAPSHOT_STORE_SECONDARY_RETAIN_WITHIN", value_parser = parse_optional_duration)]
+    pub snapshot_store_secondary_retain_within: Option<MaybeDuration>,
+
+    /// One a day for the last N days in --snapshot-store-secondary; default that of
+    /// --snapshot-store.
+    #[arg(long, env = "DR_REMEDIATOR_SNAPSHOT_STORE_SECONDARY_RETAIN_DAILY")]
+    pub snapshot_store_secondary_retain_daily: Option<u32>,
+
+    /// One a week for the last N weeks in --snapshot-store-secondary; default that of
+    /// --snapshot-store.
+    #[arg(long, env = "DR_REMEDIATOR_SNAPSHOT_STORE_SECONDARY_RETAIN_WEEKLY")]
+    pub snapshot_store_secondary_retain_weekly: Option<u32>,
+
+    /// Time between proofs that each store's newest snapshot restores (downloaded,
+    /// verified, restored into a throwaway etcd on loopback, revision and keys compared);
+    /// 0: only on demand (POST /proof). Needs --snapshot-store.
+    #[arg(long, env = "DR_REMEDIATOR_PROOF_INTERVAL", default_value = "6h", value_parser = parse_optional_duration)]
+    pub proof_interval: MaybeDuration,
+
+    /// The etcd server a proof starts from the restored data; the cluster's version (or
+    /// newer). Found on PATH unless a path.
+    #[arg(long, env = "DR_REMEDIATOR_PROOF_ETCD_BIN", default_value = "etcd")]
+    pub proof_etcd_bin: PathBuf,
+
+    /// etcdctl (3.4) or etcdutl (3.5+), for `snapshot status` and `snapshot restore` in
+    /// a proof.
+    #[arg(
+        long,
+        env = "DR_REMEDIATOR_PROOF_RESTORE_BIN",
+        default_value = "etcdctl"
+    )]
+    pub proof_restore_bin: PathBuf,
+
+    /// Scratch space of a proof (the download and the restored data dir, about twice the
+    /// db), removed after each; default <snapshot-dir>/proof.
+    #[arg(long, env = "DR_REMEDIATOR_PROOF_DIR")]
+    pub proof_dir: Option<PathBuf>,
+
+    /// Deadline for one proof of one store, download to teardown.
+    #[arg(long, env = "DR_REMEDIATOR_PROOF_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
+    pub proof_timeout: Duration,
 
     /// Download the newest snapshot of --snapshot-store that verifies (its SHA-256 and
     /// etcd's trailer; a corrupt one is refused and the one before it tried) into DIR,
@@ -196,9 +272,25 @@ pub struct Args {
     #[arg(long, env = "DR_REMEDIATOR_SNAPSHOT_INTERVAL", default_value = "1h", value_parser = parse_duration)]
     pub snapshot_interval: Duration,
 
-    /// How many snapshots to keep (the newest).
+    /// How many snapshots to keep (the newest), whatever their age.
     #[arg(long, env = "DR_REMEDIATOR_SNAPSHOT_RETAIN", default_value_t = 5)]
     pub snapshot_retain: usize,
+
+    /// Also keep every snapshot younger than this (e.g. 24h); 0: none by age.
+    #[arg(long, env = "DR_REMEDIATOR_SNAPSHOT_RETAIN_WITHIN", default_value = "0", value_parser = parse_optional_duration)]
+    pub snapshot_retain_within: MaybeDuration,
+
+    /// Also keep the newest snapshot of each of the last N days (UTC), today included.
+    #[arg(long, env = "DR_REMEDIATOR_SNAPSHOT_RETAIN_DAILY", default_value_t = 0)]
+    pub snapshot_retain_daily: u32,
+
+    /// Also keep the newest snapshot of each of the last N weeks (from Monday, UTC).
+    #[arg(
+        long,
+        env = "DR_REMEDIATOR_SNAPSHOT_RETAIN_WEEKLY",
+        default_value_t = 0
+    )]
+    pub snapshot_retain_weekly: u32,
 
     /// Space quota assumed for members that do not report theirs (etcd before 3.6);
     /// etcd's default is 2 GiB.
@@ -249,6 +341,8 @@ pub enum ConfigError {
     NoRetention,
     #[error("--snapshot-store-retain must be at least 1")]
     NoStoreRetention,
+    #[error("--snapshot-store-secondary-retain must be at least 1")]
+    NoSecondaryRetention,
     #[error("--snapshot-fetch-latest needs --snapshot-store")]
     FetchWithoutStore,
     #[error("{0}")]
@@ -312,6 +406,8 @@ pub struct Config {
     /// How alerts skipped as busy are retried; `None` when turned off.
     pub retry: Option<RetryPolicy>,
     pub snapshot_once: bool,
+    /// How stores are proven restorable; `Some` with a store.
+    pub proof: Option<ProofSettings>,
     /// `--snapshot-fetch-latest`: download into this dir and exit.
     pub snapshot_fetch_latest: Option<PathBuf>,
     pub listen: SocketAddr,
@@ -337,16 +433,65 @@ impl Config {
         if args.snapshot_retain == 0 {
             return Err(ConfigError::NoRetention);
         }
-        let store_retain = args.snapshot_store_retain.unwrap_or(args.snapshot_retain);
-        if store_retain == 0 {
+        let local_retention = Retention {
+            count: args.snapshot_retain,
+            within: args.snapshot_retain_within.unwrap_or_default(),
+            daily: args.snapshot_retain_daily,
+            weekly: args.snapshot_retain_weekly,
+        };
+        let store_retention = Retention {
+            count: args.snapshot_store_retain.unwrap_or(args.snapshot_retain),
+            within: args
+                .snapshot_store_retain_within
+                .map_or(local_retention.within, Option::unwrap_or_default),
+            daily: args
+                .snapshot_store_retain_daily
+                .unwrap_or(local_retention.daily),
+            weekly: args
+                .snapshot_store_retain_weekly
+                .unwrap_or(local_retention.weekly),
+        };
+        if store_retention.count == 0 {
             return Err(ConfigError::NoStoreRetention);
+        }
+        let secondary_retention = Retention {
+            count: args
+                .snapshot_store_secondary_retain
+                .unwrap_or(store_retention.count),
+            within: args
+                .snapshot_store_secondary_retain_within
+                .map_or(store_retention.within, Option::unwrap_or_default),
+            daily: args
+                .snapshot_store_secondary_retain_daily
+                .unwrap_or(store_retention.daily),
+            weekly: args
+                .snapshot_store_secondary_retain_weekly
+                .unwrap_or(store_retention.weekly),
+        };
+        if secondary_retention.count == 0 {
+            return Err(ConfigError::NoSecondaryRetention);
         }
         let store = args
             .snapshot_store
             .as_deref()
-            .map(|url| SnapshotStore::open(url, store_retain, &[]))
-            .transpose()?
-            .map(Arc::new);
+            .map(|url| {
+                SnapshotStore::open(url, store_retention.count, &[]).map(|mut store| {
+                    store.retention = store_retention;
+                    store
+                })
+            })
+            .transpose()?;
+        let secondary = match (&store, args.snapshot_store_secondary.as_deref()) {
+            (Some(primary), Some(url)) => {
+                let mut secondary = SnapshotStore::open(url, secondary_retention.count, &[])?;
+                secondary.retention = secondary_retention;
+                // One set of metric families, labelled by store.
+                secondary.metrics = primary.metrics.for_store(SECONDARY);
+                Some(Arc::new(secondary))
+            }
+            _ => None,
+        };
+        let store = store.map(Arc::new);
         if args.snapshot_fetch_latest.is_some() && store.is_none() {
             return Err(ConfigError::FetchWithoutStore);
         }
@@ -428,11 +573,19 @@ impl Config {
         };
         Ok(Config {
             etcd_endpoints: args.etcd_endpoints,
+            proof: store.as_ref().map(|_| ProofSettings {
+                interval: args.proof_interval,
+                etcd_bin: args.proof_etcd_bin,
+                restore_bin: args.proof_restore_bin,
+                scratch: args.proof_dir.unwrap_or_else(|| snapshot_dir.join("proof")),
+                timeout: args.proof_timeout,
+            }),
             snapshots: SnapshotPolicy {
                 dir: snapshot_dir,
-                retain: args.snapshot_retain,
+                retention: local_retention,
                 timeout: args.snapshot_timeout,
                 store,
+                secondary,
                 // --snapshot-once exits after its snapshot: a background upload would die.
                 upload_inline: args.snapshot_once,
             },
@@ -464,6 +617,17 @@ impl Config {
             log_format: args.log_format,
             otlp_endpoint: args.otlp_endpoint,
         })
+    }
+}
+
+/// A duration or none (`0`, `off`). An alias, so that clap takes it as one value.
+pub type MaybeDuration = Option<Duration>;
+
+/// A duration, or `0`/`off` for none.
+fn parse_optional_duration(text: &str) -> Result<Option<Duration>, String> {
+    match text.trim() {
+        "0" | "off" | "" => Ok(None),
+        other => parse_duration(other).map(Some),
     }
 }
 
@@ -705,7 +869,7 @@ mod tests {
         let url = format!("file://{}", store.display());
         let config = parse(&["--snapshot-store", &url, "--snapshot-retain", "4"]).unwrap();
         let opened = config.snapshots.store.unwrap();
-        assert_eq!(opened.retain, 4, "the local retention by default");
+        assert_eq!(opened.retention.count, 4, "the local retention by default");
         assert!(!config.snapshots.upload_inline);
         let config = parse(&["--snapshot-store", &url, "--snapshot-once"]).unwrap();
         assert!(

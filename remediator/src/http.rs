@@ -28,6 +28,7 @@ pub fn router(app: Arc<App>, readiness: Readiness, registry: Arc<Registry>) -> R
         .route("/webhook", post(webhook))
         .route("/plan", post(plan))
         .route("/actions", get(actions))
+        .route("/proof", post(proof))
         .with_state(app)
         .merge(ops_router(readiness, registry))
 }
@@ -136,6 +137,33 @@ async fn webhook(
             (StatusCode::ACCEPTED, Json(answer))
         }
     })
+}
+
+/// Starts a proof of every store's newest snapshot in the background: 202 with its
+/// `action_id` (the audit log and `GET /actions` get its result, kind `snapshot_proof`),
+/// 409 while one runs, 404 without a store.
+async fn proof(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    check_token(&app, &headers)?;
+    let Some(prover) = &app.prover else {
+        return Err(ApiError::NotFound(
+            "no --snapshot-store: nothing to prove".into(),
+        ));
+    };
+    match prover.start() {
+        Some(action_id) => Ok((
+            StatusCode::ACCEPTED,
+            Json(
+                json!({ "action_id": action_id, "stores": prover.stores.iter().map(|s| s.label()).collect::<Vec<_>>() }),
+            ),
+        )),
+        None => Ok((
+            StatusCode::CONFLICT,
+            Json(json!({ "error": "a proof is already running" })),
+        )),
+    }
 }
 
 #[derive(Deserialize)]

@@ -29,14 +29,8 @@ async fn main() -> ExitCode {
     if config.snapshot_once {
         return snapshot_once(&config).await;
     }
-    if let (Some(dir), Some(store)) = (&config.snapshot_fetch_latest, &config.snapshots.store) {
-        return match store.fetch_latest(dir).await {
-            Ok(fetched) => {
-                println!("{}", serde_json::json!(fetched));
-                ExitCode::SUCCESS
-            }
-            Err(err) => process::fail(NAME, format!("fetch failed: {err}")),
-        };
+    if let Some(dir) = &config.snapshot_fetch_latest {
+        return fetch_latest(&config, dir).await;
     }
     process::serve(NAME, config.listen, |listener| {
         tracing::info!(listen = %config.listen, endpoints = ?config.etcd_endpoints, dry_run = config.dry_run, "remediator started");
@@ -54,4 +48,20 @@ async fn snapshot_once(config: &Config) -> ExitCode {
         }
         Err(err) => process::fail(NAME, format!("snapshot failed: {err}")),
     }
+}
+
+/// The newest good snapshot of --snapshot-store, or of --snapshot-store-secondary when the
+/// first has none (or cannot be reached), printed as JSON.
+async fn fetch_latest(config: &Config, dir: &std::path::Path) -> ExitCode {
+    let mut failures = Vec::new();
+    for store in config.snapshots.stores() {
+        match store.fetch_latest(dir).await {
+            Ok(fetched) => {
+                println!("{}", serde_json::json!(fetched));
+                return ExitCode::SUCCESS;
+            }
+            Err(err) => failures.push(format!("{}: {err}", store.label())),
+        }
+    }
+    process::fail(NAME, format!("fetch failed: {}", failures.join("; ")))
 }

@@ -55,28 +55,36 @@ impl Remediator {
         taken
     }
 
-    /// Copies a verified snapshot to `--snapshot-store` in the background: the run goes on
-    /// with its local copy at once. The result is recorded later under the run's `id` as
-    /// kind `snapshot_upload` (a kind of its own, so an upload still going when the process
+    /// Copies a verified snapshot to `--snapshot-store` (and `--snapshot-store-secondary`,
+    /// independently: one store's loss never holds up or fails the other's) in the
+    /// background: the run goes on with its local copy at once. Each result is recorded
+    /// later under the run's `id` as kind `snapshot_upload`, step `upload` (the first store)
+    /// or `upload_secondary` (a kind of its own, so an upload still going when the process
     /// dies never makes the run itself look interrupted).
     pub fn upload_later(&self, id: &str, info: &SnapshotInfo) {
-        let Some(store) = self.snapshots.store.clone() else {
-            return;
-        };
         if self.snapshots.upload_inline {
             return;
         }
-        let (audit, id, path) = (self.audit.clone(), id.to_owned(), info.path.clone());
-        tokio::spawn(async move {
-            let (phase, detail) = match store.upload(&path).await {
-                Ok(uploaded) => (Phase::Ok, json!(uploaded)),
-                Err(err) => (
-                    Phase::Failed,
-                    json!({ "path": path, "error": err.to_string(), "local_copy": "kept" }),
-                ),
+        let stores = [
+            (self.snapshots.store.clone(), "upload"),
+            (self.snapshots.secondary.clone(), "upload_secondary"),
+        ];
+        for (store, step) in stores {
+            let Some(store) = store else {
+                continue;
             };
-            let _ = audit.record(&id, UPLOAD_KIND, "upload", phase, detail, false);
-        });
+            let (audit, id, path) = (self.audit.clone(), id.to_owned(), info.path.clone());
+            tokio::spawn(async move {
+                let (phase, detail) = match store.upload(&path).await {
+                    Ok(uploaded) => (Phase::Ok, json!(uploaded)),
+                    Err(err) => (
+                        Phase::Failed,
+                        json!({ "path": path, "store": store.label(), "error": err.to_string(), "local_copy": "kept" }),
+                    ),
+                };
+                let _ = audit.record(&id, UPLOAD_KIND, step, phase, detail, false);
+            });
+        }
     }
 
     fn record(&self, id: &str, step: &str, phase: Phase, detail: Value) -> Result<(), AuditError> {

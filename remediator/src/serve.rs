@@ -34,9 +34,7 @@ pub async fn run(
     let mut registry = Registry::default();
     let interval = config.snapshot_interval;
     let dry_run = config.dry_run;
-    if let Some(store) = &config.snapshots.store {
-        store.register(&mut registry);
-    }
+    crate::actions::store::register(&mut registry, &config.snapshots.stores());
     let app = App::new(config, &mut registry)?;
     // Before the listener serves: a webhook must not meet a predecessor's lock or run.
     let recovered = crate::recovery::recover(&app.remediator, &app.identity).await;
@@ -55,6 +53,10 @@ pub async fn run(
         ),
         None => spawn_serve(listener, router, REQUEST_TIMEOUT, stop.clone()),
     };
+    let proofs = app.prover.clone().and_then(|prover| {
+        let interval = prover.settings.interval?;
+        Some(tokio::spawn(scheduled_proofs(prover, interval)))
+    });
     // Ready once etcd answers; re-checked each interval of the readiness loop.
     let mut next_snapshot = tokio::time::Instant::now() + interval;
     loop {
@@ -88,6 +90,11 @@ pub async fn run(
             _ = tokio::time::sleep_until(wake) => {}
             _ = stop.wait_for(|stopped| *stopped) => break,
         }
+    }
+    // A proof under way is dropped: its throwaway etcd is killed, its scratch dir removed.
+    if let Some(proofs) = proofs {
+        proofs.abort();
+        let _ = proofs.await;
     }
     server.await??;
     app.retries.shutdown().await;
@@ -125,4 +132,19 @@ async fn scheduled_snapshot(app: &App) {
         }
         Err(err) => record(Phase::Failed, json!(err.to_string())),
     };
+}
+
+/// The first scheduled proof comes this soon after start (or after the interval, if
+/// shorter), so a pod restarted more often than the interval still proves its snapshots.
+const FIRST_PROOF_AFTER: Duration = Duration::from_secs(600);
+
+/// Proves the stores every `interval` (a round already running on demand is not doubled).
+async fn scheduled_proofs(prover: Arc<crate::actions::proof::Prover>, interval: Duration) {
+    tokio::time::sleep(interval.min(FIRST_PROOF_AFTER)).await;
+    loop {
+        if prover.round_now().await.is_none() {
+            tracing::info!("scheduled proof skipped: one is running");
+        }
+        tokio::time::sleep(interval).await;
+    }
 }

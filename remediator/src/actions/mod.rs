@@ -3,7 +3,9 @@
 pub mod compact;
 pub mod defrag;
 pub mod disarm;
+pub mod proof;
 pub mod restore;
+pub mod retention;
 pub mod snapshot;
 pub mod store;
 pub mod verify;

@@ -12,9 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ring::digest::{Context, SHA256, SHA256_OUTPUT_LEN};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
+use crate::actions::retention::{self, Retention};
 use crate::actions::store::{SnapshotStore, UploadOutcome};
 use crate::error::{ActionError, FileError};
 use crate::etcd::{EtcdAccess, EtcdError, local_revision};
@@ -33,9 +34,32 @@ pub struct SnapshotInfo {
     pub revision: i64,
     pub sha256: String,
     pub duration_seconds: f64,
+    /// The keys at `revision`, as the member counted them when the snapshot was taken
+    /// (kept beside it as `<name>.status`); `None` when it could not say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys: Option<i64>,
     /// Its copy in `--snapshot-store`, when one is set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upload: Option<UploadOutcome>,
+    /// Its copy in `--snapshot-store-secondary`, when one is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secondary_upload: Option<UploadOutcome>,
+}
+
+/// What the member said when the snapshot was taken: the revision the stream started at
+/// and how many keys there were at it. A restore of the snapshot must show the same keys
+/// at that revision (the proof checks it). Kept beside the snapshot as `<name>.status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedStatus {
+    pub revision: i64,
+    pub keys: i64,
+}
+
+/// The file that holds a snapshot's [`RecordedStatus`].
+pub fn status_path(snapshot: &Path) -> PathBuf {
+    let mut name = snapshot.as_os_str().to_owned();
+    name.push(crate::actions::store::STATUS_SUFFIX);
+    PathBuf::from(name)
 }
 
 /// Where snapshots go, how many stay and how long one may take: built once from the flags,
@@ -43,12 +67,16 @@ pub struct SnapshotInfo {
 #[derive(Clone, Debug)]
 pub struct SnapshotPolicy {
     pub dir: PathBuf,
-    /// The newest this many are kept.
-    pub retain: usize,
+    /// Which snapshots stay in the dir (a remediation's stay as long as the audit log
+    /// names them).
+    pub retention: Retention,
     /// Deadline for one download.
     pub timeout: Duration,
     /// Where every verified snapshot is copied (`--snapshot-store`).
     pub store: Option<Arc<SnapshotStore>>,
+    /// A second store that receives every snapshot too (`--snapshot-store-secondary`),
+    /// with its own retention and proof; its failures never fail the first's.
+    pub secondary: Option<Arc<SnapshotStore>>,
     /// Upload before `take` returns (`--snapshot-once`, which exits after); otherwise the
     /// caller uploads in the background ([`crate::remediation::Remediator::upload_later`]),
     /// so a slow store never holds up a remediation.
@@ -64,6 +92,15 @@ impl SnapshotPolicy {
         let started = std::time::Instant::now();
         let mut client = access.live_client(timeout).await?;
         let revision = local_revision(&mut client, access.timeout).await?;
+        // The keys at that revision, on the same member the snapshot comes from: what a
+        // restore of it must show at that revision, whatever is written meanwhile.
+        let keys = match count_keys(&mut client, revision, access.timeout).await {
+            Ok(keys) => Some(keys),
+            Err(err) => {
+                tracing::warn!(revision, error = %err, "cannot count the keys at the snapshot's revision; the proof will compare the revision only");
+                None
+            }
+        };
         let millis = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
@@ -109,26 +146,75 @@ impl SnapshotPolicy {
             Err(_) => Err(ActionError::SnapshotTimeout(timeout)),
         };
         let (size_bytes, sha256) = verified?;
+        if let Some(keys) = keys {
+            let status = serde_json::to_vec(&RecordedStatus { revision, keys }).map_err(|err| {
+                FileError {
+                    what: "encoding the status of",
+                    path: final_path.clone(),
+                    error: std::io::Error::other(err),
+                }
+            })?;
+            let path = status_path(&final_path);
+            std::fs::write(&path, status).map_err(FileError::on("writing", &path))?;
+        }
         part.rename_to(&final_path)?;
         sync_dir(dir)?;
-        prune(dir, self.retain)?;
-        let upload = match &self.store {
-            Some(store) if self.upload_inline => Some(match store.upload(&final_path).await {
-                Ok(uploaded) => UploadOutcome::Uploaded(uploaded),
-                Err(err) => UploadOutcome::Failed(err.to_string()),
-            }),
-            Some(store) => Some(UploadOutcome::Pending(format!("to {}", store.url()))),
-            None => None,
-        };
+        prune(dir, &self.retention, SystemTime::now())?;
+        let upload = self.upload_to(self.store.as_ref(), &final_path).await;
+        let secondary_upload = self.upload_to(self.secondary.as_ref(), &final_path).await;
         Ok(SnapshotInfo {
             path: final_path,
             size_bytes,
             revision,
             sha256,
             duration_seconds: started.elapsed().as_secs_f64(),
+            keys,
             upload,
+            secondary_upload,
         })
     }
+
+    /// With `upload_inline`, the upload to `store` done; otherwise it is left pending.
+    async fn upload_to(
+        &self,
+        store: Option<&Arc<SnapshotStore>>,
+        path: &Path,
+    ) -> Option<UploadOutcome> {
+        let store = store?;
+        Some(if self.upload_inline {
+            match store.upload(path).await {
+                Ok(uploaded) => UploadOutcome::Uploaded(uploaded),
+                Err(err) => UploadOutcome::Failed(err.to_string()),
+            }
+        } else {
+            UploadOutcome::Pending(format!("to {}", store.url()))
+        })
+    }
+
+    /// The stores every snapshot goes to, the first one first.
+    pub fn stores(&self) -> Vec<Arc<SnapshotStore>> {
+        self.store.iter().chain(&self.secondary).cloned().collect()
+    }
+}
+
+/// The keys the member holds at `revision` (a serializable count, on the member asked).
+async fn count_keys(
+    client: &mut etcd_client::Client,
+    revision: i64,
+    timeout: Duration,
+) -> Result<i64, EtcdError> {
+    let options = etcd_client::GetOptions::new()
+        .with_all_keys()
+        .with_count_only()
+        .with_serializable()
+        .with_revision(revision);
+    let response = crate::etcd::bounded(
+        "counting the keys",
+        timeout,
+        client.get(Vec::<u8>::new(), Some(options)),
+    )
+    .await?;
+    Ok(response.count())
 }
 
 /// A download in progress. A partial or corrupt file is never used, so it is removed
@@ -295,9 +381,36 @@ fn named(dir: &Path, suffix: &str) -> Result<Vec<PathBuf>, FileError> {
     Ok(found)
 }
 
-fn prune(dir: &Path, retain: usize) -> Result<(), FileError> {
-    for old in list(dir)?.into_iter().skip(retain) {
-        std::fs::remove_file(&old).map_err(FileError::on("removing", &old))?;
+/// Removes the snapshots `retention` does not keep at `now` (a remediation's stay while
+/// the audit log in `dir` names them), each with its status file.
+fn prune(dir: &Path, retention: &Retention, now: SystemTime) -> Result<(), FileError> {
+    let found = list(dir)?;
+    let names: Vec<String> = found
+        .iter()
+        .map(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+        .collect();
+    let protected = retention::protected_by_audit(dir);
+    for (old, keep) in found.iter().zip(retention.keep(&names, now, &protected)) {
+        if keep {
+            continue;
+        }
+        std::fs::remove_file(old).map_err(FileError::on("removing", old))?;
+        let status = status_path(old);
+        match std::fs::remove_file(&status) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(FileError {
+                    what: "removing",
+                    path: status,
+                    error,
+                });
+            }
+        }
         tracing::info!(path = %old.display(), "removed old snapshot (retention)");
     }
     Ok(())
@@ -429,7 +542,7 @@ mod tests {
             std::fs::write(dir.path().join(format!("snapshot-{i:016}-rev1.db")), b"x").unwrap();
         }
         std::fs::write(dir.path().join("audit.jsonl"), b"").unwrap();
-        prune(dir.path(), 2).unwrap();
+        prune(dir.path(), &Retention::count(2), SystemTime::now()).unwrap();
         let left: Vec<String> = list(dir.path())
             .unwrap()
             .iter()

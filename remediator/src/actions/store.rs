@@ -16,6 +16,7 @@
 //! workload identity, as `object_store`'s `from_env` builders read them; nothing here
 //! reads, stores or logs them.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -27,6 +28,7 @@ use object_store::{
     BackoffConfig, ObjectStore, PutPayload, RetryConfig, WriteMultipart, aws::AmazonS3Builder,
     azure::MicrosoftAzureBuilder, gcp::GoogleCloudStorageBuilder, local::LocalFileSystem,
 };
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -36,9 +38,9 @@ use ring::digest::{Context, SHA256};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::actions::retention::{self, Retention};
 use crate::actions::snapshot::{self, Partial, TrailerCheck};
 use crate::error::{ActionError, FileError};
-use crate::metrics::ResultLabel;
 
 /// The checksum object's suffix, beside the data object.
 pub const CHECKSUM_SUFFIX: &str = ".sha256";
@@ -97,6 +99,17 @@ fn refused_list(refused: &[String]) -> String {
 }
 
 impl StoreError {
+    /// The `reason` label a refused download is counted under.
+    fn refused_reason(&self) -> Option<&'static str> {
+        match self {
+            StoreError::BadChecksum { .. } | StoreError::ChecksumMismatch { .. } => {
+                Some("checksum")
+            }
+            StoreError::NotASnapshot { .. } => Some("not_a_snapshot"),
+            _ => None,
+        }
+    }
+
     /// A problem with this snapshot's content (the previous one may still be good), as
     /// opposed to the store itself failing (which the previous one would meet too).
     fn is_this_snapshot(&self) -> bool {
@@ -149,32 +162,224 @@ impl Default for UploadRetry {
     }
 }
 
-/// The store's metrics, registered with the service's (see [`SnapshotStore::register`]).
-#[derive(Clone, Default)]
-pub struct StoreMetrics {
-    /// Upload attempts by result (`ok`, `failed`).
-    pub uploads: Family<ResultLabel, Counter>,
-    /// When the newest snapshot in the store was uploaded (unix seconds); 0 until known.
-    pub last_upload: Gauge<f64, AtomicU64>,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabel {
+    pub store: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreResultLabel {
+    pub store: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreReasonLabel {
+    pub store: String,
+    pub reason: String,
+}
+
+/// The store's metrics, labelled `store` (`primary` for `--snapshot-store`, `secondary`
+/// for `--snapshot-store-secondary`). The families are shared by every store of a process
+/// ([`StoreMetrics::for_store`]), and registered once ([`register`]).
+#[derive(Clone)]
+pub struct StoreMetrics {
+    store: String,
+    /// Upload attempts by result (`ok`, `failed`).
+    uploads: Family<StoreResultLabel, Counter>,
+    /// When the newest snapshot in the store was uploaded (unix seconds); 0 until known.
+    last_upload: Family<StoreLabel, Gauge<f64, AtomicU64>>,
+    /// Downloads refused by their checksum or etcd's trailer, by reason.
+    refused: Family<StoreReasonLabel, Counter>,
+    /// Proofs of restorability by result (`ok`, `failed`).
+    proofs: Family<StoreResultLabel, Counter>,
+    /// When the newest snapshot proven restorable was taken (unix seconds); 0 until one is.
+    last_proven: Family<StoreLabel, Gauge<f64, AtomicU64>>,
+    /// How long the last proof took, download to teardown.
+    proof_seconds: Family<StoreLabel, Gauge<f64, AtomicU64>>,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        let metrics = StoreMetrics {
+            store: PRIMARY.to_owned(),
+            uploads: Family::default(),
+            last_upload: Family::default(),
+            refused: Family::default(),
+            proofs: Family::default(),
+            last_proven: Family::default(),
+            proof_seconds: Family::default(),
+        };
+        metrics.zero();
+        metrics
+    }
+}
+
+/// The `store` label of `--snapshot-store` and `--snapshot-store-secondary`.
+pub const PRIMARY: &str = "primary";
+pub const SECONDARY: &str = "secondary";
+/// Why a download was refused: its SHA-256 (or the checksum object) or etcd's trailer.
+pub const REFUSED_REASONS: [&str; 2] = ["checksum", "not_a_snapshot"];
+
 impl StoreMetrics {
+    /// The same families, for the store labelled `store`.
+    pub fn for_store(&self, store: &str) -> Self {
+        let metrics = StoreMetrics {
+            store: store.to_owned(),
+            ..self.clone()
+        };
+        metrics.zero();
+        metrics
+    }
+
+    /// Every series at 0 from the start, so a first failure reads as an increase.
+    fn zero(&self) {
+        for result in ["ok", "failed"] {
+            let _ = self.uploads.get_or_create(&self.result(result));
+            let _ = self.proofs.get_or_create(&self.result(result));
+        }
+        for reason in REFUSED_REASONS {
+            let _ = self.refused.get_or_create(&self.reason(reason));
+        }
+        let _ = self.last_upload.get_or_create(&self.label());
+        let _ = self.last_proven.get_or_create(&self.label());
+    }
+
+    fn label(&self) -> StoreLabel {
+        StoreLabel {
+            store: self.store.clone(),
+        }
+    }
+
+    fn result(&self, result: &str) -> StoreResultLabel {
+        StoreResultLabel {
+            store: self.store.clone(),
+            result: result.to_owned(),
+        }
+    }
+
+    fn reason(&self, reason: &str) -> StoreReasonLabel {
+        StoreReasonLabel {
+            store: self.store.clone(),
+            reason: reason.to_owned(),
+        }
+    }
+
+    /// The `store` label.
+    pub fn store(&self) -> &str {
+        &self.store
+    }
+
     fn count(&self, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
-        self.uploads
-            .get_or_create(&ResultLabel {
-                result: result.to_owned(),
-            })
-            .inc();
+        self.uploads.get_or_create(&self.result(result)).inc();
     }
 
     /// Upload attempts so far with `result` (`ok` or `failed`).
     pub fn attempts(&self, result: &str) -> u64 {
-        self.uploads
-            .get_or_create(&ResultLabel {
-                result: result.to_owned(),
-            })
-            .get()
+        self.uploads.get_or_create(&self.result(result)).get()
+    }
+
+    /// When the newest snapshot in the store was uploaded (unix seconds), 0 until known.
+    pub fn last_upload(&self) -> f64 {
+        self.last_upload.get_or_create(&self.label()).get()
+    }
+
+    fn set_last_upload(&self, seconds: f64) {
+        self.last_upload.get_or_create(&self.label()).set(seconds);
+    }
+
+    fn count_refused(&self, reason: &str) {
+        self.refused.get_or_create(&self.reason(reason)).inc();
+    }
+
+    /// Downloads refused so far for `reason` (`checksum`, `not_a_snapshot`).
+    pub fn refused(&self, reason: &str) -> u64 {
+        self.refused.get_or_create(&self.reason(reason)).get()
+    }
+
+    /// One proof done: `proven_taken` is when the snapshot it proved was taken (unix
+    /// seconds), `None` when it failed.
+    pub fn count_proof(&self, proven_taken: Option<f64>, seconds: f64) {
+        let result = if proven_taken.is_some() {
+            "ok"
+        } else {
+            "failed"
+        };
+        self.proofs.get_or_create(&self.result(result)).inc();
+        self.proof_seconds.get_or_create(&self.label()).set(seconds);
+        if let Some(taken) = proven_taken {
+            let gauge = self.last_proven.get_or_create(&self.label());
+            // Only ever forward: a proof that fell back to an older snapshot (the newest
+            // refused) does not make the newest proven one look older than it is.
+            if taken > gauge.get() {
+                gauge.set(taken);
+            }
+        }
+    }
+
+    /// Proofs so far with `result` (`ok` or `failed`).
+    pub fn proofs(&self, result: &str) -> u64 {
+        self.proofs.get_or_create(&self.result(result)).get()
+    }
+
+    /// When the newest snapshot proven restorable was taken (unix seconds), 0 until one is.
+    pub fn last_proven(&self) -> f64 {
+        self.last_proven.get_or_create(&self.label()).get()
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "etcd_dr_snapshot_uploads",
+            "Snapshot upload attempts to a store, by store (primary, secondary) and result (ok, failed)",
+            self.uploads.clone(),
+        );
+        registry.register(
+            "etcd_dr_snapshot_last_upload_timestamp_seconds",
+            "When the newest snapshot in the store was uploaded, by store (0 until known)",
+            self.last_upload.clone(),
+        );
+        registry.register(
+            "etcd_dr_snapshot_downloads_refused",
+            "Downloads from a store refused (SHA-256 mismatch or no valid etcd trailer), by store and reason; the previous snapshot is used",
+            self.refused.clone(),
+        );
+        registry.register(
+            "etcd_dr_snapshot_proof",
+            "Proofs that a store's newest snapshot restores (restored into a throwaway etcd, revision and keys compared), by store and result",
+            self.proofs.clone(),
+        );
+        registry.register(
+            "etcd_dr_snapshot_last_proven_timestamp_seconds",
+            "When the newest snapshot proven restorable was taken, by store (0 until one is)",
+            self.last_proven.clone(),
+        );
+        registry.register(
+            "etcd_dr_snapshot_proof_duration_seconds",
+            "How long the last proof took (download, verify, restore, start, compare, stop), by store",
+            self.proof_seconds.clone(),
+        );
+    }
+}
+
+/// Registers the stores' metrics (one set of families for all) and, inside a runtime,
+/// sets each one's last-upload time from its newest snapshot, so a restart does not read
+/// as an RPO breach.
+pub fn register(registry: &mut Registry, stores: &[Arc<SnapshotStore>]) {
+    let Some(first) = stores.first() else {
+        return;
+    };
+    first.metrics.register(registry);
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    for store in stores {
+        let store = store.clone();
+        runtime.spawn(async move {
+            if let Err(err) = store.refresh_last_upload().await {
+                tracing::warn!(store = %store.url, error = %err, "cannot read the store's newest snapshot");
+            }
+        });
     }
 }
 
@@ -217,6 +422,9 @@ pub struct Fetched {
     pub sha256: String,
     pub bytes: u64,
     pub path: PathBuf,
+    /// Why newer snapshots were refused before this one (corrupt in the store).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
 }
 
 /// The object store snapshots are copied to.
@@ -225,8 +433,9 @@ pub struct SnapshotStore {
     prefix: ObjectPath,
     /// As given, for messages (a URL of a bucket carries no secret).
     url: String,
-    /// The newest this many stay in the store.
-    pub retain: usize,
+    /// Which snapshots stay in the store (the count given to [`SnapshotStore::open`] until
+    /// set otherwise).
+    pub retention: Retention,
     pub retry: UploadRetry,
     pub metrics: StoreMetrics,
     // One upload (with its catch-up and retention) at a time: a scheduled snapshot's and a
@@ -238,7 +447,7 @@ impl std::fmt::Debug for SnapshotStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SnapshotStore")
             .field("url", &self.url)
-            .field("retain", &self.retain)
+            .field("retention", &self.retention)
             .field("retry", &self.retry)
             .finish_non_exhaustive()
     }
@@ -328,7 +537,7 @@ impl SnapshotStore {
             store,
             prefix,
             url: url.to_owned(),
-            retain,
+            retention: Retention::count(retain),
             retry: UploadRetry::default(),
             metrics: StoreMetrics::default(),
             busy: tokio::sync::Mutex::new(()),
@@ -339,32 +548,9 @@ impl SnapshotStore {
         &self.url
     }
 
-    /// Registers the upload metrics and, inside a runtime, sets the last-upload time from
-    /// the store's newest snapshot, so a restart does not read as an RPO breach.
-    pub fn register(self: &Arc<Self>, registry: &mut Registry) {
-        registry.register(
-            "etcd_dr_snapshot_uploads",
-            "Snapshot upload attempts to --snapshot-store, by result (ok, failed)",
-            self.metrics.uploads.clone(),
-        );
-        registry.register(
-            "etcd_dr_snapshot_last_upload_timestamp_seconds",
-            "When the newest snapshot in --snapshot-store was uploaded (unix seconds; 0 until known)",
-            self.metrics.last_upload.clone(),
-        );
-        for result in ["ok", "failed"] {
-            let _ = self.metrics.uploads.get_or_create(&ResultLabel {
-                result: result.to_owned(),
-            });
-        }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let store = self.clone();
-            runtime.spawn(async move {
-                if let Err(err) = store.refresh_last_upload().await {
-                    tracing::warn!(store = %store.url, error = %err, "cannot read the store's newest snapshot");
-                }
-            });
-        }
+    /// `primary` or `secondary`, as its metrics are labelled.
+    pub fn label(&self) -> &str {
+        self.metrics.store()
     }
 
     /// Sets the last-upload gauge from the store's newest complete snapshot.
@@ -379,8 +565,8 @@ impl SnapshotStore {
         if let Some(when) = newest {
             // Only ever forward: an upload that finished meanwhile is newer.
             let seconds = when.timestamp_millis() as f64 / 1000.0;
-            if seconds > self.metrics.last_upload.get() {
-                self.metrics.last_upload.set(seconds);
+            if seconds > self.metrics.last_upload() {
+                self.metrics.set_last_upload(seconds);
             }
         }
         Ok(())
@@ -420,10 +606,14 @@ impl SnapshotStore {
         };
         self.mark_uploaded();
         tracing::info!(location = %uploaded.location, bytes = uploaded.bytes, sha256 = %uploaded.sha256, "snapshot uploaded");
+        let protected = path
+            .parent()
+            .map(retention::protected_by_audit)
+            .unwrap_or_default();
         if let Some(dir) = path.parent() {
-            self.catch_up(dir, path).await;
+            self.catch_up(dir, path, &protected).await;
         }
-        if let Err(err) = self.prune().await {
+        if let Err(err) = self.prune(SystemTime::now(), &protected).await {
             tracing::warn!(store = %self.url, error = %err, "store retention failed; will try after the next upload");
         }
         Ok(uploaded)
@@ -434,21 +624,33 @@ impl SnapshotStore {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or_default();
-        self.metrics.last_upload.set(now);
+        self.metrics.set_last_upload(now);
     }
 
-    /// Sends the local snapshots the store lacks (newest first: the RPO gains most), once
-    /// each; a failure is counted and left for the next upload.
-    async fn catch_up(&self, dir: &Path, just_sent: &Path) {
+    /// Sends the local snapshots the store lacks and its retention keeps (newest first:
+    /// the RPO gains most), once each; a failure is counted and left for the next upload.
+    async fn catch_up(&self, dir: &Path, just_sent: &Path, protected: &HashSet<String>) {
         let (Ok(local), Ok(stored)) = (snapshot::list(dir), self.list().await) else {
             return;
         };
-        let retained: Vec<_> = local.into_iter().take(self.retain).collect();
-        for path in retained {
+        let mut names: Vec<String> = local
+            .iter()
+            .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_owned))
+            .chain(stored.iter().map(|s| s.name.clone()))
+            .collect();
+        names.sort_by(|a, b| b.cmp(a));
+        names.dedup();
+        // Not what the store's retention would delete again at once.
+        let kept: HashSet<&str> = names
+            .iter()
+            .zip(self.retention.keep(&names, SystemTime::now(), protected))
+            .filter_map(|(name, keep)| keep.then_some(name.as_str()))
+            .collect();
+        for path in local {
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
-            if path == just_sent || stored.iter().any(|s| s.name == name) {
+            if path == just_sent || !kept.contains(name) || stored.iter().any(|s| s.name == name) {
                 continue;
             }
             let sent = self.put(&path).await;
@@ -513,6 +715,26 @@ impl SnapshotStore {
             .await
             .map_err(request("completing the upload of", &location))?;
         let sha256 = hex(context.finish().as_ref());
+        // The status recorded when it was taken, if any, goes before the checksum too.
+        let status_path = snapshot::status_path(path);
+        match tokio::fs::read(&status_path).await {
+            Ok(status) => {
+                let status_location = status_location(&location);
+                self.store
+                    .put(&status_location, PutPayload::from(status))
+                    .await
+                    .map_err(request("writing", &status_location))?;
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(FileError {
+                    what: "reading",
+                    path: status_path,
+                    error,
+                }
+                .into());
+            }
+        }
         // Only now: a data object without its checksum is never taken for a snapshot.
         let checksum = checksum_location(&location);
         self.store
@@ -574,17 +796,28 @@ impl SnapshotStore {
         Ok(found)
     }
 
-    /// Deletes the snapshots beyond the newest `retain`, checksum first (so one half
-    /// deleted is no longer a snapshot), and data objects left without a checksum older
-    /// than the newest snapshot (an upload cut short between the two objects).
-    pub async fn prune(&self) -> Result<(), StoreError> {
+    /// Deletes the snapshots the retention does not keep at `now` (`protected` names
+    /// stay), checksum first (so one half deleted is no longer a snapshot), then the data
+    /// and its status; and data objects left without a checksum older than the newest
+    /// snapshot (an upload cut short between the objects), with their status.
+    pub async fn prune(
+        &self,
+        now: SystemTime,
+        protected: &HashSet<String>,
+    ) -> Result<(), StoreError> {
         let stored = self.list().await?;
         let newest = stored.first().map(|s| s.name.clone());
-        for old in stored.iter().skip(self.retain) {
+        let names: Vec<&str> = stored.iter().map(|s| s.name.as_str()).collect();
+        let keep = self.retention.keep(&names, now, protected);
+        for (old, keep) in stored.iter().zip(keep) {
+            if keep {
+                continue;
+            }
             let location = self.prefix.child(old.name.as_str());
             self.delete(&checksum_location(&location)).await?;
             self.delete(&location).await?;
-            tracing::info!(location = %location, "removed old snapshot from the store (retention)");
+            self.delete(&status_location(&location)).await?;
+            tracing::info!(store = %self.label(), location = %location, "removed old snapshot from the store (retention)");
         }
         let Some(newest) = newest else {
             return Ok(());
@@ -593,12 +826,13 @@ impl SnapshotStore {
             let Some(name) = meta.location.filename() else {
                 continue;
             };
-            let orphan = snapshot::is_snapshot_name(name)
-                && name < newest.as_str()
-                && !stored.iter().any(|s| s.name == name);
+            let data = name.strip_suffix(STATUS_SUFFIX).unwrap_or(name);
+            let orphan = snapshot::is_snapshot_name(data)
+                && data < newest.as_str()
+                && !stored.iter().any(|s| s.name == data);
             if orphan {
                 self.delete(&meta.location).await?;
-                tracing::info!(location = %meta.location, "removed a data object without its checksum");
+                tracing::info!(location = %meta.location, "removed an object without its snapshot's checksum");
             }
         }
         Ok(())
@@ -628,10 +862,13 @@ impl SnapshotStore {
                     if !refused.is_empty() {
                         tracing::warn!(name = %fetched.name, refused = ?refused, "newer snapshots refused; using an older one");
                     }
-                    return Ok(fetched);
+                    return Ok(Fetched { refused, ..fetched });
                 }
                 Err(err) if err.is_this_snapshot() => {
-                    tracing::warn!(name = %stored.name, error = %err, "snapshot in the store refused");
+                    if let Some(reason) = err.refused_reason() {
+                        self.metrics.count_refused(reason);
+                    }
+                    tracing::warn!(store = %self.label(), name = %stored.name, error = %err, "snapshot in the store refused");
                     refused.push(err.to_string());
                 }
                 Err(err) => return Err(err),
@@ -641,6 +878,25 @@ impl SnapshotStore {
             url: self.url.clone(),
             refused,
         })
+    }
+
+    /// The status recorded when `name` was taken, if it was uploaded with one; an object
+    /// that is not such a status counts as none (the proof then asks the snapshot itself).
+    pub async fn read_status(
+        &self,
+        name: &str,
+    ) -> Result<Option<snapshot::RecordedStatus>, StoreError> {
+        let location = status_location(&self.prefix.child(name));
+        let bytes = match self.store.get(&location).await {
+            Ok(found) => found.bytes().await.map_err(request("reading", &location))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(error) => return Err(request("reading", &location)(error)),
+        };
+        Ok(serde_json::from_slice(&bytes)
+            .inspect_err(
+                |err| tracing::warn!(%location, error = %err, "not a snapshot status; ignored"),
+            )
+            .ok())
     }
 
     /// Downloads `name` to `dir/<name>.part`, streamed and hashed, and renames it into
@@ -713,6 +969,7 @@ impl SnapshotStore {
             sha256: actual,
             bytes,
             path: final_path,
+            refused: Vec::new(),
         })
     }
 }
@@ -729,6 +986,13 @@ fn file_name(path: &Path) -> Result<String, StoreError> {
             }
             .into()
         })
+}
+
+/// The status recorded when the snapshot was taken, beside the data object.
+pub const STATUS_SUFFIX: &str = ".status";
+
+fn status_location(data: &ObjectPath) -> ObjectPath {
+    ObjectPath::from(format!("{data}{STATUS_SUFFIX}"))
 }
 
 fn checksum_location(data: &ObjectPath) -> ObjectPath {
