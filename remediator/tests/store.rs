@@ -112,7 +112,7 @@ fn a_snapshot_goes_up_and_comes_back_with_its_checksum() {
         assert!(listing.contains(&format!("cluster-a/{}.sha256", file_name(&big))));
         assert_eq!(store.metrics.attempts("ok"), 2);
         assert_eq!(store.metrics.attempts("failed"), 0);
-        assert!(store.metrics.last_upload.get() > 0.0);
+        assert!(store.metrics.last_upload() > 0.0);
 
         let restore_dir = tempfile::tempdir().unwrap();
         let fetched = store.fetch_latest(restore_dir.path()).await.unwrap();
@@ -252,7 +252,7 @@ fn an_unreachable_store_keeps_the_local_copy_and_catches_up_when_back() {
     assert!(missed.exists(), "the local copy is kept");
     assert_eq!(store.metrics.attempts("failed"), 2, "each attempt counted");
     assert_eq!(store.metrics.attempts("ok"), 0);
-    assert_eq!(store.metrics.last_upload.get(), 0.0);
+    assert_eq!(store.metrics.last_upload(), 0.0);
 
     // Back (empty, as moto starts): the next snapshot's upload brings the missed one too.
     server.start_again().unwrap();
@@ -266,7 +266,7 @@ fn an_unreachable_store_keeps_the_local_copy_and_catches_up_when_back() {
         );
     });
     assert_eq!(store.metrics.attempts("ok"), 2);
-    assert!(store.metrics.last_upload.get() > 0.0);
+    assert!(store.metrics.last_upload() > 0.0);
 }
 
 #[test]
