@@ -33,7 +33,7 @@ fi
 # (Jenkins' "Set up" stage); installing here would race the parallel image stages for
 # dpkg's lock.
 missing=()
-for pkg in busybox-static ca-certificates etcd-client util-linux; do
+for pkg in busybox-static ca-certificates etcd-client etcd-server util-linux; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
@@ -96,6 +96,10 @@ for svc in "${services[@]}"; do
     # `snapshot restore`, util-linux flock (busybox's lacks it) to see etcd let go of its
     # data, busybox for the shell and the rest.
     add_executable "$rootfs" /usr/bin/etcdctl /usr/local/bin/etcdctl
+    # The proof of a stored snapshot restores it with that etcdctl and starts it as a
+    # throwaway etcd on loopback: the matching 3.4 server (it reads the snapshots of 3.5
+    # to 3.7 clusters too; remediator/tests/proof.rs).
+    add_executable "$rootfs" /usr/bin/etcd /usr/local/bin/etcd
     add_executable "$rootfs" /usr/bin/flock /usr/bin/flock
     add_executable "$rootfs" /bin/busybox /bin/busybox
     for applet in sh mv cp rm rmdir mkdir ls cat test [ true sleep seq sed grep head; do
