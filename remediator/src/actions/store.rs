@@ -197,6 +197,8 @@ pub struct StoreMetrics {
     last_proven: Family<StoreLabel, Gauge<f64, AtomicU64>>,
     /// How long the last proof took, download to teardown.
     proof_seconds: Family<StoreLabel, Gauge<f64, AtomicU64>>,
+    /// 1 when the last proof passed, 0 when it failed; absent until the first.
+    last_proof_success: Family<StoreLabel, Gauge>,
 }
 
 impl Default for StoreMetrics {
@@ -209,6 +211,7 @@ impl Default for StoreMetrics {
             proofs: Family::default(),
             last_proven: Family::default(),
             proof_seconds: Family::default(),
+            last_proof_success: Family::default(),
         };
         metrics.zero();
         metrics
@@ -308,6 +311,9 @@ impl StoreMetrics {
         };
         self.proofs.get_or_create(&self.result(result)).inc();
         self.proof_seconds.get_or_create(&self.label()).set(seconds);
+        self.last_proof_success
+            .get_or_create(&self.label())
+            .set(i64::from(proven_taken.is_some()));
         if let Some(taken) = proven_taken {
             let gauge = self.last_proven.get_or_create(&self.label());
             // Only ever forward: a proof that fell back to an older snapshot (the newest
@@ -353,6 +359,11 @@ impl StoreMetrics {
             "etcd_dr_snapshot_last_proven_timestamp_seconds",
             "When the newest snapshot proven restorable was taken, by store (0 until one is)",
             self.last_proven.clone(),
+        );
+        registry.register(
+            "etcd_dr_snapshot_last_proof_success",
+            "1 when the last proof of the store passed, 0 when it failed, by store (absent until the first)",
+            self.last_proof_success.clone(),
         );
         registry.register(
             "etcd_dr_snapshot_proof_duration_seconds",
