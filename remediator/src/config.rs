@@ -901,6 +901,89 @@ mod tests {
     }
 
     #[test]
+    fn retention_secondary_and_proof_flags() {
+        let store = std::env::temp_dir().join("dr-remediator-config-test-store2");
+        let url = format!("file://{}", store.display());
+        let second = format!("file://{}-b", store.display());
+        // Without a store: no proof, local retention by count only.
+        let config = parse(&[]).unwrap();
+        assert!(config.proof.is_none());
+        assert_eq!(config.snapshots.retention, Retention::count(5));
+        assert!(
+            parse(&["--snapshot-store-secondary", &second])
+                .unwrap_err()
+                .contains("--snapshot-store"),
+            "a secondary needs a primary"
+        );
+        let config = parse(&[
+            "--snapshot-store",
+            &url,
+            "--snapshot-store-secondary",
+            &second,
+            "--snapshot-retain-within",
+            "12h",
+            "--snapshot-store-retain-daily",
+            "7",
+            "--snapshot-store-retain-weekly",
+            "4",
+            "--snapshot-store-secondary-retain",
+            "2",
+            "--snapshot-store-secondary-retain-within",
+            "0",
+        ])
+        .unwrap();
+        let day = Duration::from_secs(12 * 3600);
+        assert_eq!(
+            config.snapshots.retention,
+            Retention {
+                count: 5,
+                within: day,
+                daily: 0,
+                weekly: 0
+            }
+        );
+        let primary = config.snapshots.store.as_ref().unwrap();
+        assert_eq!(
+            primary.retention,
+            Retention {
+                count: 5,
+                within: day,
+                daily: 7,
+                weekly: 4
+            },
+            "the local age rule by default, its own where given"
+        );
+        let secondary = config.snapshots.secondary.as_ref().unwrap();
+        assert_eq!(
+            secondary.retention,
+            Retention {
+                count: 2,
+                within: Duration::ZERO,
+                daily: 7,
+                weekly: 4
+            }
+        );
+        assert_eq!(primary.label(), "primary");
+        assert_eq!(secondary.label(), "secondary");
+        let proof = config.proof.unwrap();
+        assert_eq!(proof.interval, Some(Duration::from_secs(6 * 3600)));
+        assert_eq!(proof.scratch, config.snapshots.dir.join("proof"));
+        assert_eq!(proof.etcd_bin, PathBuf::from("etcd"));
+        let config = parse(&["--snapshot-store", &url, "--proof-interval", "0"]).unwrap();
+        assert_eq!(config.proof.unwrap().interval, None, "on demand only");
+        assert!(
+            parse(&[
+                "--snapshot-store",
+                &url,
+                "--snapshot-store-secondary-retain",
+                "0"
+            ])
+            .unwrap_err()
+            .contains("at least 1")
+        );
+    }
+
+    #[test]
     fn kubeadm_preset_fills_every_command() {
         let config = parse(&["--restore-mode", "command", "--restore-preset", "kubeadm"]).unwrap();
         let restore = config.restore.unwrap();

@@ -536,6 +536,35 @@ mod tests {
     }
 
     #[test]
+    fn retention_by_age_removes_each_snapshot_with_its_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = UNIX_EPOCH + Duration::from_secs(1_000 * 86_400);
+        let hour = 3_600_000u64;
+        let at = |hours_ago: u64| {
+            let millis = 1_000 * 86_400_000 - hours_ago * hour;
+            dir.path().join(format!("snapshot-{millis:016}-rev1.db"))
+        };
+        for hours_ago in [0, 5, 30, 50] {
+            std::fs::write(at(hours_ago), b"x").unwrap();
+            std::fs::write(status_path(&at(hours_ago)), b"{}").unwrap();
+        }
+        let retention = Retention {
+            count: 1,
+            within: Duration::from_secs(24 * 3600),
+            daily: 0,
+            weekly: 0,
+        };
+        prune(dir.path(), &retention, now).unwrap();
+        assert_eq!(list(dir.path()).unwrap(), [at(0), at(5)]);
+        assert!(status_path(&at(5)).exists());
+        assert!(
+            !status_path(&at(30)).exists(),
+            "the status goes with its snapshot"
+        );
+        assert!(!status_path(&at(50)).exists());
+    }
+
+    #[test]
     fn retention_keeps_the_newest() {
         let dir = tempfile::tempdir().unwrap();
         for i in 0..4 {

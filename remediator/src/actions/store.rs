@@ -1066,6 +1066,36 @@ mod tests {
     }
 
     #[test]
+    fn two_stores_share_one_set_of_families_labelled_by_store() {
+        let primary = Arc::new(SnapshotStore::open("s3://a/p", 2, &[]).unwrap());
+        let mut secondary = SnapshotStore::open("s3://b/p", 2, &[]).unwrap();
+        secondary.metrics = primary.metrics.for_store(SECONDARY);
+        let secondary = Arc::new(secondary);
+        let mut registry = Registry::default();
+        register(&mut registry, &[primary.clone(), secondary.clone()]);
+        secondary.metrics.count(false);
+        secondary.metrics.count_refused("checksum");
+        primary.metrics.count_proof(Some(1_700_000_000.0), 2.5);
+        secondary.metrics.count_proof(None, 1.0);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            r#"etcd_dr_snapshot_uploads_total{store="secondary",result="failed"} 1"#,
+            r#"etcd_dr_snapshot_uploads_total{store="primary",result="failed"} 0"#,
+            r#"etcd_dr_snapshot_downloads_refused_total{store="secondary",reason="checksum"} 1"#,
+            r#"etcd_dr_snapshot_proof_total{store="primary",result="ok"} 1"#,
+            r#"etcd_dr_snapshot_proof_total{store="secondary",result="failed"} 1"#,
+            r#"etcd_dr_snapshot_last_proof_success{store="primary"} 1"#,
+            r#"etcd_dr_snapshot_last_proof_success{store="secondary"} 0"#,
+            r#"etcd_dr_snapshot_last_proven_timestamp_seconds{store="primary"} 1700000000.0"#,
+            r#"etcd_dr_snapshot_last_proven_timestamp_seconds{store="secondary"} 0.0"#,
+        ] {
+            assert!(text.contains(line), "{line} not in:\n{text}");
+        }
+        assert_eq!(text.matches("# TYPE etcd_dr_snapshot_uploads ").count(), 1);
+    }
+
+    #[test]
     fn only_snapshot_checksums_count() {
         assert!(is_checksum_name("snapshot-0000000000000001-rev5.db.sha256"));
         assert!(!is_checksum_name("snapshot-0000000000000001-rev5.db"));
