@@ -150,19 +150,48 @@ impl ClusterView {
     }
 
     /// True when more than half the members answer and agree on a leader among them:
-    /// the cluster can still commit, so a restore would only lose data.
+    /// the cluster can still commit, so a restore would only lose data. A leader that
+    /// does not answer *here* (a slow or cut link from the remediator to it) still counts
+    /// when a majority names it and the alarm list was read: that read is committed
+    /// through raft, so quorum was there a moment ago. (A dead leader the others still
+    /// name is not enough on its own: its proposals fail, so the alarm list does.)
     pub fn quorum_holds(&self) -> Option<String> {
-        let leader = self.leader()?;
-        let agreeing = self
+        let agreeing = |leader: u64| {
+            self.members
+                .iter()
+                .filter(|m| m.status.as_ref().is_some_and(|s| s.leader == leader))
+                .count()
+        };
+        let majority = |count: usize| count * 2 > self.members.len();
+        let total = self.members.len();
+        if let Some(leader) = self.leader() {
+            let count = agreeing(leader.id);
+            return majority(count).then(|| {
+                format!(
+                    "{count} of {total} members answer with leader {}",
+                    leader.name
+                )
+            });
+        }
+        if self.alarms_error.is_some() {
+            return None;
+        }
+        let (leader, count) = self
             .members
             .iter()
-            .filter(|m| m.status.as_ref().is_some_and(|s| s.leader == leader.id))
-            .count();
-        (agreeing * 2 > self.members.len()).then(|| {
+            .filter_map(|m| m.status.as_ref().map(|s| s.leader))
+            .filter(|&leader| leader != 0)
+            .map(|leader| (leader, agreeing(leader)))
+            .max_by_key(|&(_, count)| count)?;
+        let name = self
+            .members
+            .iter()
+            .find(|m| m.id == leader)
+            .map_or_else(|| format!("{leader:x}"), |m| m.name.clone());
+        majority(count).then(|| {
             format!(
-                "{agreeing} of {} members answer with leader {}",
-                self.members.len(),
-                leader.name
+                "{count} of {total} members answer with leader {name} (which does not answer \
+                 here) and the alarm list commits"
             )
         })
     }
@@ -288,6 +317,16 @@ mod tests {
         };
         assert!(view.quorum_holds().unwrap().starts_with("2 of 3"));
         view.members[2] = member(3, 2, false);
+        assert_eq!(view.quorum_holds(), None);
+        // The leader silent to us, the two others naming it, the alarm list read: it
+        // still commits. Without the alarm list, that may be a dead leader.
+        view.members = vec![member(1, 1, false), member(2, 1, true), member(3, 1, true)];
+        let holds = view.quorum_holds().unwrap();
+        assert!(
+            holds.starts_with("2 of 3") && holds.contains("m1"),
+            "{holds}"
+        );
+        view.alarms_error = Some("timed out".into());
         assert_eq!(view.quorum_holds(), None);
     }
 
