@@ -16,6 +16,7 @@ debian_packages=(
   groovy                                        # parses the Jenkinsfile
   curl procps                                   # tests: https checks, kill(1) by PID
   strace                                        # dr_testkit::SlowDisk: a disk that stalls etcd's syncs
+  iproute2 iptables                             # fault drills: a network namespace, delay and loss on its loopback
   busybox-static ca-certificates util-linux     # what ci/build-images.sh puts in the images
   docker-registry                               # ci/check-registry.sh: a real registry on loopback
 )
