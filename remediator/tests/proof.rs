@@ -743,3 +743,65 @@ fn a_remediator_killed_mid_upload_leaves_no_snapshot_behind() {
         );
     });
 }
+
+/// The service as `main` runs it: scheduled snapshots go to the store and a scheduled
+/// proof follows on its own; `/metrics` says so, labelled by store.
+#[test]
+fn the_service_proves_its_store_on_schedule() {
+    let etcd = EtcdCluster::start(EtcdOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let store_url = format!("file://{}", store_dir.path().display());
+    let scratch = tempfile::tempdir().unwrap();
+    let settings = settings(scratch.path());
+    let rt = runtime();
+    rt.block_on(async {
+        put_keys(&etcd, "a", 40).await;
+        let served = support::serve(
+            &etcd.client_endpoints(),
+            dir.path(),
+            &[
+                "--snapshot-store",
+                store_url.as_str(),
+                "--snapshot-interval",
+                "1s",
+                "--proof-interval",
+                "3s",
+                "--proof-etcd-bin",
+                &settings.etcd_bin.display().to_string(),
+                "--proof-restore-bin",
+                &settings.restore_bin.display().to_string(),
+                "--proof-dir",
+                &scratch.path().display().to_string(),
+            ],
+        )
+        .await;
+        let client = support::http_client(None);
+        let url = format!("http://{}/metrics", served.addr);
+        let proven = r#"etcd_dr_snapshot_proof_total{store="primary",result="ok"} "#;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let metrics = loop {
+            let text = client.get(&url).send().await.unwrap().text().await.unwrap();
+            let done = text
+                .lines()
+                .any(|l| l.starts_with(proven) && !l.ends_with(" 0"));
+            if done {
+                break text;
+            }
+            assert!(Instant::now() < deadline, "no scheduled proof: {text}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        assert!(
+            metrics.contains(r#"etcd_dr_snapshot_last_proof_success{store="primary"} 1"#),
+            "{metrics}"
+        );
+        assert!(
+            !metrics
+                .contains(r#"etcd_dr_snapshot_last_proven_timestamp_seconds{store="primary"} 0.0"#),
+            "{metrics}"
+        );
+        served.stop().await;
+    });
+    // Stopped: no throwaway etcd or scratch left behind.
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+}
