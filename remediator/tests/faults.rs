@@ -241,6 +241,7 @@ fn a_member_killed_in_its_defrag_stops_the_repair_and_the_next_run_completes() {
     );
     let verify = step(&events, "verify", Phase::Ok).unwrap();
     assert_eq!(verify.detail["verdict"], "degraded", "{verify:?}");
+    let why: String = failed.detail.as_str().unwrap().chars().take(160).collect();
     let (_, metrics) = rt.block_on(r.get("/metrics"));
     assert!(
         metric_line(
@@ -271,7 +272,7 @@ fn a_member_killed_in_its_defrag_stops_the_repair_and_the_next_run_completes() {
     let after = rt.block_on(seeded_on_each(&endpoints));
     assert!(after.iter().all(|a| *a == before), "keys lost or changed");
     eprintln!(
-        "fault-drill: member killed mid-defrag: keys {} before, {:?} after on each member; run stopped {:.1}s after the kill; healthy and repaired {:.1}s after it",
+        "fault-drill: member killed mid-defrag ({why}): keys {} before, {:?} after on each member; run stopped {:.1}s after the kill; healthy and repaired {:.1}s after it",
         before.0,
         after.iter().map(|a| a.0).collect::<Vec<_>>(),
         stopped_after.as_secs_f64(),
@@ -360,6 +361,13 @@ fn the_leader_killed_during_compaction_stops_the_repair_and_the_next_run_complet
         step(&events, "verify", Phase::Ok).unwrap().detail["verdict"],
         "degraded"
     );
+    let why: String = step(&events, "compact", Phase::Failed)
+        .unwrap()
+        .detail
+        .to_string()
+        .chars()
+        .take(160)
+        .collect();
 
     etcd.start_member(leader).unwrap();
     etcd.wait_healthy(Duration::from_secs(60)).unwrap();
@@ -385,7 +393,7 @@ fn the_leader_killed_during_compaction_stops_the_repair_and_the_next_run_complet
     let after = rt.block_on(seeded_on_each(&endpoints));
     assert!(after.iter().all(|a| *a == before), "keys lost or changed");
     eprintln!(
-        "fault-drill: leader killed mid-compaction: keys {} before, {:?} after on each member; run stopped {:.1}s after the kill; healthy and repaired {:.1}s after it",
+        "fault-drill: leader killed mid-compaction ({why}): keys {} before, {:?} after on each member; run stopped {:.1}s after the kill; healthy and repaired {:.1}s after it",
         before.0,
         after.iter().map(|a| a.0).collect::<Vec<_>>(),
         stopped_after.as_secs_f64(),

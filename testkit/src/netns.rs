@@ -55,8 +55,35 @@ impl NetNs {
     }
 }
 
+impl NetNs {
+    /// PIDs of the processes that run in this namespace (`ip netns pids`): only ever
+    /// ours, started into it through [`command`](Self::command), and their children.
+    pub fn pids(&self) -> Vec<u32> {
+        run_within(
+            Command::new("ip").args(["netns", "pids", &self.name]),
+            IP_LIMIT,
+        )
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+}
+
 impl Drop for NetNs {
     fn drop(&mut self) {
+        // Whatever a killed child left running in here (its own children could not be
+        // stopped by it) goes with the namespace, by PID.
+        for pid in self.pids() {
+            eprintln!(
+                "dr-testkit: killing pid {pid}, left in network namespace {}",
+                self.name
+            );
+            let _ = run("kill", &["-KILL", &pid.to_string()]);
+        }
         if let Err(err) = ip(&["netns", "del", &self.name]) {
             eprintln!(
                 "dr-testkit: deleting network namespace {}: {err:#}",
