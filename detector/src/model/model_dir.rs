@@ -75,7 +75,9 @@ pub struct ScoringV2 {
     /// steps of the window.
     pub tail_steps: usize,
     /// One per feature: a feature's error is divided by this (a high quantile of its
-    /// error on the calibration recordings' normal windows, at least `calibration_floor`).
+    /// error on the calibration recordings' normal windows, at least `calibration_floor`;
+    /// since the slow-disk recordings, each error the least of `alert_for_steps` windows
+    /// in a row, as the alert holds it).
     pub calibration: Vec<f64>,
     pub calibration_quantile: f64,
     pub calibration_floor: f64,

@@ -33,7 +33,8 @@ pub struct Source {
 pub struct V2Options {
     /// The per-feature error is over the window's last this many unmasked steps.
     pub tail_steps: usize,
-    /// A feature's calibration is this quantile of its error on calibration normal windows.
+    /// A feature's calibration is this quantile of its error on calibration normal
+    /// windows, each error the least of `alert_for_steps` windows in a row.
     pub calibration_quantile: f64,
     /// ... and at least this (squared scales): a feature that never moved on the
     /// calibration recordings is reconstructed almost exactly, and dividing by that
@@ -106,6 +107,24 @@ fn normal_starts(data: &Dataset, w: usize, step: f64) -> Vec<usize> {
         .into_iter()
         .filter(|&s| data.label_any(s, w) != Some(true) && !data.masked_any(s, w))
         .collect()
+}
+
+/// Adds to `errors` (one list per feature) what each feature kept up over every `hold`
+/// consecutive windows of `run` (their smallest error): a spike shorter than the alert's
+/// `for` cannot fire it, so it should not set how far a feature is from normal. Measured
+/// per window instead, the noisiest latency's spikes set its scale so high that a disk
+/// whose fsync p99 sat at one second for the whole incident stayed under the threshold.
+fn push_held(errors: &mut [Vec<f64>], run: &[(usize, Vec<f64>)], hold: usize) {
+    let hold = hold.max(1);
+    for held in run.windows(hold) {
+        for (j, acc) in errors.iter_mut().enumerate() {
+            let least = held
+                .iter()
+                .map(|(_, e)| e.get(j).copied().unwrap_or(0.0))
+                .fold(f64::INFINITY, f64::min);
+            acc.push(least);
+        }
+    }
 }
 
 /// Trains a format 2 model: `train` recordings fit the LSTM, `calibrate` recordings choose
@@ -304,9 +323,11 @@ pub fn train_v2(
         source: "training".into(),
     })?;
 
-    // Calibration: each feature's error quantile on the calibration normal windows.
+    // Calibration: each feature's error quantile on the calibration normal windows, as
+    // the alert sees an error: held for `alert_for_steps` windows in a row.
     let mut errors: Vec<Vec<f64>> = vec![Vec::new(); f];
     for (data, trailing) in &calib_sets {
+        let mut run: Vec<(usize, Vec<f64>)> = Vec::new();
         for s in normal_starts(data, w, step) {
             let Some(baseline) = ready(trailing, s) else {
                 continue;
@@ -317,11 +338,14 @@ pub fn train_v2(
                 Some(&baseline),
             );
             if let Ok(Some(e)) = e {
-                for (acc, v) in errors.iter_mut().zip(e) {
-                    acc.push(v);
+                if run.last().is_some_and(|(prev, _)| prev + 1 != s) {
+                    push_held(&mut errors, &run, v2.alert_for_steps);
+                    run.clear();
                 }
+                run.push((s, e));
             }
         }
+        push_held(&mut errors, &run, v2.alert_for_steps);
     }
     let calibration: Vec<f64> = errors
         .iter()
@@ -424,6 +448,27 @@ pub fn lowest_threshold(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calibration_takes_what_a_feature_held_not_its_spikes() {
+        // Feature 0 spikes to 50 for 2 windows; feature 1 sits at 4 for 12 windows.
+        let run: Vec<(usize, Vec<f64>)> = (0..20)
+            .map(|s| {
+                let spike = if (5..7).contains(&s) { 50.0 } else { 1.0 };
+                let held = if (3..15).contains(&s) { 4.0 } else { 1.0 };
+                (s, vec![spike, held])
+            })
+            .collect();
+        let mut errors = vec![Vec::new(), Vec::new()];
+        push_held(&mut errors, &run, 10);
+        assert_eq!(errors[0].len(), 11, "one value per 10 windows in a row");
+        assert_eq!(errors[0].iter().copied().fold(0.0, f64::max), 1.0);
+        assert_eq!(errors[1].iter().copied().fold(0.0, f64::max), 4.0);
+        // A run shorter than the hold cannot fire an alert alone: it adds nothing.
+        let mut none = vec![Vec::new(), Vec::new()];
+        push_held(&mut none, &run[..9], 10);
+        assert!(none.iter().all(Vec::is_empty));
+    }
 
     #[test]
     fn the_threshold_is_the_lowest_with_few_enough_false_alarms() {
