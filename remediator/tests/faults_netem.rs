@@ -344,6 +344,7 @@ fn inner_slow_lossy_network_in_its_namespace() {
         assert!(!run.iter().any(|e| e.step == "lock"), "{run:#?}");
         let why = silent["error"].as_str().unwrap();
         assert!(timed_out(why), "{why}");
+        assert!(step(&run, "snapshot", Phase::Ok).is_some(), "{run:#?}");
         assert!(step(&run, "escalate", Phase::Ok).is_some(), "{run:#?}");
         assert!(
             run.iter().all(|e| !(e.step == "compact"
@@ -385,11 +386,17 @@ fn inner_slow_lossy_network_in_its_namespace() {
     });
 }
 
-/// True when `text` says a deadline fired (ours, or the gRPC connect's).
+/// True when `text` says a deadline fired (ours, or the gRPC call's or connect's).
 fn timed_out(text: &str) -> bool {
-    ["timed out", "no answer within", "Timeout expired"]
-        .iter()
-        .any(|t| text.contains(t))
+    let text = text.to_lowercase();
+    [
+        "timed out",
+        "timedout",
+        "timeout expired",
+        "no answer within",
+    ]
+    .iter()
+    .any(|t| text.contains(t))
 }
 
 /// Index of the member that leads now.
