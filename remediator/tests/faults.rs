@@ -547,6 +547,26 @@ fn a_full_snapshot_file_system_fails_cleanly_counts_it_and_the_next_run_complete
     let dir = tmpfs.path().to_path_buf();
     let r = remediator(&endpoints, &dir, &["--health-wait", "1s"]);
     let before = rt.block_on(seed(&endpoints, 30, 100 * 1024));
+    // A real Prometheus scrapes the remediator with the chart's rule on that counter.
+    let target = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = listener.local_addr().unwrap().to_string();
+        let router = r.router.clone();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        target
+    });
+    let scrape = format!("- job_name: remediator\n  static_configs:\n  - targets: ['{target}']\n");
+    let rule = chart_rule("EtcdDrSnapshotFailing");
+    let prometheus = Prometheus::start(
+        &scrape,
+        &[("remediator.yml", rule.as_str())],
+        Duration::from_secs(1),
+        None,
+    )
+    .unwrap();
+    prometheus
+        .wait_for_query("etcd_dr_snapshot_failure_total", Duration::from_secs(30))
+        .unwrap();
     let (status, body) = rt.block_on(r.post(&space_alert("fault-full-1"), None));
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let first = body["action_id"].as_str().unwrap().to_owned();
@@ -584,17 +604,16 @@ fn a_full_snapshot_file_system_fails_cleanly_counts_it_and_the_next_run_complete
         metric_line(&metrics, "etcd_dr_snapshot_failure_total 1"),
         "{metrics}"
     );
-    // The chart's alert on that counter.
-    let rules = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../charts/dr-stack/templates/prometheusrule.yaml"),
-    )
-    .unwrap();
-    assert!(
-        rules.contains("alert: EtcdDrSnapshotFailing")
-            && rules.contains("increase(etcd_dr_snapshot_failure_total"),
-        "no alert on the snapshot failures"
-    );
+    // The chart's alert on that counter fires.
+    let failing = Instant::now();
+    prometheus
+        .wait_for_query(
+            "ALERTS{alertname=\"EtcdDrSnapshotFailing\",alertstate=\"firing\"}",
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    let alert_after = failing.elapsed();
+    drop(prometheus);
 
     // Room again: the next alert repairs.
     let grown = Instant::now();
@@ -614,11 +633,32 @@ fn a_full_snapshot_file_system_fails_cleanly_counts_it_and_the_next_run_complete
     assert_eq!(after, vec![before.clone()]);
     drop(r);
     eprintln!(
-        "fault-drill: snapshot file system full: keys {} before, {} after; repaired {:.1}s after space was back",
+        "fault-drill: snapshot file system full: keys {} before, {} after; EtcdDrSnapshotFailing firing {:.1}s after the failure was counted; repaired {:.1}s after space was back",
         before.0,
         after[0].0,
+        alert_after.as_secs_f64(),
         grown.elapsed().as_secs_f64()
     );
+}
+
+/// The chart's rule `alert` (charts/dr-stack/templates/prometheusrule.yaml) as a plain
+/// Prometheus rule file, its namespace matcher left out.
+fn chart_rule(alert: &str) -> String {
+    let chart = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../charts/dr-stack/templates/prometheusrule.yaml"),
+    )
+    .unwrap();
+    let at = chart
+        .find(&format!("- alert: {alert}\n"))
+        .unwrap_or_else(|| panic!("the chart has no alert {alert}"));
+    let expr = chart[at..]
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("expr: "))
+        .unwrap()
+        .replace("{ {{- $ns -}} }", "");
+    assert!(!expr.contains("{{"), "a template left in {expr}");
+    format!("groups:\n- name: chart\n  rules:\n  - alert: {alert}\n    expr: {expr}\n")
 }
 
 /// The dr-remediator binary as a child process, killed or stopped by its PID.
