@@ -318,6 +318,8 @@ fn inner_slow_lossy_network_in_its_namespace() {
         assert!(r.snapshots().is_empty() || status == StatusCode::ACCEPTED);
 
         impairment.remove();
+        // With netem the members' own traffic was impaired too: let them settle.
+        etcd.wait_healthy(Duration::from_secs(60)).unwrap();
 
         // The leader behind the slow, lossy link, the two others seen well: the cluster is not seen
         // whole, so no repair; a snapshot and an escalation at most.
