@@ -3,7 +3,7 @@
 //! cooldown of an alert is shared the same way: a key with a lease. (Within the process,
 //! the gate's try-lock keeps runs apart.)
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use etcd_client::{GetOptions, LockOptions};
 use tokio::task::JoinHandle;
@@ -18,6 +18,9 @@ pub const COOLDOWN_PREFIX: &str = "/etcd-dr/cooldown/";
 /// waits for the lock: etcd's lock key carries no value, so this is what tells a restarted
 /// replica that a lease is its dead predecessor's (see [`release_own`]).
 pub const OWNER_PREFIX: &str = "/etcd-dr/lock-owner/";
+/// The least time the lock's writes (lease, owner key) get, whatever `--etcd-timeout`
+/// says: a reader's deadline is too short for a write on a disk that stalls.
+const LOCK_WRITE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A held etcd lock; [`release`](Self::release) it, or its lease expires after the TTL.
 pub struct EtcdLock {
@@ -37,21 +40,27 @@ impl EtcdLock {
         ttl: Duration,
         wait: Duration,
     ) -> Result<Option<Self>, EtcdError> {
-        let mut client = access.client().await?;
+        // The lease and the owner key are writes: each waits for a WAL fsync on a quorum,
+        // which on a stalling disk (the very incident being called about) takes seconds.
+        let write_deadline = access.timeout.max(LOCK_WRITE_DEADLINE);
+        let mut client = access.live_client(write_deadline).await?;
         let ttl_secs = i64::try_from(ttl.as_secs().max(2)).unwrap_or(60);
+        let granting = Instant::now();
         let lease = bounded(
             "lease grant",
-            access.timeout,
+            write_deadline,
             client.lease_grant(ttl_secs, None),
         )
         .await?
         .id();
+        // The lock key is one more such write: the wait for another holder starts after it.
+        let write_took = granting.elapsed();
         // Written before queueing for the lock, so a replica killed while it waited is
         // found too; it goes with the lease.
         let owner = owner_key(identity, lease);
         let marked = bounded(
             "lock owner key",
-            access.timeout,
+            write_deadline,
             client.put(
                 owner,
                 serde_json::json!({ "identity": identity, "lease": lease, "pid": std::process::id() })
@@ -84,7 +93,7 @@ impl EtcdLock {
             }
         });
         let attempt = tokio::time::timeout(
-            wait,
+            wait + write_took,
             client.lock(LOCK_NAME, Some(LockOptions::new().with_lease(lease))),
         )
         .await;
@@ -129,8 +138,9 @@ pub async fn mark_cooldown(
     fingerprint: &str,
     ttl: Duration,
 ) -> Result<(), EtcdError> {
+    let deadline = (access.timeout * 2).max(LOCK_WRITE_DEADLINE);
     let call = async {
-        let mut client = access.client().await?;
+        let mut client = access.live_client(deadline).await?;
         let ttl_secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
         let lease = client
             .lease_grant(ttl_secs, None)
@@ -147,7 +157,7 @@ pub async fn mark_cooldown(
             .map_err(|err| EtcdError::request("cooldown key", err))?;
         Ok::<_, EtcdError>(())
     };
-    bounded("marking the cooldown", access.timeout * 2, call).await
+    bounded("marking the cooldown", deadline, call).await
 }
 
 /// True while some replica's cooldown for `fingerprint` lasts.
