@@ -105,7 +105,19 @@ async fn webhook(
         metrics.count_webhook(outcome)
     })
     .await?;
-    Ok(match app.gate.admit(&payload).await {
+    // Decided in a task of its own: Alertmanager hangs up after its timeout (10 s by
+    // default), and a decision that takes longer (etcd on a stalling disk answers every
+    // write in seconds) must still end, recorded, instead of being dropped mid-way with
+    // the connection; the next webhook then finds it running, or its outcome.
+    let decided = tokio::spawn(async move { decide(&app, payload).await });
+    decided
+        .await
+        .map_err(|err| ApiError::Internal(format!("the webhook's decision failed: {err}")))
+}
+
+async fn decide(app: &Arc<App>, payload: Payload) -> (StatusCode, Json<Value>) {
+    let metrics = &app.remediator.metrics;
+    match app.gate.admit(&payload).await {
         Decision::Skip { reason, action_id } => {
             metrics.count_webhook("skipped");
             let mut answer = json!({ "skipped": reason.to_string() });
@@ -136,7 +148,7 @@ async fn webhook(
             tokio::spawn(async move { permit.run(&remediator).await });
             (StatusCode::ACCEPTED, Json(answer))
         }
-    })
+    }
 }
 
 /// Starts a proof of every store's newest snapshot in the background: 202 with its
