@@ -4,7 +4,7 @@
 # Alertmanager, collector, detector, remediator; loopback only), one fresh stack per
 # scenario. Prints a timeline; writes target/drill/report.json (or $DR_DRILL_REPORT).
 #
-#   e2e/drill.sh [--scenario all|nospace|restore|false-alarm|busy-normal|rule-only|member-down|leader|slow-disk]
+#   e2e/drill.sh [--scenario all|nospace|restore|false-alarm|busy-normal|rule-only|member-down|leader|slow-disk|disaster]
 #                [--members 1|3]
 #                [--etcd 3.4|3.5|3.6|3.7] [--model DIR] [--step 1s] [--mttr-budget 120s]
 #

@@ -68,6 +68,7 @@ pub enum ScenarioChoice {
     MemberDown,
     RuleOnly,
     BusyNormal,
+    Disaster,
 }
 
 fn members(s: &str) -> Result<usize, String> {

@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod dataset;
+pub mod disaster;
 pub mod follow;
 pub mod interrupt;
 pub mod keys;
@@ -39,6 +40,7 @@ pub fn run(mut cli: Cli) -> anyhow::Result<bool> {
                 Kind::MemberDown,
                 Kind::Leader,
                 Kind::SlowDisk,
+                Kind::Disaster,
             ],
             ScenarioChoice::Nospace => vec![Kind::Nospace],
             ScenarioChoice::Restore => vec![Kind::Restore],
@@ -48,6 +50,7 @@ pub fn run(mut cli: Cli) -> anyhow::Result<bool> {
             ScenarioChoice::MemberDown => vec![Kind::MemberDown],
             ScenarioChoice::RuleOnly => vec![Kind::RuleOnly],
             ScenarioChoice::BusyNormal => vec![Kind::BusyNormal],
+            ScenarioChoice::Disaster => vec![Kind::Disaster],
         };
         for kind in chosen {
             if !kinds.contains(&kind) {
@@ -94,10 +97,12 @@ pub fn run(mut cli: Cli) -> anyhow::Result<bool> {
     println!();
     for r in &reports {
         println!(
-            "{:<12} {}  MTTR {:>6}  keys {}/{} intact  {}",
+            "{:<12} {}  MTTR {:>6}{}  keys {}/{} intact  {}",
             r.scenario,
             if r.passed { "PASSED" } else { "FAILED" },
             r.mttr_seconds.map_or("-".into(), |m| format!("{m:.1}s")),
+            r.rpo_seconds
+                .map_or(String::new(), |s| format!("  RPO {s:.1}s")),
             r.keys_checked - r.keys_lost,
             r.keys_checked,
             r.failures.join("; ")

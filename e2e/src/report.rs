@@ -16,6 +16,10 @@ pub struct ScenarioReport {
     /// `null` where nothing was to repair (false-alarm) or it never got healthy.
     pub mttr_seconds: Option<f64>,
     pub mttr_budget_seconds: f64,
+    /// Seconds between the snapshot restored from and the loss (`disaster`: the data
+    /// written in between is gone); absent where no restore from a backup was the repair.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpo_seconds: Option<f64>,
     pub keys_checked: usize,
     pub keys_lost: usize,
     pub seeded_sha256: String,
@@ -46,6 +50,7 @@ impl ScenarioReport {
             passed: false,
             mttr_seconds: None,
             mttr_budget_seconds: cli.mttr_budget.as_secs_f64(),
+            rpo_seconds: None,
             keys_checked: 0,
             keys_lost: 0,
             seeded_sha256: String::new(),

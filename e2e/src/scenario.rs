@@ -53,6 +53,8 @@ pub enum Kind {
     RuleOnly,
     /// A healthy cluster at ten times the steady load, from its start: nothing may fire.
     BusyNormal,
+    /// Every member and the local snapshots lost; back from the object store (disaster.rs).
+    Disaster,
 }
 
 impl Kind {
@@ -66,6 +68,7 @@ impl Kind {
             Kind::MemberDown => "member-down",
             Kind::RuleOnly => "rule-only",
             Kind::BusyNormal => "busy-normal",
+            Kind::Disaster => crate::disaster::NAME,
         }
     }
 
@@ -76,7 +79,7 @@ impl Kind {
             Kind::Leader => Some("leader_instability"),
             Kind::SlowDisk => Some("slow_disk"),
             Kind::MemberDown => Some("member_unavailable"),
-            Kind::Restore | Kind::FalseAlarm | Kind::BusyNormal => None,
+            Kind::Restore | Kind::FalseAlarm | Kind::BusyNormal | Kind::Disaster => None,
         }
     }
 }
@@ -102,6 +105,9 @@ fn flush_pending_writes(tl: &mut Timeline) {
 }
 
 pub fn run(kind: Kind, cli: &Cli, rt: &Runtime) -> Result<ScenarioReport> {
+    if kind == Kind::Disaster {
+        return crate::disaster::run(cli, rt);
+    }
     let dir = cli.work_dir.join(kind.name());
     if dir.exists() {
         fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
@@ -206,6 +212,7 @@ pub fn run(kind: Kind, cli: &Cli, rt: &Runtime) -> Result<ScenarioReport> {
         Kind::FalseAlarm => drill.false_alarm(),
         Kind::BusyNormal => drill.busy_normal(),
         Kind::Leader | Kind::SlowDisk | Kind::MemberDown => drill.escalation(),
+        Kind::Disaster => Err(anyhow::anyhow!("disaster runs on a stack of its own")),
     };
     let Drill {
         mut report,
