@@ -272,18 +272,38 @@ def check_hardening(name, obj):
         fail(f"{where}: mounts a service account token it does not need")
     if ("CKV_K8S_19" in skips) != bool(spec.get("hostNetwork")):
         fail(f"{where}: hostNetwork and its checkov skip disagree")
-    for c in spec["containers"]:
+    init = spec.get("initContainers") or []
+    roots = []
+    for c in spec["containers"] + init:
         context = {**pod_context, **(c.get("securityContext") or {})}
+        is_init = c in init
         if re.search(r":latest$|^[^:@]+$", c["image"]):
             fail(f"{where}: image {c['image']} is not pinned")
         if context.get("allowPrivilegeEscalation") is not False or context.get("readOnlyRootFilesystem") is not True \
                 or context.get("capabilities", {}).get("drop") != ["ALL"] or context.get("privileged"):
             fail(f"{where}: container {c['name']} is not hardened: {context}")
-        if as_root != (context.get("runAsUser") == 0):
-            fail(f"{where}: container {c['name']} runs as {context.get('runAsUser')} but the root skip "
-                 f"(CKV_K8S_23) is {'set' if as_root else 'not set'}")
-        if not as_root and (context.get("runAsNonRoot") is not True or context.get("runAsUser") != 65532):
+        added = context.get("capabilities", {}).get("add") or []
+        # Only an init container may add a capability, and only CHOWN (the remediator's
+        # snapshot-dir, handing a root-made hostPath directory to uid 65532).
+        if added and (not is_init or added != ["CHOWN"]):
+            fail(f"{where}: container {c['name']} adds capabilities {added}")
+        if added and "CKV_K8S_25" not in skips:
+            fail(f"{where}: container {c['name']} adds {added} but the capabilities skip (CKV_K8S_25) is not set")
+        if context.get("runAsUser") == 0:
+            # checkov's root checks look at the main containers only: a root init container
+            # is allowed only as the one that adds CHOWN, whose skip (CKV_K8S_25) says why.
+            if not is_init:
+                roots.append(c["name"])
+            elif added != ["CHOWN"]:
+                fail(f"{where}: init container {c['name']} runs as root without the CHOWN-only reason")
+        elif context.get("runAsNonRoot") is not True or context.get("runAsUser") != 65532:
             fail(f"{where}: container {c['name']} must run as the non-root user 65532")
+    if as_root != bool(roots):
+        fail(f"{where}: containers running as root: {roots or 'none'}, but the root skip (CKV_K8S_23) is "
+             f"{'set' if as_root else 'not set'}")
+    if "CKV_K8S_25" in skips and not any((c.get("securityContext") or {}).get("capabilities", {}).get("add")
+                                         for c in spec["containers"] + init):
+        fail(f"{where}: the capabilities skip (CKV_K8S_25) is set but no container adds one")
 
 
 def promql_checks(name, by_kind):
@@ -593,10 +613,42 @@ else:
 
 default_kinds = {d["kind"] for d in yaml.safe_load_all((OUT / "rendered" / "default.yaml").read_text())}
 for wanted in ("DaemonSet", "Deployment", "Service", "PodDisruptionBudget",
-               "NetworkPolicy", "Secret", "PersistentVolumeClaim", "ServiceMonitor", "PrometheusRule",
+               "NetworkPolicy", "Secret", "ServiceMonitor", "PrometheusRule",
                "AlertmanagerConfig", "ConfigMap", "Pod"):
     if wanted not in default_kinds:
         fail(f"[default] renders no {wanted}")
+# A plain kubeadm cluster has no StorageClass: the default install claims no volume, and
+# the remediator keeps its snapshots in a hostPath on its control-plane node, handed to its
+# non-root user by the init container; the pvc option still renders and mounts its claim.
+if "PersistentVolumeClaim" in default_kinds:
+    fail("[default] renders a PersistentVolumeClaim, which stays unbound without a StorageClass")
+
+
+def remediator_pod(set_name):
+    docs = yaml.safe_load_all((OUT / "rendered" / f"{set_name}.yaml").read_text())
+    [d] = [d for d in docs if d and d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-remediator")]
+    return d["spec"]["template"]["spec"]
+
+
+pod = remediator_pod("default")
+snapshots = {v["name"]: v for v in pod["volumes"]}["snapshots"]
+wanted_path = merged({}, "remediator")["snapshots"]["hostPath"]
+if snapshots.get("hostPath") != {"path": wanted_path, "type": "DirectoryOrCreate"}:
+    fail(f"[default] the remediator's snapshot volume is not a hostPath {wanted_path} (DirectoryOrCreate): {snapshots}")
+init = {c["name"]: c for c in pod.get("initContainers", [])}.get("snapshot-dir")
+if not init or {"name": "snapshots", "mountPath": "/var/lib/etcd-dr/snapshots"} not in init["volumeMounts"] \
+        or "chown 65532:65532" not in init["command"][-1]:
+    fail(f"[default] no init container hands the hostPath snapshot directory to uid 65532: {init}")
+if any(c.get("initContainers") for c in [remediator_pod("kubeadm-restore")]):
+    fail("[kubeadm-restore] the remediator runs as root and needs no snapshot-dir init container")
+pvc_docs = [d for d in yaml.safe_load_all((OUT / "rendered" / "snapshots-pvc.yaml").read_text()) if d]
+claims = [d["metadata"]["name"] for d in pvc_docs if d["kind"] == "PersistentVolumeClaim"]
+pod = remediator_pod("snapshots-pvc")
+claimed = {v["name"]: v for v in pod["volumes"]}["snapshots"].get("persistentVolumeClaim", {}).get("claimName")
+if len(claims) != 1 or claimed != claims[0] or pod.get("initContainers"):
+    fail(f"[snapshots-pvc] remediator.snapshots.type=pvc must render one claim and mount it: claims {claims}, "
+         f"mounted {claimed}, init containers {pod.get('initContainers')}")
+print(f"  remediator snapshots: default hostPath {wanted_path} with no claim; type=pvc renders and mounts {claims}")
 # kubeadm ships no metrics-server: an HPA only when asked for (all-options asks).
 if "HorizontalPodAutoscaler" in default_kinds:
     fail("[default] renders a HorizontalPodAutoscaler, which needs a metrics-server kubeadm does not have")
