@@ -191,6 +191,35 @@ fn metric_line(metrics: &str, line: &str) -> bool {
 }
 
 // 1. A member killed (SIGKILL) in the middle of its own defrag.
+/// The run after the fault is over: a new alert (its own fingerprint, so no cooldown),
+/// every member defragmented, healthy, and the keys of `before` on every member. Its
+/// events and each member's keys.
+fn next_run_repairs(
+    rt: &tokio::runtime::Runtime,
+    r: &support::Remediator,
+    fingerprint: &str,
+    endpoints: &[String],
+    before: &(usize, Vec<u8>),
+) -> (Vec<Event>, Vec<(usize, Vec<u8>)>) {
+    idle(rt, r);
+    let (status, body) = rt.block_on(r.post(&space_alert(fingerprint), None));
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["action_id"].as_str().unwrap().to_owned();
+    let events = rt.block_on(r.wait_finished(&id, RUN_TIMEOUT));
+    let defragged = events
+        .iter()
+        .filter(|e| e.step.starts_with("defrag ") && e.phase == Phase::Ok)
+        .count();
+    assert_eq!(defragged, 3, "{events:#?}");
+    assert_eq!(
+        step(&events, "verify", Phase::Ok).unwrap().detail["verdict"],
+        "healthy"
+    );
+    let after = rt.block_on(seeded_on_each(endpoints));
+    assert!(after.iter().all(|a| a == before), "keys lost or changed");
+    (events, after)
+}
+
 #[test]
 fn a_member_killed_in_its_defrag_stops_the_repair_and_the_next_run_completes() {
     let mut etcd = etcd(3);
@@ -254,23 +283,8 @@ fn a_member_killed_in_its_defrag_stops_the_repair_and_the_next_run_completes() {
     // The member comes back; the next run repairs the whole cluster.
     etcd.start_member(victim).unwrap();
     etcd.wait_healthy(Duration::from_secs(60)).unwrap();
-    idle(&rt, &r);
-    let (status, body) = rt.block_on(r.post(&space_alert("fault-defrag-2"), None));
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let second = body["action_id"].as_str().unwrap().to_owned();
-    let events = rt.block_on(r.wait_finished(&second, RUN_TIMEOUT));
+    let (_, after) = next_run_repairs(&rt, &r, "fault-defrag-2", &endpoints, &before);
     let recovered = killed.elapsed();
-    let defragged = events
-        .iter()
-        .filter(|e| e.step.starts_with("defrag ") && e.phase == Phase::Ok)
-        .count();
-    assert_eq!(defragged, 3, "{events:#?}");
-    assert_eq!(
-        step(&events, "verify", Phase::Ok).unwrap().detail["verdict"],
-        "healthy"
-    );
-    let after = rt.block_on(seeded_on_each(&endpoints));
-    assert!(after.iter().all(|a| *a == before), "keys lost or changed");
     eprintln!(
         "fault-drill: member killed mid-defrag ({why}): keys {} before, {:?} after on each member; run stopped {:.1}s after the kill; healthy and repaired {:.1}s after it",
         before.0,
@@ -371,27 +385,9 @@ fn the_leader_killed_during_compaction_stops_the_repair_and_the_next_run_complet
 
     etcd.start_member(leader).unwrap();
     etcd.wait_healthy(Duration::from_secs(60)).unwrap();
-    idle(&rt, &r);
-    let (status, body) = rt.block_on(r.post(&space_alert("fault-compact-2"), None));
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let second = body["action_id"].as_str().unwrap().to_owned();
-    let events = rt.block_on(r.wait_finished(&second, RUN_TIMEOUT));
+    let (events, after) = next_run_repairs(&rt, &r, "fault-compact-2", &endpoints, &before);
     let recovered = killed.elapsed();
     assert!(step(&events, "compact", Phase::Ok).is_some(), "{events:#?}");
-    assert_eq!(
-        events
-            .iter()
-            .filter(|e| e.step.starts_with("defrag ") && e.phase == Phase::Ok)
-            .count(),
-        3,
-        "{events:#?}"
-    );
-    assert_eq!(
-        step(&events, "verify", Phase::Ok).unwrap().detail["verdict"],
-        "healthy"
-    );
-    let after = rt.block_on(seeded_on_each(&endpoints));
-    assert!(after.iter().all(|a| *a == before), "keys lost or changed");
     eprintln!(
         "fault-drill: leader killed mid-compaction ({why}): keys {} before, {:?} after on each member; run stopped {:.1}s after the kill; healthy and repaired {:.1}s after it",
         before.0,
