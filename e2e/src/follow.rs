@@ -71,6 +71,12 @@ pub struct Follower {
 }
 
 impl Follower {
+    /// The anomaly alert's state in Prometheus at the last poll (`inactive`, `pending`,
+    /// `firing`; empty before the first).
+    pub fn alert_state(&self) -> &str {
+        &self.alert_state
+    }
+
     pub fn new(stack: &Stack) -> Self {
         Self {
             audit: AuditTail::new(stack.snapshot_dir.join("audit.jsonl")),

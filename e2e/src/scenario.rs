@@ -477,8 +477,11 @@ impl Drill<'_> {
     }
 
     /// Ten times the steady load, healthy, watched for `BUSY_FOR`: the detector judges
-    /// each member against its own (busy) normal, so no alert may fire, no webhook arrive,
-    /// nothing be touched.
+    /// each member against its own (busy) normal, so the anomaly alert may not fire, no
+    /// webhook arrive, nothing be touched. A score over the threshold for less than the
+    /// alert's `for` is what that `for` is there to absorb: it is counted and reported,
+    /// not failed (the drill's own machine compiles and tests beside it, and its commit
+    /// latency shows that for a moment).
     fn busy_normal(&mut self) -> Result<()> {
         let before = self.follower.audit.events.len();
         self.tl.incident_started(&format!(
@@ -487,17 +490,31 @@ impl Drill<'_> {
         ));
         let until = self.tl.now() + BUSY_FOR.as_secs_f64();
         let mut failures = Vec::new();
+        let (mut polls, mut anomalous) = (0usize, 0usize);
         while self.tl.now() <= until {
             self.observe(Duration::from_secs(1))?;
-            if let Ok(answer) = &self.follower.last_score {
-                if answer["anomalous"] == true {
-                    failures.push(format!(
-                        "the detector called a busy, healthy cluster anomalous: {}",
-                        answer.to_string().chars().take(300).collect::<String>()
-                    ));
-                    break;
-                }
+            polls += 1;
+            if let Ok(answer) = &self.follower.last_score
+                && answer["anomalous"] == true
+            {
+                anomalous += 1;
             }
+            if self.follower.alert_state() == "firing" {
+                let answer = match &self.follower.last_score {
+                    Ok(answer) => answer.to_string(),
+                    Err(why) => why.clone(),
+                };
+                failures.push(format!(
+                    "{ALERT_NAME} fired on a busy, healthy cluster: {}",
+                    answer.chars().take(300).collect::<String>()
+                ));
+                break;
+            }
+        }
+        if failures.is_empty() {
+            self.tl.mark(&format!(
+                "score over the threshold in {anomalous} of {polls} polls, never held for the alert's `for`"
+            ));
         }
         let events = self.events_since(before);
         if let Some(webhook) = events.iter().find(|e| e["kind"] == "webhook") {
