@@ -76,19 +76,7 @@ fn a_webhook_whose_caller_hangs_up_is_still_decided_and_carried_out() {
         let answer = serde_json::json!({"instance": "127.0.0.1:2379", "score": 3.2,
             "threshold": 1.0, "anomalous": true, "step_seconds": 1.0, "model": "test",
             "masked_steps": 0, "feature_shares": {"wal_fsync_p99": 0.7, "backend_commit_p99": 0.3}});
-        let slow_detector = axum::Router::new().route(
-            "/score",
-            axum::routing::get(move || {
-                let answer = answer.clone();
-                async move {
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                    axum::Json(answer)
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let detector = format!("http://{}/", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, slow_detector).await });
+        let detector = support::detector_answering_after(answer, Duration::from_secs(2)).await;
 
         let served = support::serve(
             &etcd.client_endpoints(),

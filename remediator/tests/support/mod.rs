@@ -346,11 +346,19 @@ pub fn firing_space() -> String {
 
 /// A stand-in detector whose `GET /score` answers `answer`; its base URL.
 pub async fn detector_answering(answer: Value) -> String {
+    detector_answering_after(answer, Duration::ZERO).await
+}
+
+/// [`detector_answering`], taking `delay` over each answer (a detector slow to confirm).
+pub async fn detector_answering_after(answer: Value, delay: Duration) -> String {
     let app = Router::new().route(
         "/score",
         axum::routing::get(move || {
             let answer = answer.clone();
-            async move { axum::Json(answer) }
+            async move {
+                tokio::time::sleep(delay).await;
+                axum::Json(answer)
+            }
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
