@@ -458,3 +458,126 @@ fn a_snapshot_taken_by_the_service_is_uploaded_in_the_background() {
         assert_eq!(remediator.audit.unfinished().unwrap(), []);
     });
 }
+
+/// Feeds `bytes` to a fed upload in etcd's 32 KiB chunks, as `take` does.
+async fn feed_all(feed: &mut dr_remediator::actions::store::Feed, bytes: &[u8]) {
+    for chunk in bytes.chunks(32 * 1024) {
+        feed.send(chunk).await;
+    }
+}
+
+/// The one-off snapshot's upload runs beside the download: the store has the data while
+/// it streams, but lists a snapshot only once it is verified and in place.
+#[test]
+fn a_fed_upload_is_a_snapshot_only_once_the_file_is_in_place() {
+    let server = s3_server();
+    let store = Arc::new(s3_store(&server, "fed", 5));
+    let source = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(fake_snapshot(source.path(), 1_000, 40 * 1024, 3)).unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let path = local.path().join("snapshot-0000000000001000-rev1000.db");
+    let rt = runtime();
+    rt.block_on(async {
+        let (mut feed, fed) = dr_remediator::actions::store::feed();
+        let upload = {
+            let (store, path) = (store.clone(), path.clone());
+            tokio::spawn(async move { store.upload_fed(&path, fed).await })
+        };
+        feed_all(&mut feed, &bytes).await;
+        // Every byte handed over, none of it a snapshot yet.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(names(&store.list().await.unwrap()), Vec::<String>::new());
+        assert!(!upload.is_finished());
+        std::fs::write(&path, &bytes).unwrap();
+        feed.in_place();
+        let uploaded = tokio::time::timeout(Duration::from_secs(60), upload)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(uploaded.sha256, sha256_hex(&bytes));
+        assert_eq!(uploaded.bytes, bytes.len() as u64);
+        assert_eq!(uploaded.attempts, 1, "sent once, as it streamed");
+        assert_eq!(names(&store.list().await.unwrap()), [file_name(&path)]);
+        let back = tempfile::tempdir().unwrap();
+        let fetched = store.fetch_latest(back.path()).await.unwrap();
+        assert_eq!(std::fs::read(&fetched.path).unwrap(), bytes);
+    });
+    assert_eq!(store.metrics.attempts("ok"), 1);
+}
+
+/// A snapshot that fails half-way (the feed dropped, as a failed or timed-out download
+/// drops it) leaves nothing in the store, not even an unfinished object in the listing.
+#[test]
+fn a_fed_upload_whose_snapshot_failed_leaves_nothing() {
+    let server = s3_server();
+    let store = s3_store(&server, "failed", 5);
+    let source = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(fake_snapshot(source.path(), 1_000, 40 * 1024, 4)).unwrap();
+    let path = source.path().join("snapshot-0000000000002000-rev2000.db");
+    let rt = runtime();
+    let result = rt.block_on(async {
+        let (mut feed, fed) = dr_remediator::actions::store::feed();
+        let sending = async move {
+            feed_all(&mut feed, &bytes[..bytes.len() / 2]).await;
+            drop(feed);
+        };
+        let (_, result) = tokio::join!(sending, store.upload_fed(&path, fed));
+        result
+    });
+    let err = result.unwrap_err();
+    assert!(matches!(err, StoreError::NotTaken(_)), "{err}");
+    rt.block_on(async {
+        assert_eq!(names(&store.list().await.unwrap()), Vec::<String>::new());
+    });
+    assert!(!server.list_raw(BUCKET).unwrap().contains("snapshot-"));
+    assert_eq!(store.metrics.attempts("ok"), 0);
+}
+
+/// A store that fails while the snapshot streams does not fail the snapshot: the feed is
+/// given up, and the upload is done again from the file once the snapshot is in place.
+#[test]
+fn a_fed_upload_that_failed_is_done_again_from_the_file() {
+    let mut server = s3_server();
+    let mut store = s3_store(&server, "again", 5);
+    store.retry = quick_retry(30);
+    let store = Arc::new(store);
+    let source = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(fake_snapshot(source.path(), 1_000, 8 * 1024, 5)).unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let path = local.path().join("snapshot-0000000000003000-rev3000.db");
+    server.stop().unwrap();
+    let rt = runtime();
+    let uploaded = rt.block_on(async {
+        let (mut feed, fed) = dr_remediator::actions::store::feed();
+        let upload = {
+            let (store, path) = (store.clone(), path.clone());
+            tokio::spawn(async move { store.upload_fed(&path, fed).await })
+        };
+        let started = Instant::now();
+        feed_all(&mut feed, &bytes).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the download was held up {:?} by a dead store",
+            started.elapsed()
+        );
+        std::fs::write(&path, &bytes).unwrap();
+        feed.in_place();
+        // Down until the attempt from the file has failed too, then back.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while store.metrics.attempts("failed") < 2 {
+            assert!(Instant::now() < deadline, "no attempt failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server.start_again().unwrap();
+        server.create_bucket(BUCKET).unwrap();
+        tokio::time::timeout(Duration::from_secs(90), upload)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    });
+    assert!(uploaded.attempts > 2, "{uploaded:?}");
+    assert_eq!(uploaded.sha256, sha256_hex(&bytes));
+    assert_eq!(store.metrics.attempts("ok"), 1);
+}

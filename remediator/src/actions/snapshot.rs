@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use crate::actions::retention::{self, Retention};
-use crate::actions::store::{SnapshotStore, UploadOutcome};
+use crate::actions::store::{self, SnapshotStore, UploadOutcome};
 use crate::error::{ActionError, FileError};
 use crate::etcd::{EtcdAccess, EtcdError, local_revision};
 
@@ -108,59 +108,91 @@ impl SnapshotPolicy {
         let name = format!("{PREFIX}{millis:016}-rev{revision}{SUFFIX}");
         let final_path = dir.join(&name);
         let part = Partial::new(dir.join(format!("{name}.part")));
-        let part_path = part.path.as_path();
-
-        let download = async {
-            let mut stream = client
-                .snapshot()
-                .await
-                .map_err(|err| EtcdError::request("starting the snapshot stream", err))?;
-            let file = tokio::fs::File::create(part_path)
-                .await
-                .map_err(FileError::on("creating", part_path))?;
-            let mut file = tokio::io::BufWriter::with_capacity(1 << 20, file);
-            // Hashed while it streams, so the file is not read a second time.
-            let mut check = TrailerCheck::new();
-            while let Some(message) = stream
-                .message()
-                .await
-                .map_err(|err| EtcdError::request("snapshot stream broke", err))?
-            {
-                check.update(message.blob());
-                file.write_all(message.blob())
+        // A one-off snapshot goes to the first store while it streams in (the two take
+        // about the time of the slower); the service's are uploaded after, in the background.
+        let (feed, fed) = match (&self.store, self.upload_inline) {
+            (Some(_), true) => {
+                let (feed, fed) = store::feed();
+                (Some(feed), Some(fed))
+            }
+            _ => (None, None),
+        };
+        let place = async {
+            // Owned here: a failure below drops it, which tells the upload no snapshot came.
+            let mut feed = feed;
+            let part_path = part.path.as_path();
+            let download = async {
+                let mut stream = client
+                    .snapshot()
+                    .await
+                    .map_err(|err| EtcdError::request("starting the snapshot stream", err))?;
+                let file = tokio::fs::File::create(part_path)
+                    .await
+                    .map_err(FileError::on("creating", part_path))?;
+                let mut file = tokio::io::BufWriter::with_capacity(1 << 20, file);
+                // Hashed while it streams, so the file is not read a second time.
+                let mut check = TrailerCheck::new();
+                while let Some(message) = stream
+                    .message()
+                    .await
+                    .map_err(|err| EtcdError::request("snapshot stream broke", err))?
+                {
+                    check.update(message.blob());
+                    file.write_all(message.blob())
+                        .await
+                        .map_err(FileError::on("writing", part_path))?;
+                    if let Some(feed) = feed.as_mut() {
+                        feed.send(message.blob()).await;
+                    }
+                }
+                file.flush()
                     .await
                     .map_err(FileError::on("writing", part_path))?;
+                file.get_ref()
+                    .sync_all()
+                    .await
+                    .map_err(FileError::on("fsync", part_path))?;
+                check.finish(part_path)
+            };
+            // Not an etcd deadline alone: the file is written and hashed in the same time.
+            let verified = match tokio::time::timeout(timeout, download).await {
+                Ok(result) => result,
+                Err(_) => Err(ActionError::SnapshotTimeout(timeout)),
+            };
+            let (size_bytes, sha256) = verified?;
+            if let Some(keys) = keys {
+                let status =
+                    serde_json::to_vec(&RecordedStatus { revision, keys }).map_err(|err| {
+                        FileError {
+                            what: "encoding the status of",
+                            path: final_path.clone(),
+                            error: std::io::Error::other(err),
+                        }
+                    })?;
+                let path = status_path(&final_path);
+                std::fs::write(&path, status).map_err(FileError::on("writing", &path))?;
             }
-            file.flush()
-                .await
-                .map_err(FileError::on("writing", part_path))?;
-            file.get_ref()
-                .sync_all()
-                .await
-                .map_err(FileError::on("fsync", part_path))?;
-            check.finish(part_path)
+            part.rename_to(&final_path)?;
+            sync_dir(dir)?;
+            if let Some(feed) = feed.take() {
+                feed.in_place();
+            }
+            Ok::<_, ActionError>((size_bytes, sha256))
         };
-        // Not an etcd deadline alone: the file is written and hashed in the same time.
-        let verified = match tokio::time::timeout(timeout, download).await {
-            Ok(result) => result,
-            Err(_) => Err(ActionError::SnapshotTimeout(timeout)),
+        let fed_upload = async {
+            match (&self.store, fed) {
+                (Some(store), Some(fed)) => Some(store.upload_fed(&final_path, fed).await),
+                _ => None,
+            }
         };
-        let (size_bytes, sha256) = verified?;
-        if let Some(keys) = keys {
-            let status = serde_json::to_vec(&RecordedStatus { revision, keys }).map_err(|err| {
-                FileError {
-                    what: "encoding the status of",
-                    path: final_path.clone(),
-                    error: std::io::Error::other(err),
-                }
-            })?;
-            let path = status_path(&final_path);
-            std::fs::write(&path, status).map_err(FileError::on("writing", &path))?;
-        }
-        part.rename_to(&final_path)?;
-        sync_dir(dir)?;
+        let (placed, fed_upload) = tokio::join!(place, fed_upload);
+        let (size_bytes, sha256) = placed?;
         prune(dir, &self.retention, SystemTime::now())?;
-        let upload = self.upload_to(self.store.as_ref(), &final_path).await;
+        let upload = match fed_upload {
+            Some(Ok(uploaded)) => Some(UploadOutcome::Uploaded(uploaded)),
+            Some(Err(err)) => Some(UploadOutcome::Failed(err.to_string())),
+            None => self.upload_to(self.store.as_ref(), &final_path).await,
+        };
         let secondary_upload = self.upload_to(self.secondary.as_ref(), &final_path).await;
         Ok(SnapshotInfo {
             path: final_path,

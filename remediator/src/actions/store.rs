@@ -71,6 +71,9 @@ pub enum StoreError {
     File(#[from] FileError),
     #[error("{0} did not finish within {1:?}")]
     Timeout(String, Duration),
+    /// A fed upload whose snapshot failed: nothing was completed in the store.
+    #[error("{}: the snapshot was not taken; nothing uploaded", .0.display())]
+    NotTaken(PathBuf),
     /// The checksum object is not `<64 hex digits>  <name>`.
     #[error("{location}: not a SHA-256 checksum")]
     BadChecksum { location: String },
@@ -588,14 +591,85 @@ impl SnapshotStore {
     /// the store's snapshots beyond `retain`. Only the first decides the result.
     pub async fn upload(&self, path: &Path) -> Result<Uploaded, StoreError> {
         let _busy = self.busy.lock().await;
+        self.upload_locked(path, None).await
+    }
+
+    /// Uploads the snapshot that `take` is streaming to `path`, from the chunks [`Feed`]
+    /// hands over while they arrive: the store receives it during the download, not after
+    /// it. Once the snapshot is verified and in place the upload completes; if the feed was
+    /// given up (the store fell behind) or that attempt failed, the upload is done again
+    /// from the file, retried as [`SnapshotStore::upload`] does. A snapshot that was not
+    /// taken leaves nothing in the store.
+    pub async fn upload_fed(&self, path: &Path, fed: Fed) -> Result<Uploaded, StoreError> {
+        let _busy = self.busy.lock().await;
+        let name = file_name(path)?;
+        let Fed { chunks, mut done } = fed;
+        let what = || {
+            format!(
+                "uploading {} to {} as it was taken",
+                path.display(),
+                self.url
+            )
+        };
+        let limit = self.retry.attempt_timeout;
+        let streaming = self.stream(&name, chunks);
+        tokio::pin!(streaming);
+        let (streamed, in_place) = tokio::select! {
+            streamed = &mut streaming => (Some(streamed), (&mut done).await),
+            in_place = &mut done => match in_place {
+                // Every chunk was handed over: the stream ends with them.
+                Ok(true) => match tokio::time::timeout(limit, streaming).await {
+                    Ok(streamed) => (Some(streamed), Ok(true)),
+                    Err(_) => (Some(Err(StoreError::Timeout(what(), limit))), Ok(true)),
+                },
+                // Given up on, or no snapshot: the parts sent are left unfinished (an
+                // incomplete multipart upload is never listed), as aborting them would
+                // wait on the same store that fell behind.
+                other => (None, other),
+            },
+        };
+        let first = match (streamed, in_place) {
+            (streamed, Err(_)) => {
+                if let Some(Ok(upload)) = streamed {
+                    upload.abort().await;
+                }
+                return Err(StoreError::NotTaken(path.to_path_buf()));
+            }
+            (Some(Ok(upload)), Ok(true)) => Some(
+                match tokio::time::timeout(limit, upload.complete(path)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(StoreError::Timeout(what(), limit)),
+                },
+            ),
+            (Some(Err(err)), Ok(_)) => Some(Err(err)),
+            (Some(Ok(upload)), Ok(false)) => {
+                upload.abort().await;
+                None
+            }
+            (None, Ok(_)) => None,
+        };
+        self.upload_locked(path, first).await
+    }
+
+    /// [`SnapshotStore::upload`] with its lock held; `first`, when given, is the first
+    /// attempt's result, already made.
+    async fn upload_locked(
+        &self,
+        path: &Path,
+        mut first: Option<Result<Uploaded, StoreError>>,
+    ) -> Result<Uploaded, StoreError> {
         let mut wait = self.retry.first_wait;
         let mut attempt = 1;
         let uploaded = loop {
             let what = format!("uploading {} to {}", path.display(), self.url);
-            let tried = match tokio::time::timeout(self.retry.attempt_timeout, self.put(path)).await
-            {
-                Ok(result) => result,
-                Err(_) => Err(StoreError::Timeout(what, self.retry.attempt_timeout)),
+            let tried = match first.take() {
+                Some(result) => result,
+                None => {
+                    match tokio::time::timeout(self.retry.attempt_timeout, self.put(path)).await {
+                        Ok(result) => result,
+                        Err(_) => Err(StoreError::Timeout(what, self.retry.attempt_timeout)),
+                    }
+                }
             };
             self.metrics.count(tried.is_ok());
             match tried {
@@ -678,24 +752,15 @@ impl SnapshotStore {
         }
     }
 
-    /// One attempt: the data object streamed as a multipart upload, hashed on the way,
-    /// then its checksum object.
+    /// One attempt from the file: the data object streamed as a multipart upload, hashed on
+    /// the way, then its status and checksum objects.
     async fn put(&self, path: &Path) -> Result<Uploaded, StoreError> {
-        let started = Instant::now();
         let name = file_name(path)?;
-        let location = self.prefix.child(name.as_str());
         let mut file = tokio::fs::File::open(path)
             .await
             .map_err(FileError::on("opening", path))?;
-        let upload = self
-            .store
-            .put_multipart(&location)
-            .await
-            .map_err(request("starting the upload of", &location))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-        let mut context = Context::new(&SHA256);
+        let mut upload = self.begin(&name).await?;
         let mut buffer = vec![0u8; READ_CHUNK];
-        let mut bytes = 0u64;
         let streamed: Result<(), StoreError> = async {
             loop {
                 let read = file
@@ -705,59 +770,49 @@ impl SnapshotStore {
                 if read == 0 {
                     return Ok(());
                 }
-                // Waits for parts in flight before buffering more: memory stays bounded.
-                writer
-                    .wait_for_capacity(PARTS_IN_FLIGHT)
-                    .await
-                    .map_err(request("uploading", &location))?;
-                context.update(&buffer[..read]);
-                writer.write(&buffer[..read]);
-                bytes += read as u64;
+                upload.write(&buffer[..read]).await?;
             }
         }
         .await;
         if let Err(err) = streamed {
-            // Parts already sent would otherwise linger, unseen but billed.
-            let _ = writer.abort().await;
+            upload.abort().await;
             return Err(err);
         }
-        writer
-            .finish()
-            .await
-            .map_err(request("completing the upload of", &location))?;
-        let sha256 = hex(context.finish().as_ref());
-        // The status recorded when it was taken, if any, goes before the checksum too.
-        let status_path = snapshot::status_path(path);
-        match tokio::fs::read(&status_path).await {
-            Ok(status) => {
-                let status_location = status_location(&location);
-                self.store
-                    .put(&status_location, PutPayload::from(status))
-                    .await
-                    .map_err(request("writing", &status_location))?;
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => {
-                return Err(FileError {
-                    what: "reading",
-                    path: status_path,
-                    error,
-                }
-                .into());
+        upload.complete(path).await
+    }
+
+    /// The data object of the fed upload, from the chunks until the feed ends; not yet
+    /// completed. A failure ends it early (and drops the chunks, so the feed stops waiting).
+    async fn stream(
+        &self,
+        name: &str,
+        mut chunks: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    ) -> Result<MultipartUpload, StoreError> {
+        let mut upload = self.begin(name).await?;
+        while let Some(chunk) = chunks.recv().await {
+            if let Err(err) = upload.write(&chunk).await {
+                upload.abort().await;
+                return Err(err);
             }
         }
-        // Only now: a data object without its checksum is never taken for a snapshot.
-        let checksum = checksum_location(&location);
-        self.store
-            .put(&checksum, PutPayload::from(format!("{sha256}  {name}\n")))
+        Ok(upload)
+    }
+
+    async fn begin(&self, name: &str) -> Result<MultipartUpload, StoreError> {
+        let location = self.prefix.child(name);
+        let upload = self
+            .store
+            .put_multipart(&location)
             .await
-            .map_err(request("writing", &checksum))?;
-        Ok(Uploaded {
-            location: location.to_string(),
-            sha256,
-            bytes,
-            seconds: started.elapsed().as_secs_f64(),
-            attempts: 1,
+            .map_err(request("starting the upload of", &location))?;
+        Ok(MultipartUpload {
+            store: Arc::clone(&self.store),
+            writer: WriteMultipart::new_with_chunk_size(upload, PART_SIZE),
+            name: name.to_owned(),
+            location,
+            context: Context::new(&SHA256),
+            bytes: 0,
+            started: Instant::now(),
         })
     }
 
@@ -982,6 +1037,149 @@ impl SnapshotStore {
             path: final_path,
             refused: Vec::new(),
         })
+    }
+}
+
+/// A snapshot's data object on its way into the store, hashed as it goes. Nothing is
+/// listed as a snapshot until [`MultipartUpload::complete`] has written its checksum.
+struct MultipartUpload {
+    store: Arc<dyn ObjectStore>,
+    writer: WriteMultipart,
+    name: String,
+    location: ObjectPath,
+    context: Context,
+    bytes: u64,
+    started: Instant,
+}
+
+impl MultipartUpload {
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+        // Waits for parts in flight before buffering more: memory stays bounded.
+        self.writer
+            .wait_for_capacity(PARTS_IN_FLIGHT)
+            .await
+            .map_err(request("uploading", &self.location))?;
+        self.context.update(chunk);
+        self.writer.write(chunk);
+        self.bytes += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Parts already sent would otherwise linger, unseen but billed.
+    async fn abort(self) {
+        let _ = self.writer.abort().await;
+    }
+
+    /// Completes the data object, then writes the status recorded beside `snapshot` (if
+    /// any) and, last, the checksum object.
+    async fn complete(self, snapshot: &Path) -> Result<Uploaded, StoreError> {
+        let MultipartUpload {
+            store,
+            writer,
+            name,
+            location,
+            context,
+            bytes,
+            started,
+        } = self;
+        writer
+            .finish()
+            .await
+            .map_err(request("completing the upload of", &location))?;
+        let sha256 = hex(context.finish().as_ref());
+        // The status recorded when it was taken, if any, goes before the checksum too.
+        let status_path = snapshot::status_path(snapshot);
+        match tokio::fs::read(&status_path).await {
+            Ok(status) => {
+                let status_location = status_location(&location);
+                store
+                    .put(&status_location, PutPayload::from(status))
+                    .await
+                    .map_err(request("writing", &status_location))?;
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(FileError {
+                    what: "reading",
+                    path: status_path,
+                    error,
+                }
+                .into());
+            }
+        }
+        // Only now: a data object without its checksum is never taken for a snapshot.
+        let checksum = checksum_location(&location);
+        store
+            .put(&checksum, PutPayload::from(format!("{sha256}  {name}\n")))
+            .await
+            .map_err(request("writing", &checksum))?;
+        Ok(Uploaded {
+            location: location.to_string(),
+            sha256,
+            bytes,
+            seconds: started.elapsed().as_secs_f64(),
+            attempts: 1,
+        })
+    }
+}
+
+/// How long the download waits for a fed upload to take a chunk before it gives the feed
+/// up: a slow store must not hold up, or time out, the snapshot itself.
+const FEED_STALL: Duration = Duration::from_secs(10);
+/// Chunks (etcd sends up to 32 KiB each) buffered between the download and the upload.
+const FEED_CHUNKS: usize = 64;
+
+/// The download's end of a fed upload ([`SnapshotStore::upload_fed`]).
+pub struct Feed {
+    chunks: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    done: Option<tokio::sync::oneshot::Sender<bool>>,
+    complete: bool,
+}
+
+/// The upload's end of a [`Feed`].
+pub struct Fed {
+    chunks: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    done: tokio::sync::oneshot::Receiver<bool>,
+}
+
+/// A feed and its receiving end. Dropping the [`Feed`] without
+/// [`Feed::in_place`] says the snapshot was not taken.
+pub fn feed() -> (Feed, Fed) {
+    let (chunks_tx, chunks) = tokio::sync::mpsc::channel(FEED_CHUNKS);
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    (
+        Feed {
+            chunks: Some(chunks_tx),
+            done: Some(done_tx),
+            complete: true,
+        },
+        Fed { chunks, done },
+    )
+}
+
+impl Feed {
+    /// Hands a chunk to the upload; one it has not taken within [`FEED_STALL`] (or that
+    /// failed) ends the feed, and the upload is done from the file afterwards.
+    pub async fn send(&mut self, chunk: &[u8]) {
+        let Some(chunks) = &self.chunks else {
+            return;
+        };
+        if !matches!(
+            tokio::time::timeout(FEED_STALL, chunks.send(chunk.to_vec())).await,
+            Ok(Ok(()))
+        ) {
+            self.chunks = None;
+            self.complete = false;
+        }
+    }
+
+    /// The snapshot is verified and at its final path: the upload may complete.
+    pub fn in_place(mut self) {
+        // The stream ends first, then the upload learns whether it saw every byte.
+        self.chunks = None;
+        if let Some(done) = self.done.take() {
+            let _ = done.send(self.complete);
+        }
     }
 }
 
