@@ -21,6 +21,11 @@ pub struct Dataset {
     pub mask: Option<Vec<bool>>,
 }
 
+/// The longest time between two rows, in steps, that still counts as contiguous: up to two
+/// missing rows (a gap of 3 steps, with some slack for jitter). See
+/// [`Dataset::window_starts`].
+pub const MAX_CONTIGUOUS_STEPS: f64 = 3.5;
+
 impl Dataset {
     pub fn read(path: &Path) -> anyhow::Result<Dataset> {
         let text =
@@ -130,7 +135,12 @@ impl Dataset {
     }
 
     /// Start indices of every `window`-row stretch without a time gap (no step longer than
-    /// 1.5 steps), so no window spans a hole in the data.
+    /// [`MAX_CONTIGUOUS_STEPS`] steps), so no window spans a hole in the data. One or two
+    /// missing rows are not a hole: the live detector reads Prometheus range queries, which
+    /// fill a missed scrape with the last sample within the lookback, so it never sees
+    /// them, and counting them as one would leave the next `window - 1` steps of a
+    /// recording unscored and break an alert's run (a slow disk missed its `for` over a
+    /// single dropped row).
     pub fn window_starts(&self, window: usize, step_seconds: f64) -> Vec<usize> {
         if window == 0 || self.len() < window {
             return Vec::new();
@@ -139,8 +149,9 @@ impl Dataset {
         // Length of the gap-free run ending at row i.
         let mut run = 0usize;
         for i in 0..self.len() {
-            let contiguous =
-                i > 0 && self.timestamps[i] - self.timestamps[i - 1] <= 1.5 * step_seconds;
+            let contiguous = i > 0
+                && self.timestamps[i] - self.timestamps[i - 1]
+                    <= MAX_CONTIGUOUS_STEPS * step_seconds;
             run = if contiguous { run + 1 } else { 1 };
             if run >= window {
                 starts.push(i + 1 - window);
@@ -270,13 +281,34 @@ mod tests {
 
     #[test]
     fn windows_never_span_a_time_gap() {
-        let data = Dataset::parse(CSV).unwrap();
-        // Rows 0,1,2 are contiguous; the 4 -> 8 jump breaks the run; 3,4 are contiguous.
+        let csv =
+            "timestamp,a,b,label\n0,1.0,10,0\n2,2.0,20,0\n4,3.0,30,1\n12,4.0,40,0\n14,5.0,50,0\n";
+        let data = Dataset::parse(csv).unwrap();
+        // Rows 0,1,2 are contiguous; the 4 -> 12 jump (three rows missing) breaks the
+        // run; 3,4 are contiguous.
         assert_eq!(data.window_starts(2, 2.0), [0, 1, 3]);
         assert_eq!(data.window_starts(3, 2.0), [0]);
         assert_eq!(data.window_values(0, 2), [1.0, 10.0, 2.0, 20.0]);
         assert_eq!(data.label_any(1, 2), Some(true));
         assert_eq!(data.label_any(0, 2), Some(false));
+    }
+
+    #[test]
+    fn one_or_two_missing_rows_are_not_a_gap() {
+        // A 1 s step with one row missing (3 -> 5), then two (7 -> 10), then three (12 -> 16).
+        let rows: String = [0, 1, 2, 3, 5, 6, 7, 10, 11, 12, 16, 17]
+            .iter()
+            .map(|t| format!("{t},1.0,0\n"))
+            .collect();
+        let data = Dataset::parse(&format!("timestamp,a,label\n{rows}")).unwrap();
+        assert_eq!(data.step_seconds().unwrap(), 1.0);
+        // Rows 0..=9 (timestamps 0 to 12) are one stretch; rows 10, 11 another.
+        assert_eq!(data.window_starts(10, 1.0), [0]);
+        assert_eq!(data.window_starts(3, 1.0), (0..=7).collect::<Vec<_>>());
+        assert_eq!(data.window_starts(2, 1.0), [0, 1, 2, 3, 4, 5, 6, 7, 8, 10]);
+        // The 4 s jump at a 2 s step (CSV: one row missing) does not break the run either.
+        let data = Dataset::parse(CSV).unwrap();
+        assert_eq!(data.window_starts(5, 2.0), [0]);
     }
 
     #[test]
