@@ -12,12 +12,13 @@ same windows. Both model formats (`format_version` in model.json):
 * format 2: each raw value through its transform (`scoring_v2.transforms`), set against
   the instance's own robust baseline (median and 1.4826 * MAD of the transformed,
   unmasked rows, each scale at least its `normalisation.std_floor`) and clipped, the same
-  LSTM autoencoder; each feature's error is the mean squared error over the window's last
-  `tail_steps` unmasked steps (upward features: only input above the reconstruction);
-  with `scoring_v2.level` (false when absent) the larger of that sum and the sum of the
-  input's own squares over the same steps, its distance from the baseline (upward
-  features: only above it), over the steps counted; divided by its calibration (context
-  features: 0); the score is the largest, the shares each over their sum.
+  LSTM autoencoder; each feature's error is its squared error over the window's last
+  `tail_steps` unmasked steps (upward features: only input above the reconstruction),
+  combined by `scoring_v2.tail_aggregate`: `mean` (when absent) or `max`, the largest
+  single step's; with `scoring_v2.level` (false when absent) the larger of that and the
+  same of the input's own squares over the same steps, its distance from the baseline
+  (upward features: only above it); divided by its calibration (context features: 0);
+  the score is the largest, the shares each over their sum.
   `dr-detector score` treats its CSV as one instance and fits that baseline on the whole
   file, so format 2 needs the same CSV here (`--data`).
 
@@ -165,23 +166,30 @@ def prepare_v2(meta, values, mask, baseline):
     return normalise(transform_rows(meta, fill_masked(values, mask)), centre, scale)
 
 
-def tail_errors(x, recon, mask, tail, upward, level=False):
-    """scoring::tail_errors: each feature's mean squared error over the last `tail` unmasked
-    steps; for upward features only input above the reconstruction counts. With `level`,
-    also each feature's mean square of the input itself (its distance from the baseline;
-    upward features: only above it), and per feature the larger of the two sums."""
+def tail_errors(x, recon, mask, tail, upward, level=False, aggregate="mean"):
+    """scoring::tail_errors: each feature's squared error over the last `tail` unmasked
+    steps, their mean or (`aggregate="max"`) the largest single step's; for upward features
+    only input above the reconstruction counts. With `level`, also the same of the input's
+    own squares (its distance from the baseline; upward features: only above it), and per
+    feature the larger of the two."""
+    if aggregate not in ("mean", "max"):
+        raise ValueError(f"tail_aggregate {aggregate!r} is neither mean nor max")
     steps = [s for s in range(len(mask) - 1, -1, -1) if not mask[s]][:tail]
     if not steps:
         raise ValueError("every step is masked")
+
+    def combine(a):
+        return a.sum(axis=0) / len(steps) if aggregate == "mean" else a.max(axis=0)
+
     xs = x[steps].astype(np.float64)
     d = xs - recon[steps].astype(np.float64)
     up = np.zeros(x.shape[1], bool) if not upward else np.asarray(upward, dtype=bool)
     d = np.where(up[None, :] & (d <= 0.0), 0.0, d)
-    errors = (d * d).sum(axis=0)
+    errors = combine(d * d)
     if level:
         lv = np.where(up[None, :] & (xs <= 0.0), 0.0, xs)
-        errors = np.maximum(errors, (lv * lv).sum(axis=0))
-    return errors / len(steps)
+        errors = np.maximum(errors, combine(lv * lv))
+    return errors
 
 
 def score_v2(weights, meta, values, mask, baseline=None):
@@ -193,7 +201,13 @@ def score_v2(weights, meta, values, mask, baseline=None):
     x = prepare_v2(meta, values, mask, baseline)
     recon = reconstruct(weights, x)
     errors = tail_errors(
-        x, recon, [bool(m) for m in mask], v2["tail_steps"], v2.get("upward") or [], bool(v2.get("level", False))
+        x,
+        recon,
+        [bool(m) for m in mask],
+        v2["tail_steps"],
+        v2.get("upward") or [],
+        bool(v2.get("level", False)),
+        v2.get("tail_aggregate", "mean"),
     )
     calibrated = np.where(v2["scored"], errors / np.asarray(v2["calibration"], np.float64), 0.0)
     total = calibrated.sum()

@@ -587,6 +587,7 @@ fn model_v2() -> ModelBundle {
         upward: Vec::new(),
         level: true,
         tail_steps: 3,
+        tail_aggregate: Default::default(),
         calibration: vec![1.0; 2],
         calibration_quantile: 0.99,
         calibration_floor: 1.0,

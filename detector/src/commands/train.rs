@@ -14,6 +14,7 @@ use serde_json::json;
 use crate::commands::print_stdout;
 use crate::model::baseline::BaselinePolicy;
 use crate::model::features::FeatureSpec;
+use crate::model::scoring::TailAggregate;
 use crate::training::dataset::Dataset;
 use crate::training::provenance;
 use crate::training::train::{EpochReport, TrainOptions};
@@ -50,6 +51,15 @@ pub struct TrainArgs {
     /// Format 2: each feature's error is over the window's last this many unmasked steps.
     #[arg(long, default_value_t = 5, env = "DR_DETECTOR_TAIL_STEPS")]
     pub tail_steps: usize,
+    /// Format 2: how those steps' squared errors combine: `max` (one bad step counts in
+    /// full) or `mean` (what models from before this option used).
+    #[arg(
+        long,
+        value_enum,
+        default_value_t = TailAggregate::Max,
+        env = "DR_DETECTOR_TAIL_AGGREGATE"
+    )]
+    pub tail_aggregate: TailAggregate,
     /// Format 2: an instance's baseline is fitted on its last this many steps ...
     #[arg(
         long,
@@ -190,6 +200,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         anyhow::ensure!(represents > 0.0, "--represents must be positive");
         let v2 = V2Options {
             tail_steps: args.tail_steps,
+            tail_aggregate: args.tail_aggregate,
             max_false_alarms_per_1000: args.max_false_alarms_per_1000,
             alert_for_steps: crate::training::rules::steps(
                 args.alert_for.as_secs_f64(),

@@ -71,9 +71,12 @@ pub struct ScoringV2 {
     /// the two (see `scoring::TailRule`); false in early files.
     #[serde(default)]
     pub level: bool,
-    /// The per-feature error is the mean squared error over this many last unmasked
-    /// steps of the window.
+    /// The per-feature error is the squared error over this many last unmasked steps of
+    /// the window ...
     pub tail_steps: usize,
+    /// ... their mean or their max (`mean` in files from before the field).
+    #[serde(default)]
+    pub tail_aggregate: crate::model::scoring::TailAggregate,
     /// One per feature: a feature's error is divided by this (a high quantile of its
     /// error on the calibration recordings' normal windows, at least `calibration_floor`;
     /// since the slow-disk recordings, each error the least of `alert_for_steps` windows
@@ -195,6 +198,7 @@ impl ScoringV2 {
     pub fn tail_rule(&self) -> crate::model::scoring::TailRule<'_> {
         crate::model::scoring::TailRule {
             tail: self.tail_steps,
+            aggregate: self.tail_aggregate,
             upward: &self.upward,
             level: self.level,
         }
@@ -351,6 +355,7 @@ pub(crate) mod tests {
             upward: Vec::new(),
             level: false,
             tail_steps: 3,
+            tail_aggregate: Default::default(),
             calibration: vec![1.0; 3],
             calibration_quantile: 0.99,
             calibration_floor: 1.0,
@@ -498,6 +503,7 @@ pub(crate) mod tests {
             upward: Vec::new(),
             level: false,
             tail_steps: 5,
+            tail_aggregate: Default::default(),
             calibration: vec![1.0; 3],
             calibration_quantile: 0.99,
             calibration_floor: 1.0,
@@ -514,6 +520,41 @@ pub(crate) mod tests {
             s.tail_steps = 6;
         }
         assert!(m.validate().unwrap_err().to_string().contains("tail_steps"));
+    }
+
+    #[test]
+    fn a_tail_aggregate_is_saved_by_name_and_absent_means_the_mean() {
+        use crate::model::scoring::TailAggregate;
+        let mut m = meta(3, 4, 5);
+        m.format_version = FORMAT_VERSION_2;
+        m.scoring_v2 = Some(ScoringV2 {
+            transforms: vec![Transform::Identity; 3],
+            scored: vec![true; 3],
+            upward: Vec::new(),
+            level: false,
+            tail_steps: 5,
+            tail_aggregate: TailAggregate::Max,
+            calibration: vec![1.0; 3],
+            calibration_quantile: 0.99,
+            calibration_floor: 1.0,
+            max_false_alarms_per_1000: 0.5,
+            alert_for_steps: 3,
+            calibration_false_alarms_per_1000: 0.0,
+            data_files: Vec::new(),
+            baseline: BaselinePolicy::default(),
+        });
+        let mut json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["scoring_v2"]["tail_aggregate"], "max");
+        let back: ModelMeta = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back, m);
+        json["scoring_v2"]
+            .as_object_mut()
+            .unwrap()
+            .remove("tail_aggregate");
+        let old: ModelMeta = serde_json::from_value(json).unwrap();
+        let v2 = old.scoring_v2.unwrap();
+        assert_eq!(v2.tail_aggregate, TailAggregate::Mean);
+        assert_eq!(v2.tail_rule().aggregate, TailAggregate::Mean);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! reconstruction into the mean squared error and each feature's share of it. The candle
 //! model, the fused forward and the numpy reference all go through these same rules.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::normalisation::Normalisation;
 use crate::model::transform::Transform;
@@ -90,12 +90,26 @@ pub fn prepare_v2(
     Some(baseline.apply(&filled))
 }
 
+/// How the tail's steps combine into one error per feature.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TailAggregate {
+    /// The mean of the steps' squared errors (what a model.json without the field means).
+    #[default]
+    Mean,
+    /// The largest single step's squared error: one slow step among the tail's counts in
+    /// full instead of a fifth of it, so the alert starts with the first bad step.
+    Max,
+}
+
 /// How format 2 turns a window's input and reconstruction into per-feature errors.
 #[derive(Clone, Copy, Debug)]
 pub struct TailRule<'a> {
     /// Over the last this many unmasked steps (fewer when the window has fewer): the
     /// newest, so an incident a few steps old is not diluted by the normal before it.
     pub tail: usize,
+    /// How those steps' squared errors combine: their mean or their max.
+    pub aggregate: TailAggregate,
     /// Per feature (empty: none): only values above the reconstruction (and above the
     /// baseline) count. A db smaller, a latency lower or fewer elections than usual are
     /// not incidents, and a churn's shrink after a defrag would otherwise alarm.
@@ -106,8 +120,8 @@ pub struct TailRule<'a> {
     pub level: bool,
 }
 
-/// Each feature's mean squared error over the tail (see [`TailRule`]). `None` when every
-/// step is masked.
+/// Each feature's squared error over the tail, the mean or the max of its steps' (see
+/// [`TailRule`]). `None` when every step is masked.
 pub fn tail_errors(
     input: &[f32],
     recon: &[f32],
@@ -119,6 +133,10 @@ pub fn tail_errors(
     let mut errors = vec![0.0f64; n_features];
     let mut levels = vec![0.0f64; n_features];
     let upward = |j: usize| rule.upward.get(j).copied().unwrap_or(false);
+    let combine = |acc: &mut f64, v: f64| match rule.aggregate {
+        TailAggregate::Mean => *acc += v,
+        TailAggregate::Max => *acc = acc.max(v),
+    };
     let mut counted = 0usize;
     for step in (0..steps).rev().filter(|&s| !mask[s]).take(rule.tail) {
         counted += 1;
@@ -126,10 +144,10 @@ pub fn tail_errors(
         for (j, (&x, &y)) in input[row.clone()].iter().zip(&recon[row]).enumerate() {
             let (x, d) = (f64::from(x), f64::from(x) - f64::from(y));
             if d > 0.0 || !upward(j) {
-                errors[j] += d * d;
+                combine(&mut errors[j], d * d);
             }
             if x > 0.0 || !upward(j) {
-                levels[j] += x * x;
+                combine(&mut levels[j], x * x);
             }
         }
     }
@@ -141,7 +159,9 @@ pub fn tail_errors(
             *e = e.max(*l);
         }
     }
-    errors.iter_mut().for_each(|e| *e /= counted as f64);
+    if rule.aggregate == TailAggregate::Mean {
+        errors.iter_mut().for_each(|e| *e /= counted as f64);
+    }
     Some(errors)
 }
 
@@ -214,9 +234,53 @@ mod tests {
         assert!(tail_errors(&input, &recon, &[true; 4], &rule).is_none());
     }
 
+    #[test]
+    fn with_the_max_one_slow_step_in_the_tail_scores_fully() {
+        // 5 steps x 2 features: feature 0 is 3 off at one step of the tail only, feature 1
+        // is 1 off at every step. The mean dilutes the one step to a fifth; the max keeps it.
+        let mut input = [0.0f32; 10];
+        input[2 * 2] = 3.0;
+        (0..5).for_each(|s| input[s * 2 + 1] = 1.0);
+        let recon = [0.0f32; 10];
+        let mut rule = two_sided(5);
+        let e = tail_errors(&input, &recon, &[false; 5], &rule).unwrap();
+        assert_eq!(e, [9.0 / 5.0, 1.0]);
+        rule.aggregate = TailAggregate::Max;
+        let e = tail_errors(&input, &recon, &[false; 5], &rule).unwrap();
+        assert_eq!(e, [9.0, 1.0]);
+        // The level takes the max of the steps too: 4 scales out at one step.
+        input[2 * 2] = 4.0;
+        let near = [0.0, 0.0, 0.0, 0.0, 3.9, 0.0, 0.0, 0.0, 0.0, 0.0];
+        rule.level = true;
+        let e = tail_errors(&input, &near, &[false; 5], &rule).unwrap();
+        assert!((e[0] - 16.0).abs() < 1e-9, "{e:?}");
+    }
+
+    #[test]
+    fn with_the_max_masked_steps_are_skipped() {
+        // 4 steps x 1 feature; errors 1, 4, 9, 16 by step; a tail of 2.
+        let input = [1.0, 2.0, 3.0, 4.0];
+        let recon = [0.0; 4];
+        let rule = TailRule {
+            aggregate: TailAggregate::Max,
+            ..two_sided(2)
+        };
+        let e = tail_errors(&input, &recon, &[false; 4], &rule).unwrap();
+        assert_eq!(e, [16.0]);
+        // The largest step masked: the tail is steps 1 and 2.
+        let e = tail_errors(&input, &recon, &[false, false, false, true], &rule).unwrap();
+        assert_eq!(e, [9.0]);
+        // Masked steps do not count towards the tail either: step 0 is outside it.
+        let big = [25.0, 2.0, 3.0, 1.0];
+        let e = tail_errors(&big, &recon, &[false, false, true, false], &rule).unwrap();
+        assert_eq!(e, [4.0]);
+        assert!(tail_errors(&input, &recon, &[true; 4], &rule).is_none());
+    }
+
     fn two_sided(tail: usize) -> TailRule<'static> {
         TailRule {
             tail,
+            aggregate: TailAggregate::Mean,
             upward: &[],
             level: false,
         }
@@ -229,6 +293,7 @@ mod tests {
         let recon = [0.0; 4];
         let rule = TailRule {
             tail: 2,
+            aggregate: TailAggregate::Mean,
             upward: &[true, false],
             level: false,
         };
@@ -244,6 +309,7 @@ mod tests {
         let recon = [3.9, 3.9, 3.9];
         let mut rule = TailRule {
             tail: 3,
+            aggregate: TailAggregate::Mean,
             upward: &[true],
             level: false,
         };

@@ -31,8 +31,10 @@ pub struct Source {
 /// Format 2's own knobs.
 #[derive(Clone, Debug)]
 pub struct V2Options {
-    /// The per-feature error is over the window's last this many unmasked steps.
+    /// The per-feature error is over the window's last this many unmasked steps ...
     pub tail_steps: usize,
+    /// ... the mean or the max of their squared errors.
+    pub tail_aggregate: scoring::TailAggregate,
     /// A feature's calibration is this quantile of its error on calibration normal
     /// windows, each error the least of `alert_for_steps` windows in a row.
     pub calibration_quantile: f64,
@@ -57,6 +59,7 @@ impl Default for V2Options {
     fn default() -> Self {
         V2Options {
             tail_steps: 5,
+            tail_aggregate: scoring::TailAggregate::Max,
             calibration_quantile: 0.99,
             calibration_floor: 1.0,
             max_false_alarms_per_1000: 0.5,
@@ -303,6 +306,7 @@ pub fn train_v2(
             upward,
             level: v2.level,
             tail_steps: v2.tail_steps,
+            tail_aggregate: v2.tail_aggregate,
             calibration: vec![1.0; f],
             calibration_quantile: v2.calibration_quantile,
             calibration_floor: v2.calibration_floor,
