@@ -39,7 +39,7 @@ pub struct Args {
     #[arg(
         long,
         env = "DR_REMEDIATOR_SNAPSHOT_DIR",
-        required_unless_present = "snapshot_fetch_latest"
+        required_unless_present_any = ["snapshot_fetch_latest", "bump_revision_past"]
     )]
     pub snapshot_dir: Option<PathBuf>,
 
@@ -133,6 +133,22 @@ pub struct Args {
     /// print {name, sha256, bytes, path} as JSON and exit; for a restore by hand.
     #[arg(long, env = "DR_REMEDIATOR_SNAPSHOT_FETCH_LATEST", value_name = "DIR")]
     pub snapshot_fetch_latest: Option<PathBuf>,
+
+    /// After a restore from a snapshot, write revisions until the cluster's is past REV
+    /// (the lost cluster's last revision, or more), compact there, print what was done as
+    /// JSON and exit: every watch from an older revision is told it was compacted, and its
+    /// client lists again. For when no etcdutl with --bump-revision is at hand (etcd 3.4).
+    #[arg(long, env = "DR_REMEDIATOR_BUMP_REVISION_PAST", value_name = "REV",
+        value_parser = clap::value_parser!(i64).range(1..))]
+    pub bump_revision_past: Option<i64>,
+
+    /// The most revisions --bump-revision-past writes; a larger gap is refused, untouched.
+    #[arg(
+        long,
+        env = "DR_REMEDIATOR_BUMP_REVISION_MAX_WRITES",
+        default_value_t = 1_000_000
+    )]
+    pub bump_revision_max_writes: u64,
 
     /// CA certificate that signed etcd's serving certificate (PEM).
     #[arg(long, env = "DR_REMEDIATOR_CACERT")]
@@ -410,6 +426,8 @@ pub struct Config {
     pub proof: Option<ProofSettings>,
     /// `--snapshot-fetch-latest`: download into this dir and exit.
     pub snapshot_fetch_latest: Option<PathBuf>,
+    /// `--bump-revision-past`: the revision to move past, and the most writes for it.
+    pub bump_revision_past: Option<(i64, u64)>,
     pub listen: SocketAddr,
     pub snapshot_interval: Duration,
     pub etcd_quota_bytes: u64,
@@ -497,11 +515,12 @@ impl Config {
         }
         // Fetching needs neither etcd nor a snapshot dir of its own: the download dir
         // stands in, and no identity file is left in it.
-        let fetching = args.snapshot_fetch_latest.is_some();
+        let fetching = args.snapshot_fetch_latest.is_some() || args.bump_revision_past.is_some();
         let Some(snapshot_dir) = args
             .snapshot_dir
             .clone()
             .or_else(|| args.snapshot_fetch_latest.clone())
+            .or_else(|| args.bump_revision_past.map(|_| std::env::temp_dir()))
         else {
             return Err(ConfigError::FetchWithoutStore);
         };
@@ -609,6 +628,9 @@ impl Config {
             retry,
             snapshot_once: args.snapshot_once,
             snapshot_fetch_latest: args.snapshot_fetch_latest,
+            bump_revision_past: args
+                .bump_revision_past
+                .map(|past| (past, args.bump_revision_max_writes)),
             listen: args.listen,
             snapshot_interval: args.snapshot_interval,
             etcd_quota_bytes: args.etcd_quota_bytes,
@@ -852,6 +874,33 @@ mod tests {
         .and_then(|args| Config::from_args(args).map_err(|e| e.to_string()))
         .unwrap_err();
         assert!(err.contains("want an http"), "{err}");
+    }
+
+    #[test]
+    fn a_revision_bump_needs_etcd_but_no_snapshot_dir() {
+        let bump = |args: &[&str]| {
+            Args::try_parse_from([&["dr-remediator"], args].concat())
+                .map_err(|e| e.to_string())
+                .and_then(|args| Config::from_args(args).map_err(|e| e.to_string()))
+        };
+        let config = bump(&[
+            "--etcd-endpoints",
+            "http://127.0.0.1:2379",
+            "--bump-revision-past",
+            "48731",
+        ])
+        .unwrap();
+        assert_eq!(config.bump_revision_past, Some((48731, 1_000_000)));
+        let err = bump(&["--bump-revision-past", "48731"]).unwrap_err();
+        assert!(err.contains("--etcd-endpoints"), "{err}");
+        let err = bump(&[
+            "--etcd-endpoints",
+            "http://127.0.0.1:2379",
+            "--bump-revision-past",
+            "0",
+        ])
+        .unwrap_err();
+        assert!(err.contains("--bump-revision-past"), "{err}");
     }
 
     #[test]

@@ -1,11 +1,12 @@
-//! Wiring only: flags, logging, then the service (or one snapshot with --snapshot-once, or
-//! one download from the store with --snapshot-fetch-latest).
+//! Wiring only: flags, logging, then the service (or one snapshot with --snapshot-once, one
+//! download from the store with --snapshot-fetch-latest, or --bump-revision-past).
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use dr_common::process;
+use dr_remediator::actions::bump;
 use dr_remediator::config::{Args, Config};
 use dr_remediator::serve;
 
@@ -31,6 +32,15 @@ async fn main() -> ExitCode {
     }
     if let Some(dir) = &config.snapshot_fetch_latest {
         return fetch_latest(&config, dir).await;
+    }
+    if let Some((past, max_writes)) = config.bump_revision_past {
+        return match bump::bump_past(&config.etcd_access(), past, max_writes).await {
+            Ok(bumped) => {
+                println!("{}", serde_json::json!(bumped));
+                ExitCode::SUCCESS
+            }
+            Err(err) => process::fail(NAME, format!("revision bump failed: {err}")),
+        };
     }
     process::serve(NAME, config.listen, |listener| {
         tracing::info!(listen = %config.listen, endpoints = ?config.etcd_endpoints, dry_run = config.dry_run, "remediator started");

@@ -1,5 +1,6 @@
 //! The repair steps, one module each. Every step is safe to retry.
 
+pub mod bump;
 pub mod compact;
 pub mod defrag;
 pub mod disarm;
