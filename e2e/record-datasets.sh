@@ -43,6 +43,9 @@ recordings=(
   # Recorded while the scoring was changed to see the slow disk (with t6 and t7 in
   # view), and evaluated once after.
   "t8-last      test       3.4  0.7  128   3  900   28  disk,leader,churn,disk,space,disk"
+  # Recorded after the tail's max and the gap tolerance were chosen (with t1-t8 in view),
+  # and evaluated once after: a load and a quota no other recording has.
+  "t9-after     test       3.6  4    768   3  900   29  churn,disk,leader,space,churn,disk"
 )
 
 wanted=("$@")
