@@ -343,6 +343,27 @@ pub(crate) mod tests {
         }
     }
 
+    /// Format 2 scoring of three features, identity transforms, every one scored, over a
+    /// tail of `tail_steps`, calibrations 1.
+    fn identity_v2(tail_steps: usize) -> ScoringV2 {
+        ScoringV2 {
+            transforms: vec![Transform::Identity; 3],
+            scored: vec![true; 3],
+            upward: Vec::new(),
+            level: false,
+            tail_steps,
+            tail_aggregate: Default::default(),
+            calibration: vec![1.0; 3],
+            calibration_quantile: 0.99,
+            calibration_floor: 1.0,
+            max_false_alarms_per_1000: 0.5,
+            alert_for_steps: 3,
+            calibration_false_alarms_per_1000: 0.0,
+            data_files: Vec::new(),
+            baseline: BaselinePolicy::default(),
+        }
+    }
+
     /// A small random format 2 model (identity transforms, every feature scored) whose
     /// baselines follow `policy`.
     pub(crate) fn v2_scorer(policy: BaselinePolicy) -> crate::model::inference::Scorer {
@@ -350,20 +371,10 @@ pub(crate) mod tests {
         let mut m = meta(3, 4, 6);
         m.format_version = FORMAT_VERSION_2;
         m.scoring_v2 = Some(ScoringV2 {
-            transforms: vec![Transform::Identity; 3],
-            scored: vec![true; 3],
-            upward: Vec::new(),
-            level: false,
-            tail_steps: 3,
-            tail_aggregate: Default::default(),
-            calibration: vec![1.0; 3],
-            calibration_quantile: 0.99,
-            calibration_floor: 1.0,
             max_false_alarms_per_1000: 1.0,
             alert_for_steps: 2,
-            calibration_false_alarms_per_1000: 0.0,
-            data_files: Vec::new(),
             baseline: policy,
+            ..identity_v2(3)
         });
         m.validate().unwrap();
         let weights = varmap_to_safetensors(&init_varmap(&m.architecture, 1).unwrap()).unwrap();
@@ -497,22 +508,7 @@ pub(crate) mod tests {
         m.format_version = FORMAT_VERSION_2;
         assert!(m.validate().unwrap_err().to_string().contains("scoring_v2"));
         let mut m = meta(3, 4, 5);
-        m.scoring_v2 = Some(ScoringV2 {
-            transforms: vec![Transform::Identity; 3],
-            scored: vec![true; 3],
-            upward: Vec::new(),
-            level: false,
-            tail_steps: 5,
-            tail_aggregate: Default::default(),
-            calibration: vec![1.0; 3],
-            calibration_quantile: 0.99,
-            calibration_floor: 1.0,
-            max_false_alarms_per_1000: 0.5,
-            alert_for_steps: 3,
-            calibration_false_alarms_per_1000: 0.0,
-            data_files: Vec::new(),
-            baseline: BaselinePolicy::default(),
-        });
+        m.scoring_v2 = Some(identity_v2(5));
         assert!(m.validate().unwrap_err().to_string().contains("scoring_v2"));
         m.format_version = FORMAT_VERSION_2;
         m.validate().unwrap();
@@ -528,20 +524,8 @@ pub(crate) mod tests {
         let mut m = meta(3, 4, 5);
         m.format_version = FORMAT_VERSION_2;
         m.scoring_v2 = Some(ScoringV2 {
-            transforms: vec![Transform::Identity; 3],
-            scored: vec![true; 3],
-            upward: Vec::new(),
-            level: false,
-            tail_steps: 5,
             tail_aggregate: TailAggregate::Max,
-            calibration: vec![1.0; 3],
-            calibration_quantile: 0.99,
-            calibration_floor: 1.0,
-            max_false_alarms_per_1000: 0.5,
-            alert_for_steps: 3,
-            calibration_false_alarms_per_1000: 0.0,
-            data_files: Vec::new(),
-            baseline: BaselinePolicy::default(),
+            ..identity_v2(5)
         });
         let mut json = serde_json::to_value(&m).unwrap();
         assert_eq!(json["scoring_v2"]["tail_aggregate"], "max");
