@@ -581,3 +581,70 @@ fn a_fed_upload_that_failed_is_done_again_from_the_file() {
     assert_eq!(uploaded.sha256, sha256_hex(&bytes));
     assert_eq!(store.metrics.attempts("ok"), 1);
 }
+
+/// A store that takes the connection and never answers does not hold up the snapshot: the
+/// feed is given up after its stall limit, and the upload from the file then fails within
+/// its own deadline, the local file untouched.
+#[test]
+fn a_store_that_never_answers_holds_the_snapshot_up_only_briefly() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    // Accepts every connection and holds it open, unanswered, until the test ends.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming().take(64) {
+            held.push(stream);
+        }
+    });
+    let mut store = SnapshotStore::open(
+        &format!("s3://{BUCKET}/silent"),
+        5,
+        &[
+            ("aws_endpoint", endpoint.as_str()),
+            ("aws_allow_http", "true"),
+            ("aws_access_key_id", ACCESS_KEY_ID),
+            ("aws_secret_access_key", SECRET_ACCESS_KEY),
+            ("aws_region", REGION),
+        ],
+    )
+    .unwrap();
+    store.retry = UploadRetry {
+        attempt_timeout: Duration::from_secs(3),
+        ..quick_retry(1)
+    };
+    let store = Arc::new(store);
+    let source = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(fake_snapshot(source.path(), 1_000, 16 * 1024, 6)).unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let path = local.path().join("snapshot-0000000000004000-rev4000.db");
+    let rt = runtime();
+    let (fed_for, result) = rt.block_on(async {
+        let (mut feed, fed) = dr_remediator::actions::store::feed();
+        let upload = {
+            let (store, path) = (store.clone(), path.clone());
+            tokio::spawn(async move { store.upload_fed(&path, fed).await })
+        };
+        let started = Instant::now();
+        feed_all(&mut feed, &bytes).await;
+        let fed_for = started.elapsed();
+        std::fs::write(&path, &bytes).unwrap();
+        feed.in_place();
+        let result = tokio::time::timeout(Duration::from_secs(60), upload)
+            .await
+            .unwrap()
+            .unwrap();
+        (fed_for, result)
+    });
+    assert!(
+        fed_for >= Duration::from_secs(9) && fed_for < Duration::from_secs(30),
+        "the download waited {fed_for:?} on a silent store"
+    );
+    let err = result.unwrap_err();
+    assert!(matches!(err, StoreError::Timeout(..)), "{err}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "the local copy stands"
+    );
+    assert_eq!(store.metrics.attempts("failed"), 1);
+}
