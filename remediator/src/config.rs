@@ -513,9 +513,9 @@ impl Config {
         if args.snapshot_fetch_latest.is_some() && store.is_none() {
             return Err(ConfigError::FetchWithoutStore);
         }
-        // Fetching needs neither etcd nor a snapshot dir of its own: the download dir
-        // stands in, and no identity file is left in it.
-        let fetching = args.snapshot_fetch_latest.is_some() || args.bump_revision_past.is_some();
+        // A download or a revision bump, run once by hand, needs no snapshot dir of its own
+        // (a download's dir stands in) and leaves no identity file.
+        let one_off = args.snapshot_fetch_latest.is_some() || args.bump_revision_past.is_some();
         let Some(snapshot_dir) = args
             .snapshot_dir
             .clone()
@@ -536,7 +536,7 @@ impl Config {
                 return Err(ConfigError::BadIdentity(name));
             }
             Some(name) => name,
-            None => kept_identity(&snapshot_dir, !args.dry_run && !fetching)?,
+            None => kept_identity(&snapshot_dir, !args.dry_run && !one_off)?,
         };
         // parse_duration refuses 0, so the window and interval are never empty.
         let retry = (args.retry_max_attempts > 0).then_some(RetryPolicy {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::future::OptionFuture;
 use ring::digest::{Context, SHA256, SHA256_OUTPUT_LEN};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
@@ -110,12 +111,12 @@ impl SnapshotPolicy {
         let part = Partial::new(dir.join(format!("{name}.part")));
         // A one-off snapshot goes to the first store while it streams in (the two take
         // about the time of the slower); the service's are uploaded after, in the background.
-        let (feed, fed) = match (&self.store, self.upload_inline) {
-            (Some(_), true) => {
+        let (feed, fed_upload) = match self.store.as_ref().filter(|_| self.upload_inline) {
+            Some(store) => {
                 let (feed, fed) = store::feed();
-                (Some(feed), Some(fed))
+                (Some(feed), Some(store.upload_fed(&final_path, fed)))
             }
-            _ => (None, None),
+            None => (None, None),
         };
         let place = async {
             // Owned here: a failure below drops it, which tells the upload no snapshot came.
@@ -179,13 +180,7 @@ impl SnapshotPolicy {
             }
             Ok::<_, ActionError>((size_bytes, sha256))
         };
-        let fed_upload = async {
-            match (&self.store, fed) {
-                (Some(store), Some(fed)) => Some(store.upload_fed(&final_path, fed).await),
-                _ => None,
-            }
-        };
-        let (placed, fed_upload) = tokio::join!(place, fed_upload);
+        let (placed, fed_upload) = tokio::join!(place, OptionFuture::from(fed_upload));
         let (size_bytes, sha256) = placed?;
         prune(dir, &self.retention, SystemTime::now())?;
         let upload = match fed_upload {

@@ -1131,9 +1131,9 @@ const FEED_CHUNKS: usize = 64;
 
 /// The download's end of a fed upload ([`SnapshotStore::upload_fed`]).
 pub struct Feed {
+    /// `None` once given up: the upload then did not see every byte.
     chunks: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
     done: Option<tokio::sync::oneshot::Sender<bool>>,
-    complete: bool,
 }
 
 /// The upload's end of a [`Feed`].
@@ -1151,7 +1151,6 @@ pub fn feed() -> (Feed, Fed) {
         Feed {
             chunks: Some(chunks_tx),
             done: Some(done_tx),
-            complete: true,
         },
         Fed { chunks, done },
     )
@@ -1169,16 +1168,15 @@ impl Feed {
             Ok(Ok(()))
         ) {
             self.chunks = None;
-            self.complete = false;
         }
     }
 
     /// The snapshot is verified and at its final path: the upload may complete.
     pub fn in_place(mut self) {
         // The stream ends first, then the upload learns whether it saw every byte.
-        self.chunks = None;
+        let complete = self.chunks.take().is_some();
         if let Some(done) = self.done.take() {
-            let _ = done.send(self.complete);
+            let _ = done.send(complete);
         }
     }
 }
