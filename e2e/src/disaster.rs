@@ -18,10 +18,10 @@
 //! binary rather than assuming. Where the restore could not bump the revision, the
 //! runbook's API step does: `dr-remediator --bump-revision-past <revision before the loss>`
 //! once the members are healthy, and the drill checks the revision is past the old one.
-//! With etcdutl, 3.5+ members are restored under a new token too. Without any etcdutl, 3.5+ falls back to
-//! etcdctl 3.4's restore, which must keep the original token: it leaves the old membership
-//! in the backend, which 3.5+ reads, and with new member IDs etcd 3.6 panics ("failed to
-//! update; member unknown"; tried).
+//! With etcdutl, 3.5+ members are restored under a new token too. Without any etcdutl,
+//! 3.5+ falls back to etcdctl 3.4's restore, which must keep the original token: it leaves
+//! the old membership in the backend, which 3.5+ reads, and with new member IDs etcd 3.6
+//! panics ("failed to update; member unknown"; tried).
 //!
 //! The report: `mttr_seconds` from the loss to a healthy cluster with the data (within
 //! `--mttr-budget`), and in `extra` the RPO (seconds between the snapshot and the loss),
