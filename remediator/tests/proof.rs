@@ -15,6 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use dr_remediator::actions::compression::Compression;
 use dr_remediator::actions::proof::{self, ProofError, ProofSettings, Prover};
 use dr_remediator::actions::retention::Retention;
 use dr_remediator::actions::snapshot::{SnapshotInfo, SnapshotPolicy, verify_file};
@@ -177,7 +178,7 @@ fn a_good_snapshot_is_proven_restorable() {
 /// clusters too: the restore rewrites the membership 3.4 reads, and the keys are the same
 /// bolt database.
 #[test]
-fn snapshots_of_etcd_3_5_to_3_7_are_proven_with_the_3_4_tools() {
+fn snapshots_of_etcd_3_5_to_3_7_are_proven_with_the_3_4_tools_3_7_s_stored_compressed() {
     let server = s3_server();
     let scratch = tempfile::tempdir().unwrap();
     let rt = runtime();
@@ -191,7 +192,11 @@ fn snapshots_of_etcd_3_5_to_3_7_are_proven_with_the_3_4_tools() {
             ..EtcdOptions::default()
         })
         .unwrap();
-        let store = Arc::new(s3_store(&server, version.as_str(), 5));
+        let mut store = s3_store(&server, version.as_str(), 5);
+        if version == dr_testkit::EtcdVersion::V3_7 {
+            store.compression = Compression::Zstd { level: 3 };
+        }
+        let store = Arc::new(store);
         let local = tempfile::tempdir().unwrap();
         rt.block_on(async {
             put_keys(&etcd, "a", 200).await;
@@ -209,6 +214,12 @@ fn snapshots_of_etcd_3_5_to_3_7_are_proven_with_the_3_4_tools() {
                 version.as_str()
             );
             assert_eq!(report.restored_revision, report.revision);
+            let stored = store.list().await.unwrap();
+            assert_eq!(
+                stored[0].object.ends_with(".zst"),
+                version == dr_testkit::EtcdVersion::V3_7,
+                "{stored:?}"
+            );
         });
     }
 }

@@ -10,6 +10,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dr_remediator::actions::compression::Compression;
 use dr_remediator::actions::snapshot::{self, verify_file};
 use dr_remediator::actions::store::{SnapshotStore, StoreError, UploadRetry};
 use dr_remediator::audit::Phase;
@@ -374,15 +375,31 @@ fn the_binary_uploads_a_real_snapshot_and_fetches_it_back() {
         serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
     };
     let endpoints = etcd.client_endpoints().join(",");
-    let taken = run(&[
-        "--etcd-endpoints",
-        &endpoints,
-        "--snapshot-dir",
-        &snapshots.path().display().to_string(),
-        "--snapshot-store",
-        &store_url,
-        "--snapshot-once",
-    ]);
+    let snapshot_dir = snapshots.path().display().to_string();
+    let snapshot_once = |extra: &[&str]| {
+        let mut args = vec![
+            "--etcd-endpoints",
+            &endpoints,
+            "--snapshot-dir",
+            &snapshot_dir,
+            "--snapshot-store",
+            &store_url,
+            "--snapshot-once",
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let restore_dir = tempfile::tempdir().unwrap();
+    let restore_path = restore_dir.path().display().to_string();
+    let fetch_latest = || {
+        run(&[
+            "--snapshot-fetch-latest",
+            &restore_path,
+            "--snapshot-store",
+            &store_url,
+        ])
+    };
+    let taken = snapshot_once(&[]);
     let uploaded = &taken["upload"]["uploaded"];
     assert!(uploaded.is_object(), "{taken}");
     let local = PathBuf::from(taken["path"].as_str().unwrap());
@@ -391,13 +408,7 @@ fn the_binary_uploads_a_real_snapshot_and_fetches_it_back() {
         sha256_hex(&std::fs::read(&local).unwrap()).as_str()
     );
 
-    let restore_dir = tempfile::tempdir().unwrap();
-    let fetched = run(&[
-        "--snapshot-fetch-latest",
-        &restore_dir.path().display().to_string(),
-        "--snapshot-store",
-        &store_url,
-    ]);
+    let fetched = fetch_latest();
     assert_eq!(fetched["name"], file_name(&local).as_str(), "{fetched}");
     assert_eq!(fetched["sha256"], uploaded["sha256"]);
     assert_eq!(fetched["bytes"], uploaded["bytes"]);
@@ -406,6 +417,29 @@ fn the_binary_uploads_a_real_snapshot_and_fetches_it_back() {
     assert!(
         !restore_dir.path().join("identity").exists(),
         "a download leaves only the snapshot"
+    );
+
+    // Compressed as it streams; fetched back by a run that is not told so.
+    let taken = snapshot_once(&["--snapshot-store-compression", "zstd:9"]);
+    let uploaded = &taken["upload"]["uploaded"];
+    let local = PathBuf::from(taken["path"].as_str().unwrap());
+    assert!(
+        uploaded["location"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("{}.zst", file_name(&local))),
+        "{taken}"
+    );
+    assert!(uploaded["stored_bytes"].as_u64() < uploaded["bytes"].as_u64());
+    let fetched = fetch_latest();
+    assert_eq!(fetched["name"], file_name(&local).as_str(), "{fetched}");
+    let path = PathBuf::from(fetched["path"].as_str().unwrap());
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes, std::fs::read(&local).unwrap());
+    assert_eq!(fetched["sha256"], sha256_hex(&bytes).as_str());
+    assert_eq!(
+        fetched["object"],
+        format!("{}.zst", file_name(&local)).as_str()
     );
 }
 
@@ -647,4 +681,169 @@ fn a_store_that_never_answers_holds_the_snapshot_up_only_briefly() {
         "the local copy stands"
     );
     assert_eq!(store.metrics.attempts("failed"), 1);
+}
+
+const ZSTD: Compression = Compression::Zstd { level: 3 };
+
+/// With compression on, a snapshot is stored as `<name>.zst`, a plain zstd frame that
+/// `sha256sum -c` and `zstd -d` open as they are, whether it went up from the file or as
+/// it streamed; it comes back whole, and retention removes all of its objects.
+#[test]
+fn a_compressed_snapshot_is_stored_smaller_and_comes_back_whole() {
+    let root = tempfile::tempdir().unwrap();
+    let url = format!("file://{}/store", root.path().display());
+    let mut store = SnapshotStore::open(&url, 2, &[]).unwrap();
+    store.retry = quick_retry(2);
+    store.compression = ZSTD;
+    let store = Arc::new(store);
+    let in_store = root.path().join("store");
+    // Each in a dir of its own: an upload also sends the snapshots beside it (catch-up).
+    let local = tempfile::tempdir().unwrap();
+    let paths: Vec<PathBuf> = (1..=3)
+        .map(|i| {
+            let dir = local.path().join(i.to_string());
+            std::fs::create_dir(&dir).unwrap();
+            fake_snapshot(&dir, i * 1_000, 4 * 1024, i as u8)
+        })
+        .collect();
+    std::fs::write(snapshot::status_path(&paths[0]), br#"{"revision":1}"#).unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        let first = store.upload(&paths[0]).await.unwrap();
+        let original = std::fs::read(&paths[0]).unwrap();
+        assert_eq!(first.location, format!("{}.zst", file_name(&paths[0])));
+        assert_eq!(first.bytes, original.len() as u64);
+        assert!(first.stored_bytes * 10 < first.bytes, "{first:?}");
+        let object = std::fs::read(in_store.join(&first.location)).unwrap();
+        assert_eq!(object.len() as u64, first.stored_bytes);
+        assert_eq!(zstd::decode_all(&object[..]).unwrap(), original);
+        assert_eq!(
+            std::fs::read_to_string(in_store.join(format!("{}.sha256", first.location))).unwrap(),
+            format!("{}  {}\n", sha256_hex(&object), first.location)
+        );
+        assert_eq!(first.sha256, sha256_hex(&object));
+        assert!(!in_store.join(file_name(&paths[0])).exists());
+        // The status is the snapshot's, named as it is whatever the object's form.
+        assert!(
+            in_store
+                .join(format!("{}.status", file_name(&paths[0])))
+                .exists()
+        );
+
+        // As it streams, the same object.
+        let bytes = std::fs::read(&paths[1]).unwrap();
+        let streamed_path = local.path().join("streamed");
+        std::fs::create_dir(&streamed_path).unwrap();
+        let streamed_path = streamed_path.join(file_name(&paths[1]));
+        let (mut feed, fed) = dr_remediator::actions::store::feed();
+        let upload = {
+            let (store, path) = (store.clone(), streamed_path.clone());
+            tokio::spawn(async move { store.upload_fed(&path, fed).await })
+        };
+        feed_all(&mut feed, &bytes).await;
+        std::fs::write(&streamed_path, &bytes).unwrap();
+        feed.in_place();
+        let streamed = upload.await.unwrap().unwrap();
+        assert_eq!(streamed.location, format!("{}.zst", file_name(&paths[1])));
+        let object = std::fs::read(in_store.join(&streamed.location)).unwrap();
+        assert_eq!(zstd::decode_all(&object[..]).unwrap(), bytes);
+
+        let back = tempfile::tempdir().unwrap();
+        let fetched = store.fetch_latest(back.path()).await.unwrap();
+        assert_eq!(fetched.name, file_name(&paths[1]));
+        assert_eq!(fetched.object, streamed.location);
+        assert_eq!(fetched.bytes, bytes.len() as u64);
+        assert_eq!(
+            fetched.sha256,
+            sha256_hex(&bytes),
+            "the file's, to check copies by"
+        );
+        assert_eq!(std::fs::read(&fetched.path).unwrap(), bytes);
+        verify_file(&fetched.path).unwrap();
+
+        // A third: the first goes, every object of it.
+        let third = store.upload(&paths[2]).await.unwrap();
+        assert_eq!(
+            names(&store.list().await.unwrap()),
+            [file_name(&paths[2]), file_name(&paths[1])]
+        );
+
+        // Cut short, with a checksum that matches what is left (written by hand): no
+        // whole frame, refused, and the one before it used.
+        let object = in_store.join(&third.location);
+        let frame = std::fs::read(&object).unwrap();
+        let short = &frame[..frame.len() - 5];
+        std::fs::write(&object, short).unwrap();
+        std::fs::write(
+            in_store.join(format!("{}.sha256", third.location)),
+            format!("{}  {}\n", sha256_hex(short), third.location),
+        )
+        .unwrap();
+        let back = tempfile::tempdir().unwrap();
+        let fetched = store.fetch_latest(back.path()).await.unwrap();
+        assert_eq!(fetched.name, file_name(&paths[1]));
+        assert!(
+            fetched.refused[0].contains("not a whole zstd frame"),
+            "{:?}",
+            fetched.refused
+        );
+        assert_eq!(store.metrics.refused("not_a_snapshot"), 1);
+    });
+    let left: Vec<String> = std::fs::read_dir(&in_store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(&file_name(&paths[0])))
+        .collect();
+    assert_eq!(left, Vec::<String>::new());
+}
+
+/// Turning compression on strands nothing: a snapshot stored uncompressed before is still
+/// read, and used when the newer, compressed one is corrupt in the store (refused by the
+/// checksum).
+#[test]
+fn a_corrupt_compressed_object_is_refused_and_an_uncompressed_one_used() {
+    let server = s3_server();
+    let mut store = s3_store(&server, "mixed", 5);
+    // Apart: an upload also sends the snapshots beside it (catch-up).
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let plain = fake_snapshot(dirs[0].path(), 1_000, 64, 1);
+    let newer = fake_snapshot(dirs[1].path(), 2_000, 64, 2);
+    let rt = runtime();
+    let uploaded = rt.block_on(async {
+        store.upload(&plain).await.unwrap();
+        store.compression = ZSTD;
+        let uploaded = store.upload(&newer).await.unwrap();
+        let back = tempfile::tempdir().unwrap();
+        let fetched = store.fetch_latest(back.path()).await.unwrap();
+        assert_eq!(fetched.name, file_name(&newer));
+        assert_eq!(
+            std::fs::read(&fetched.path).unwrap(),
+            std::fs::read(&newer).unwrap()
+        );
+        uploaded
+    });
+    // One bit flipped in the stored frame.
+    let mut frame = zstd::encode_all(&std::fs::read(&newer).unwrap()[..], 3).unwrap();
+    let middle = frame.len() / 2;
+    frame[middle] ^= 0x10;
+    let url = format!("{}/{BUCKET}/{}", server.url(), uploaded.location);
+    let (status, text) = http_put(&url, "application/octet-stream", &frame).unwrap();
+    assert_eq!(status, 200, "{text}");
+
+    let back = tempfile::tempdir().unwrap();
+    let fetched = rt.block_on(async { store.fetch_latest(back.path()).await.unwrap() });
+    assert_eq!(fetched.name, file_name(&plain));
+    assert_eq!(
+        std::fs::read(&fetched.path).unwrap(),
+        std::fs::read(&plain).unwrap()
+    );
+    assert_eq!(fetched.refused.len(), 1, "{:?}", fetched.refused);
+    assert!(
+        fetched.refused[0].contains("SHA-256 mismatch"),
+        "{:?}",
+        fetched.refused
+    );
+    assert_eq!(store.metrics.refused("checksum"), 1);
+    let left: Vec<_> = std::fs::read_dir(back.path()).unwrap().collect();
+    assert_eq!(left.len(), 1, "nothing of the refused one is left");
 }

@@ -2,6 +2,7 @@
 
 pub mod bump;
 pub mod compact;
+pub mod compression;
 pub mod defrag;
 pub mod disarm;
 pub mod proof;

@@ -38,6 +38,7 @@ use ring::digest::{Context, SHA256};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::actions::compression::{Compression, Encoder};
 use crate::actions::retention::{self, Retention};
 use crate::actions::snapshot::{self, Partial, TrailerCheck};
 use crate::error::{ActionError, FileError};
@@ -89,6 +90,11 @@ pub enum StoreError {
     /// The bytes match their checksum but are no good etcd snapshot (its own trailer).
     #[error("{name}: {error}")]
     NotASnapshot { name: String, error: ActionError },
+    /// The object matches its checksum but is no whole zstd frame.
+    #[error("{name}: not a whole zstd frame: {error}")]
+    NotDecompressed { name: String, error: std::io::Error },
+    #[error("compressing {name}: {error}")]
+    Compress { name: String, error: std::io::Error },
     #[error("no usable snapshot in {url}{}", refused_list(.refused))]
     NoneUsable { url: String, refused: Vec<String> },
 }
@@ -108,7 +114,9 @@ impl StoreError {
             StoreError::BadChecksum { .. } | StoreError::ChecksumMismatch { .. } => {
                 Some("checksum")
             }
-            StoreError::NotASnapshot { .. } => Some("not_a_snapshot"),
+            StoreError::NotASnapshot { .. } | StoreError::NotDecompressed { .. } => {
+                Some("not_a_snapshot")
+            }
             _ => None,
         }
     }
@@ -119,7 +127,8 @@ impl StoreError {
         match self {
             StoreError::BadChecksum { .. }
             | StoreError::ChecksumMismatch { .. }
-            | StoreError::NotASnapshot { .. } => true,
+            | StoreError::NotASnapshot { .. }
+            | StoreError::NotDecompressed { .. } => true,
             // Deleted between the listing and the download (retention elsewhere).
             StoreError::Request { error, .. } => {
                 matches!(error, object_store::Error::NotFound { .. })
@@ -402,9 +411,12 @@ pub fn register(registry: &mut Registry, stores: &[Arc<SnapshotStore>]) {
 pub struct Uploaded {
     /// The data object's key in the store.
     pub location: String,
-    /// SHA-256 of the whole object, as its checksum object holds it.
+    /// SHA-256 of the whole object (compressed, if it is), as its checksum object holds it.
     pub sha256: String,
+    /// The snapshot's size.
     pub bytes: u64,
+    /// The object's size: `bytes` unless compressed.
+    pub stored_bytes: u64,
     pub seconds: f64,
     /// Attempts it took (1: the first went through).
     pub attempts: u32,
@@ -425,7 +437,11 @@ pub enum UploadOutcome {
 /// A snapshot in the store that has its checksum object.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Stored {
+    /// The snapshot's name (as on local disk).
     pub name: String,
+    /// The data object's name: `name`, or `name.zst` when compressed.
+    pub object: String,
+    /// The object's size.
     pub bytes: u64,
 }
 
@@ -433,7 +449,11 @@ pub struct Stored {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Fetched {
     pub name: String,
+    /// Of the downloaded file (the snapshot itself, decompressed if it was stored so):
+    /// what `sha256sum` says of the copies a person makes of it.
     pub sha256: String,
+    /// The object it came from: `name`, or `name.zst` when stored compressed.
+    pub object: String,
     pub bytes: u64,
     pub path: PathBuf,
     /// Why newer snapshots were refused before this one (corrupt in the store).
@@ -452,6 +472,8 @@ pub struct SnapshotStore {
     pub retention: Retention,
     pub retry: UploadRetry,
     pub metrics: StoreMetrics,
+    /// How snapshots are written from now on; each stored one is read as its name says.
+    pub compression: Compression,
     // One upload (with its catch-up and retention) at a time: a scheduled snapshot's and a
     // remediation's must not prune or re-send under each other.
     busy: tokio::sync::Mutex<()>,
@@ -463,6 +485,7 @@ impl std::fmt::Debug for SnapshotStore {
             .field("url", &self.url)
             .field("retention", &self.retention)
             .field("retry", &self.retry)
+            .field("compression", &self.compression)
             .finish_non_exhaustive()
     }
 }
@@ -554,6 +577,7 @@ impl SnapshotStore {
             retention: Retention::count(retain),
             retry: UploadRetry::default(),
             metrics: StoreMetrics::default(),
+            compression: Compression::None,
             busy: tokio::sync::Mutex::new(()),
         })
     }
@@ -799,7 +823,15 @@ impl SnapshotStore {
     }
 
     async fn begin(&self, name: &str) -> Result<MultipartUpload, StoreError> {
-        let location = self.prefix.child(name);
+        let object = self.compression.object_name(name);
+        let encoder = self
+            .compression
+            .encoder()
+            .map_err(|error| StoreError::Compress {
+                name: name.to_owned(),
+                error,
+            })?;
+        let location = self.prefix.child(object.as_str());
         let upload = self
             .store
             .put_multipart(&location)
@@ -808,10 +840,14 @@ impl SnapshotStore {
         Ok(MultipartUpload {
             store: Arc::clone(&self.store),
             writer: WriteMultipart::new_with_chunk_size(upload, PART_SIZE),
+            encoder,
             name: name.to_owned(),
+            object,
+            status_location: status_location(&self.prefix.child(name)),
             location,
             context: Context::new(&SHA256),
             bytes: 0,
+            stored_bytes: 0,
             started: Instant::now(),
         })
     }
@@ -849,16 +885,21 @@ impl SnapshotStore {
         let mut found: Vec<Stored> = objects
             .iter()
             .filter_map(|meta| {
-                let name = meta.location.filename()?;
+                let object = meta.location.filename()?;
+                let (_, name) = Compression::of_object(object);
                 let complete = snapshot::is_snapshot_name(name)
-                    && names.contains(&format!("{name}{CHECKSUM_SUFFIX}").as_str());
+                    && names.contains(&format!("{object}{CHECKSUM_SUFFIX}").as_str());
                 complete.then(|| Stored {
                     name: name.to_owned(),
+                    object: object.to_owned(),
                     bytes: meta.size,
                 })
             })
             .collect();
-        found.sort_by(|a, b| b.name.cmp(&a.name));
+        // Newest first; a snapshot stored both ways (the setting changed and it was sent
+        // again by hand) counts once.
+        found.sort_by(|a, b| b.name.cmp(&a.name).then_with(|| a.object.cmp(&b.object)));
+        found.dedup_by(|later, earlier| later.name == earlier.name);
         Ok(found)
     }
 
@@ -879,10 +920,11 @@ impl SnapshotStore {
             if keep {
                 continue;
             }
-            let location = self.prefix.child(old.name.as_str());
+            let location = self.prefix.child(old.object.as_str());
             self.delete(&checksum_location(&location)).await?;
             self.delete(&location).await?;
-            self.delete(&status_location(&location)).await?;
+            self.delete(&status_location(&self.prefix.child(old.name.as_str())))
+                .await?;
             tracing::info!(store = %self.label(), location = %location, "removed old snapshot from the store (retention)");
         }
         let Some(newest) = newest else {
@@ -892,10 +934,14 @@ impl SnapshotStore {
             let Some(name) = meta.location.filename() else {
                 continue;
             };
-            let data = name.strip_suffix(STATUS_SUFFIX).unwrap_or(name);
-            let orphan = snapshot::is_snapshot_name(data)
-                && data < newest.as_str()
-                && !stored.iter().any(|s| s.name == data);
+            let (data, listed) = match name.strip_suffix(STATUS_SUFFIX) {
+                Some(snapshot) => (snapshot, stored.iter().any(|s| s.name == snapshot)),
+                None => (
+                    Compression::of_object(name).1,
+                    stored.iter().any(|s| s.object == name),
+                ),
+            };
+            let orphan = snapshot::is_snapshot_name(data) && data < newest.as_str() && !listed;
             if orphan {
                 self.delete(&meta.location).await?;
                 tracing::info!(location = %meta.location, "removed an object without its snapshot's checksum");
@@ -923,7 +969,7 @@ impl SnapshotStore {
         std::fs::create_dir_all(dir).map_err(FileError::on("creating", dir))?;
         let mut refused = Vec::new();
         for stored in self.list().await? {
-            match self.download(&stored.name, dir).await {
+            match self.download(&stored, dir).await {
                 Ok(fetched) => {
                     if !refused.is_empty() {
                         tracing::warn!(name = %fetched.name, refused = ?refused, "newer snapshots refused; using an older one");
@@ -965,10 +1011,11 @@ impl SnapshotStore {
             .ok())
     }
 
-    /// Downloads `name` to `dir/<name>.part`, streamed and hashed, and renames it into
-    /// place only when both checks pass.
-    async fn download(&self, name: &str, dir: &Path) -> Result<Fetched, StoreError> {
-        let location = self.prefix.child(name);
+    /// Downloads `stored` to `dir/<name>.part`, streamed and hashed (and decompressed, if
+    /// it was stored so), and renames it into place only when every check passes.
+    async fn download(&self, stored: &Stored, dir: &Path) -> Result<Fetched, StoreError> {
+        let name = stored.name.as_str();
+        let location = self.prefix.child(stored.object.as_str());
         let checksum = checksum_location(&location);
         let text = self
             .store
@@ -978,9 +1025,17 @@ impl SnapshotStore {
             .bytes()
             .await
             .map_err(request("reading", &checksum))?;
-        let stored = parse_checksum(&text).ok_or_else(|| StoreError::BadChecksum {
+        let expected = parse_checksum(&text).ok_or_else(|| StoreError::BadChecksum {
             location: checksum.to_string(),
         })?;
+        let not_decompressed = |error| StoreError::NotDecompressed {
+            name: stored.object.clone(),
+            error,
+        };
+        let mut decoder = Compression::of_object(&stored.object)
+            .0
+            .decoder()
+            .map_err(not_decompressed)?;
         let final_path = dir.join(name);
         let part = Partial::new(dir.join(format!("{name}.part")));
         let part_path = part.path().to_path_buf();
@@ -995,12 +1050,30 @@ impl SnapshotStore {
             .map_err(FileError::on("creating", &part_path))?;
         let mut file = tokio::io::BufWriter::with_capacity(READ_CHUNK, file);
         let mut context = Context::new(&SHA256);
+        let mut file_context = decoder.is_some().then(|| Context::new(&SHA256));
         let mut trailer = TrailerCheck::new();
+        // A frame that fails to decode is reported after the checksum: corruption in the
+        // store is named as such, not as bad zstd.
+        let mut undecodable = None;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(request("downloading", &location))?;
             context.update(&chunk);
-            trailer.update(&chunk);
-            file.write_all(&chunk)
+            let snapshot_bytes = match decoder.as_mut() {
+                None => chunk.to_vec(),
+                Some(_) if undecodable.is_some() => continue,
+                Some(decoder) => match decoder.decompress(&chunk) {
+                    Ok(bytes) => bytes,
+                    Err(error) => {
+                        undecodable = Some(error);
+                        continue;
+                    }
+                },
+            };
+            trailer.update(&snapshot_bytes);
+            if let Some(file_context) = file_context.as_mut() {
+                file_context.update(&snapshot_bytes);
+            }
+            file.write_all(&snapshot_bytes)
                 .await
                 .map_err(FileError::on("writing", &part_path))?;
         }
@@ -1012,12 +1085,18 @@ impl SnapshotStore {
             .await
             .map_err(FileError::on("fsync", &part_path))?;
         let actual = hex(context.finish().as_ref());
-        if actual != stored {
+        if actual != expected {
             return Err(StoreError::ChecksumMismatch {
-                name: name.to_owned(),
-                stored,
+                name: stored.object.clone(),
+                stored: expected,
                 actual,
             });
+        }
+        if let Some(error) = undecodable {
+            return Err(not_decompressed(error));
+        }
+        if let Some(decoder) = decoder {
+            decoder.finish().map_err(not_decompressed)?;
         }
         let (bytes, _) = trailer
             .finish(&part_path)
@@ -1032,7 +1111,8 @@ impl SnapshotStore {
             })?;
         Ok(Fetched {
             name: name.to_owned(),
-            sha256: actual,
+            sha256: file_context.map_or(actual, |context| hex(context.finish().as_ref())),
+            object: stored.object.clone(),
             bytes,
             path: final_path,
             refused: Vec::new(),
@@ -1045,23 +1125,50 @@ impl SnapshotStore {
 struct MultipartUpload {
     store: Arc<dyn ObjectStore>,
     writer: WriteMultipart,
+    /// Compresses what is written, when the store is set to.
+    encoder: Option<Encoder>,
+    /// The snapshot's name.
     name: String,
+    /// The data object's name (`name`, or `name.zst`), as its checksum line names it.
+    object: String,
     location: ObjectPath,
+    status_location: ObjectPath,
+    /// Of the stored bytes.
     context: Context,
     bytes: u64,
+    stored_bytes: u64,
     started: Instant,
 }
 
 impl MultipartUpload {
     async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+        self.bytes += chunk.len() as u64;
+        match self.encoder.as_mut() {
+            None => self.store_bytes(chunk).await,
+            Some(encoder) => {
+                let compressed = encoder
+                    .compress(chunk)
+                    .map_err(|error| StoreError::Compress {
+                        name: self.name.clone(),
+                        error,
+                    })?;
+                self.store_bytes(&compressed).await
+            }
+        }
+    }
+
+    async fn store_bytes(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
         // Waits for parts in flight before buffering more: memory stays bounded.
         self.writer
             .wait_for_capacity(PARTS_IN_FLIGHT)
             .await
             .map_err(request("uploading", &self.location))?;
-        self.context.update(chunk);
-        self.writer.write(chunk);
-        self.bytes += chunk.len() as u64;
+        self.context.update(bytes);
+        self.writer.write(bytes);
+        self.stored_bytes += bytes.len() as u64;
         Ok(())
     }
 
@@ -1072,15 +1179,28 @@ impl MultipartUpload {
 
     /// Completes the data object, then writes the status recorded beside `snapshot` (if
     /// any) and, last, the checksum object.
-    async fn complete(self, snapshot: &Path) -> Result<Uploaded, StoreError> {
+    async fn complete(mut self, snapshot: &Path) -> Result<Uploaded, StoreError> {
+        if let Some(encoder) = self.encoder.take() {
+            let last = encoder.finish().map_err(|error| StoreError::Compress {
+                name: self.name.clone(),
+                error,
+            })?;
+            if let Err(err) = self.store_bytes(&last).await {
+                self.abort().await;
+                return Err(err);
+            }
+        }
         let MultipartUpload {
             store,
             writer,
-            name,
+            object,
             location,
+            status_location,
             context,
             bytes,
+            stored_bytes,
             started,
+            ..
         } = self;
         writer
             .finish()
@@ -1091,7 +1211,6 @@ impl MultipartUpload {
         let status_path = snapshot::status_path(snapshot);
         match tokio::fs::read(&status_path).await {
             Ok(status) => {
-                let status_location = status_location(&location);
                 store
                     .put(&status_location, PutPayload::from(status))
                     .await
@@ -1110,13 +1229,14 @@ impl MultipartUpload {
         // Only now: a data object without its checksum is never taken for a snapshot.
         let checksum = checksum_location(&location);
         store
-            .put(&checksum, PutPayload::from(format!("{sha256}  {name}\n")))
+            .put(&checksum, PutPayload::from(format!("{sha256}  {object}\n")))
             .await
             .map_err(request("writing", &checksum))?;
         Ok(Uploaded {
             location: location.to_string(),
             sha256,
             bytes,
+            stored_bytes,
             seconds: started.elapsed().as_secs_f64(),
             attempts: 1,
         })
@@ -1208,7 +1328,7 @@ fn checksum_location(data: &ObjectPath) -> ObjectPath {
 
 fn is_checksum_name(name: &str) -> bool {
     name.strip_suffix(CHECKSUM_SUFFIX)
-        .is_some_and(snapshot::is_snapshot_name)
+        .is_some_and(|object| snapshot::is_snapshot_name(Compression::of_object(object).1))
 }
 
 /// The digest of a `sha256sum` line (or a bare digest), lower-case.
@@ -1295,6 +1415,9 @@ mod tests {
     fn only_snapshot_checksums_count() {
         assert!(is_checksum_name("snapshot-0000000000000001-rev5.db.sha256"));
         assert!(!is_checksum_name("snapshot-0000000000000001-rev5.db"));
+        assert!(is_checksum_name(
+            "snapshot-0000000000000001-rev5.db.zst.sha256"
+        ));
         assert!(!is_checksum_name("audit.jsonl.sha256"));
     }
 }
