@@ -717,6 +717,7 @@ typos = {
     "wrong type": {"detector": {"replicaCount": "two"}},
     "bad enum": {"collector": {"mode": "sidecar"}},
     "latest tag": {"global": {"image": {"tag": "latest"}}},
+    "bad compression": {"remediator": {"snapshots": {"store": {"compression": "gzip"}}}},
 }
 for what, values in typos.items():
     try:
