@@ -1,8 +1,9 @@
 //! Scenario `disaster`: the whole cluster is lost, and comes back from the object store.
 //!
 //! A cluster of `--members` (3 by default) and a real S3 server (moto) on loopback; keys
-//! seeded; the remediator takes one verified snapshot and uploads it (`dr-remediator
-//! --snapshot-once --snapshot-store s3://…`, the upload inline); more keys are written
+//! seeded; the remediator takes one verified snapshot and uploads it, zstd-compressed
+//! (`dr-remediator --snapshot-once --snapshot-store s3://… --snapshot-store-compression
+//! zstd`, the upload inline, as it streams); more keys are written
 //! after it. Then the disaster: every member is killed (SIGKILL), every member's data dir
 //! and the remediator's local snapshot dir are deleted. The recovery is what a person does
 //! by hand (docs/operations.md, "Whole cluster from the object store"): `dr-remediator
@@ -126,31 +127,35 @@ fn drill(
         .arg("--snapshot-dir")
         .arg(&snapshot_dir)
         .args(["--snapshot-store", &store_url])
+        .args(["--snapshot-store-compression", "zstd"])
         .envs(s3.client_env());
     let taken = json_of(&mut take, "dr-remediator --snapshot-once")?;
     let revision = taken["revision"]
         .as_i64()
         .context("no revision in the snapshot")?;
-    // The whole object's SHA-256, as the store keeps it (the snapshot's own `sha256` is
-    // etcd's trailer, of all but its last 32 bytes).
-    let Some(sha256) = taken["upload"]["uploaded"]["sha256"]
-        .as_str()
-        .map(str::to_owned)
-    else {
+    let uploaded = &taken["upload"]["uploaded"];
+    if !uploaded.is_object() {
         bail!("the snapshot was not uploaded: {}", taken["upload"]);
-    };
-    let listed = s3.list_raw(BUCKET)?;
-    let name = taken["path"]
-        .as_str()
-        .and_then(|p| Path::new(p).file_name())
+    }
+    let local = PathBuf::from(taken["path"].as_str().context("no path in the snapshot")?);
+    let name = local
+        .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if name.is_empty() || !listed.contains(&name) {
-        bail!("{name:?} is not in the bucket's listing");
+    // The whole file's SHA-256, before the disaster takes it (the snapshot's own `sha256`
+    // is etcd's trailer, of all but its last 32 bytes; the upload's, of the .zst object).
+    let sha256 =
+        sha256_hex(&fs::read(&local).with_context(|| format!("reading {}", local.display()))?);
+    let listed = s3.list_raw(BUCKET)?;
+    let object = format!("{name}.zst");
+    if name.is_empty() || !listed.contains(&object) {
+        bail!("{object:?} is not in the bucket's listing");
     }
     tl.mark(&format!(
-        "snapshot {name} at revision {revision} (sha256 {}) uploaded to {store_url} in {:.1}s",
+        "snapshot {name} at revision {revision} (sha256 {}) uploaded to {store_url} as {object} ({} of {} bytes) in {:.1}s",
         sha256.get(..12).unwrap_or_default(),
+        uploaded["stored_bytes"],
+        uploaded["bytes"],
         snapshot_at.elapsed().as_secs_f64()
     ));
 
@@ -195,11 +200,7 @@ fn drill(
     let fetched = json_of(&mut fetch, "dr-remediator --snapshot-fetch-latest")?;
     let path = PathBuf::from(fetched["path"].as_str().context("no path in the fetch")?);
     let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    let local_sha: String = digest(&SHA256, &bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let local_sha = sha256_hex(&bytes);
     if local_sha != sha256 || fetched["sha256"] != sha256.as_str() {
         bail!(
             "the fetched snapshot is not the one taken: sha256 {local_sha} (store says {}), taken {sha256}",
@@ -485,4 +486,12 @@ async fn count(client: &mut Client, prefix: &str) -> Result<usize> {
         .await
         .with_context(|| format!("counting {prefix}"))?;
     Ok(usize::try_from(got.count()).unwrap_or_default())
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    digest(&SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
