@@ -8,7 +8,11 @@
 # commands for the pair) per run, runs alternating which goes first; medians and ratios
 # at the end, then one JSON line.
 #
-#   remediator/bench/snapshot_upload.sh [--db-mb 200] [--runs 3]
+#   remediator/bench/snapshot_upload.sh [--db-mb 200] [--runs 3] [--compression zstd]
+#
+# --compression passes --snapshot-store-compression to dr-remediator (the pair uploads the
+# file as it is) and reports the stored object's size. dr-loadgen's values are random
+# bytes, so this is compression's worst case: its CPU spent for nothing saved.
 #
 # Target (issue 16): at most 0.8x the pair's wall time and half its peak memory. Builds
 # release binaries unless DR_BIN_DIR points at them. Not run by CI (about 2 minutes).
@@ -16,12 +20,13 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
 
-db_mb=200 runs=3
+db_mb=200 runs=3 compression=none
 while (($#)); do
   case $1 in
     --db-mb) db_mb=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
-    -h | --help) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --compression) compression=$2; shift 2 ;;
+    -h | --help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "snapshot_upload.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -128,9 +133,17 @@ ours() { # RUN
   rm -rf "$work/snapshots"
   mkdir -p "$work/snapshots"
   measure "$work/ours" "$bin_dir/dr-remediator" --snapshot-once --etcd-endpoints "$etcd_url" \
-    --snapshot-dir "$work/snapshots" --snapshot-store "s3://bench/dr-remediator/run-$1"
+    --snapshot-dir "$work/snapshots" --snapshot-store "s3://bench/dr-remediator/run-$1" \
+    --snapshot-store-compression "$compression"
   read -r s k <"$work/ours"
-  echo "$s $k"
+  stored=$(python3 -c 'import json,sys
+for line in open(sys.argv[1]):
+    try:
+        up = json.loads(line)["upload"]["uploaded"]
+        print(up["stored_bytes"], up["bytes"])
+    except (ValueError, KeyError, TypeError):
+        pass' "$work/commands.log" | tail -n 1)
+  echo "$s $k $stored"  # stored: the object's bytes, then the snapshot's
   "$aws_venv/bin/aws" --endpoint-url "$s3_url" s3 rm --only-show-errors --recursive s3://bench/dr-remediator/
 }
 
@@ -143,21 +156,24 @@ for run in $(seq "$runs"); do
     o=$(ours "$run") p=$(pair "$run")
   fi
   read -r p_s p_k save_s cp_s <<<"$p"
-  read -r o_s o_k <<<"$o"
+  read -r o_s o_k o_stored o_bytes <<<"$o"
   printf '%-4s %-28s %10.2f %12.1f   (save %.2f s + upload %.2f s)\n' "$run" "etcdctl save + aws s3 cp" \
     "$p_s" "$(python3 -c "print($p_k / 1024)")" "$save_s" "$cp_s"
-  printf '%-4s %-28s %10.2f %12.1f\n' "$run" "dr-remediator --snapshot-once" "$o_s" \
-    "$(python3 -c "print($o_k / 1024)")"
-  echo "$p_s $p_k $o_s $o_k" >>"$work/results"
+  printf '%-4s %-28s %10.2f %12.1f   (stored %.1f MiB of %.1f MiB)\n' "$run" "dr-remediator --snapshot-once" "$o_s" \
+    "$(python3 -c "print($o_k / 1024)")" "$(python3 -c "print($o_stored / 1048576)")" "$(python3 -c "print($o_bytes / 1048576)")"
+  echo "$p_s $p_k $o_s $o_k $o_stored $o_bytes" >>"$work/results"
 done
 
-python3 - "$work/results" "$db_bytes" <<'PY'
+python3 - "$work/results" "$db_bytes" "$compression" <<'PY'
 import json, statistics, sys
 rows = [list(map(float, line.split())) for line in open(sys.argv[1])]
 med = lambda i: statistics.median(r[i] for r in rows)
 pair_s, pair_k, ours_s, ours_k = med(0), med(1), med(2), med(3)
 result = {
     "db_bytes": int(sys.argv[2]),
+    "compression": sys.argv[3],
+    "snapshot_bytes": int(med(5)),
+    "stored_bytes": int(med(4)),
     "runs": len(rows),
     "pair_wall_seconds": round(pair_s, 2),
     "pair_peak_mib": round(pair_k / 1024, 1),
