@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dr_remediator::actions::compression::Compression;
+use dr_remediator::actions::retention::Retention;
 use dr_remediator::actions::snapshot::{self, verify_file};
 use dr_remediator::actions::store::{SnapshotStore, StoreError, UploadRetry};
 use dr_remediator::audit::Phase;
@@ -846,4 +847,71 @@ fn a_corrupt_compressed_object_is_refused_and_an_uncompressed_one_used() {
     assert_eq!(store.metrics.refused("checksum"), 1);
     let left: Vec<_> = std::fs::read_dir(back.path()).unwrap().collect();
     assert_eq!(left.len(), 1, "nothing of the refused one is left");
+}
+
+/// A snapshot stored both ways (sent again by hand after the setting changed) is listed
+/// once per form, and a download tries both; retention removes every form of it, and an
+/// old uncompressed snapshot goes like the rest; a data object without its own checksum
+/// goes too.
+#[test]
+fn a_snapshot_stored_both_ways_is_tried_both_ways_and_pruned_whole() {
+    let root = tempfile::tempdir().unwrap();
+    let url = format!("file://{}/store", root.path().display());
+    let mut store = SnapshotStore::open(&url, 5, &[]).unwrap();
+    store.retry = quick_retry(2);
+    let in_store = root.path().join("store");
+    // Each apart: an upload also sends the snapshots beside it (catch-up).
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let old = fake_snapshot(dirs[0].path(), 1_000, 64, 1);
+    let both = fake_snapshot(dirs[1].path(), 2_000, 64, 2);
+    let newest = fake_snapshot(dirs[2].path(), 3_000, 64, 3);
+    let rt = runtime();
+    rt.block_on(async {
+        store.upload(&old).await.unwrap();
+        store.upload(&both).await.unwrap();
+        store.compression = ZSTD;
+        store.upload(&both).await.unwrap();
+        let objects: Vec<String> = store
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.object)
+            .collect();
+        let zst = format!("{}.zst", file_name(&both));
+        assert_eq!(objects, [file_name(&both), zst.clone(), file_name(&old)]);
+
+        // The uncompressed copy corrupt: the compressed one of the same snapshot is used.
+        let plain = in_store.join(file_name(&both));
+        let mut bytes = std::fs::read(&plain).unwrap();
+        bytes[3] ^= 0x40;
+        std::fs::write(&plain, &bytes).unwrap();
+        let back = tempfile::tempdir().unwrap();
+        let fetched = store.fetch_latest(back.path()).await.unwrap();
+        assert_eq!(
+            (fetched.name.as_str(), fetched.object.as_str()),
+            (file_name(&both).as_str(), zst.as_str())
+        );
+        assert_eq!(fetched.refused.len(), 1, "{:?}", fetched.refused);
+        assert_eq!(
+            std::fs::read(&fetched.path).unwrap(),
+            std::fs::read(&both).unwrap()
+        );
+
+        // An upload cut short between its objects, older than the newest snapshot.
+        std::fs::write(
+            in_store.join("snapshot-0000000000001500-rev1500.db.zst"),
+            b"x",
+        )
+        .unwrap();
+        store.retention = Retention::count(1);
+        store.upload(&newest).await.unwrap();
+    });
+    let mut left: Vec<String> = std::fs::read_dir(&in_store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    let newest = format!("{}.zst", file_name(&newest));
+    assert_eq!(left, [newest.clone(), format!("{newest}.sha256")]);
 }

@@ -1,10 +1,10 @@
 //! Optional compression of the snapshots sent to an object store
-//! (`--snapshot-store-compression zstd[:LEVEL]`). An etcd db is mostly free pages and
-//! repeated keys, so a store holds a fraction of its size.
+//! (`--snapshot-store-compression zstd[:LEVEL]`). What it saves depends on the data:
+//! repeated keys and field names shrink, random values do not.
 //!
 //! A compressed snapshot is stored as `<name>.zst`, a plain zstd frame (`zstd -d` opens
-//! it), and its checksum object covers those stored bytes, so `sha256sum -c` checks a
-//! download before anything is decompressed. Reading needs no flag: the object's name
+//! it), and its checksum object covers those stored bytes, so a person checks an object
+//! fetched by hand with `sha256sum -c` before opening it. Reading needs no flag: the object's name
 //! says whether it is compressed, so changing the setting strands no snapshot.
 
 use std::io::Write;
@@ -78,14 +78,14 @@ impl Compression {
             Compression::Zstd { .. } => Ok(Some(Decoder {
                 raw: zstd::stream::raw::Decoder::new()?,
                 frame_done: false,
+                drained: true,
             })),
         }
     }
 }
 
-/// Compresses a snapshot chunk by chunk. Each call compresses at most one chunk (etcd
-/// sends 32 KiB, a file is read 1 MiB at a time): a few milliseconds, short enough to run
-/// on the async runtime's thread.
+/// Compresses a snapshot chunk by chunk. From milliseconds a chunk at the default level to
+/// far more at 19: the upload runs it off the async runtime's threads.
 pub struct Encoder(zstd::stream::write::Encoder<'static, Vec<u8>>);
 
 impl Encoder {
@@ -105,30 +105,34 @@ impl Encoder {
 pub struct Decoder {
     raw: zstd::stream::raw::Decoder<'static>,
     frame_done: bool,
+    /// The last step left nothing in zstd's output to flush.
+    drained: bool,
 }
 
-/// Decompressed bytes handed back per step: an etcd db compresses well, so one network
-/// chunk may give many times its size.
+/// At most this much comes out of one step, however compressible the input: an etcd db's
+/// free pages expand many times over.
 const OUT_STEP: usize = 256 << 10;
 
 impl Decoder {
-    /// Decompresses `chunk`; returns the snapshot bytes it gave.
-    pub fn decompress(&mut self, mut chunk: &[u8]) -> std::io::Result<Vec<u8>> {
-        let mut out = Vec::new();
-        let mut buffer = vec![0u8; OUT_STEP];
-        loop {
-            let status = self.raw.run_on_buffers(chunk, &mut buffer)?;
-            out.extend_from_slice(&buffer[..status.bytes_written]);
-            chunk = &chunk[status.bytes_read..];
-            self.frame_done = status.remaining == 0;
-            let drained = status.bytes_written < buffer.len();
-            if chunk.is_empty() && drained {
-                return Ok(out);
-            }
-            if status.bytes_read == 0 && status.bytes_written == 0 {
-                return Err(std::io::Error::other("zstd made no progress"));
-            }
+    /// One step over `input` (advanced past what it used): up to [`OUT_STEP`] snapshot
+    /// bytes, or `None` once `input` is used up and all it gave is out. Call until `None`
+    /// for every chunk.
+    pub fn next_piece(&mut self, input: &mut &[u8]) -> std::io::Result<Option<Vec<u8>>> {
+        if input.is_empty() && self.drained {
+            return Ok(None);
         }
+        let mut buffer = vec![0u8; OUT_STEP];
+        let status = self.raw.run_on_buffers(input, &mut buffer)?;
+        *input = &input[status.bytes_read..];
+        self.frame_done = status.remaining == 0;
+        // Not called again on no input once the frame has ended: zstd would take that
+        // for the start of the next frame.
+        self.drained = status.bytes_written < buffer.len() || status.remaining == 0;
+        if status.bytes_read == 0 && status.bytes_written == 0 && !input.is_empty() {
+            return Err(std::io::Error::other("zstd made no progress"));
+        }
+        buffer.truncate(status.bytes_written);
+        Ok(Some(buffer))
     }
 
     /// An error unless the input ended exactly at the end of a frame: an object cut short
@@ -189,11 +193,16 @@ mod tests {
         out
     }
 
+    /// Decompressed as a download does it, `chunk` bytes at a time, and an empty chunk
+    /// at the end (a stream may give one); checks no step gives more than OUT_STEP.
     fn decompressed(frame: &[u8], chunk: usize) -> std::io::Result<Vec<u8>> {
         let mut decoder = Compression::Zstd { level: 3 }.decoder()?.unwrap();
         let mut out = Vec::new();
-        for piece in frame.chunks(chunk) {
-            out.extend(decoder.decompress(piece)?);
+        for mut input in frame.chunks(chunk).chain([&[][..]]) {
+            while let Some(piece) = decoder.next_piece(&mut input)? {
+                assert!(piece.len() <= OUT_STEP);
+                out.extend(piece);
+            }
         }
         decoder.finish()?;
         Ok(out)
@@ -218,6 +227,14 @@ mod tests {
             assert_eq!(decompressed(&frame, chunk).unwrap(), data, "{chunk}");
         }
         assert_eq!(decompressed(&compressed(b"", 10), 10).unwrap(), b"");
+        // Output that ends exactly on a full step, in one chunk and in several.
+        let exact = vec![7u8; 4 * OUT_STEP];
+        for chunk in [1 << 20, 100] {
+            assert_eq!(
+                decompressed(&compressed(&exact, 4096), chunk).unwrap(),
+                exact
+            );
+        }
     }
 
     #[test]

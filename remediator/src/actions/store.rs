@@ -896,17 +896,17 @@ impl SnapshotStore {
                 })
             })
             .collect();
-        // Newest first; a snapshot stored both ways (the setting changed and it was sent
-        // again by hand) counts once.
+        // Newest first. A snapshot stored both ways (sent again by hand after the setting
+        // changed) is listed once per form, the uncompressed first: a download tries both.
         found.sort_by(|a, b| b.name.cmp(&a.name).then_with(|| a.object.cmp(&b.object)));
-        found.dedup_by(|later, earlier| later.name == earlier.name);
         Ok(found)
     }
 
     /// Deletes the snapshots the retention does not keep at `now` (`protected` names
-    /// stay), checksum first (so one half deleted is no longer a snapshot), then the data
-    /// and its status; and data objects left without a checksum older than the newest
-    /// snapshot (an upload cut short between the objects), with their status.
+    /// stay), every form of each, checksum first (so one half deleted is no longer a
+    /// snapshot), then the data and its status; and data objects left without a checksum
+    /// older than the newest snapshot (an upload cut short between the objects), and
+    /// statuses of no snapshot.
     pub async fn prune(
         &self,
         now: SystemTime,
@@ -914,10 +914,15 @@ impl SnapshotStore {
     ) -> Result<(), StoreError> {
         let stored = self.list().await?;
         let newest = stored.first().map(|s| s.name.clone());
-        let names: Vec<&str> = stored.iter().map(|s| s.name.as_str()).collect();
-        let keep = self.retention.keep(&names, now, protected);
-        for (old, keep) in stored.iter().zip(keep) {
-            if keep {
+        let mut names: Vec<&str> = stored.iter().map(|s| s.name.as_str()).collect();
+        names.dedup();
+        let kept: HashSet<&str> = names
+            .iter()
+            .zip(self.retention.keep(&names, now, protected))
+            .filter_map(|(name, keep)| keep.then_some(*name))
+            .collect();
+        for old in &stored {
+            if kept.contains(old.name.as_str()) {
                 continue;
             }
             let location = self.prefix.child(old.object.as_str());
@@ -930,18 +935,26 @@ impl SnapshotStore {
         let Some(newest) = newest else {
             return Ok(());
         };
-        for meta in self.list_objects().await? {
+        let objects = self.list_objects().await?;
+        let present: HashSet<&str> = objects
+            .iter()
+            .filter_map(|meta| meta.location.filename())
+            .collect();
+        for meta in &objects {
             let Some(name) = meta.location.filename() else {
                 continue;
             };
-            let (data, listed) = match name.strip_suffix(STATUS_SUFFIX) {
+            // A data object is an orphan without its own checksum; a status, without any
+            // form of its snapshot.
+            let (snapshot, owned) = match name.strip_suffix(STATUS_SUFFIX) {
                 Some(snapshot) => (snapshot, stored.iter().any(|s| s.name == snapshot)),
                 None => (
                     Compression::of_object(name).1,
-                    stored.iter().any(|s| s.object == name),
+                    present.contains(format!("{name}{CHECKSUM_SUFFIX}").as_str()),
                 ),
             };
-            let orphan = snapshot::is_snapshot_name(data) && data < newest.as_str() && !listed;
+            let orphan =
+                snapshot::is_snapshot_name(snapshot) && snapshot < newest.as_str() && !owned;
             if orphan {
                 self.delete(&meta.location).await?;
                 tracing::info!(location = %meta.location, "removed an object without its snapshot's checksum");
@@ -1058,24 +1071,36 @@ impl SnapshotStore {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(request("downloading", &location))?;
             context.update(&chunk);
-            let snapshot_bytes = match decoder.as_mut() {
-                None => chunk.to_vec(),
-                Some(_) if undecodable.is_some() => continue,
-                Some(decoder) => match decoder.decompress(&chunk) {
-                    Ok(bytes) => bytes,
+            let Some(decoder) = decoder.as_mut() else {
+                trailer.update(&chunk);
+                file.write_all(&chunk)
+                    .await
+                    .map_err(FileError::on("writing", &part_path))?;
+                continue;
+            };
+            if undecodable.is_some() {
+                continue;
+            }
+            // Piece by piece, so memory stays bounded however far a chunk expands.
+            let mut input = &chunk[..];
+            loop {
+                match decoder.next_piece(&mut input) {
+                    Ok(Some(piece)) => {
+                        trailer.update(&piece);
+                        if let Some(file_context) = file_context.as_mut() {
+                            file_context.update(&piece);
+                        }
+                        file.write_all(&piece)
+                            .await
+                            .map_err(FileError::on("writing", &part_path))?;
+                    }
+                    Ok(None) => break,
                     Err(error) => {
                         undecodable = Some(error);
-                        continue;
+                        break;
                     }
-                },
-            };
-            trailer.update(&snapshot_bytes);
-            if let Some(file_context) = file_context.as_mut() {
-                file_context.update(&snapshot_bytes);
+                }
             }
-            file.write_all(&snapshot_bytes)
-                .await
-                .map_err(FileError::on("writing", &part_path))?;
         }
         file.flush()
             .await
@@ -1143,18 +1168,26 @@ struct MultipartUpload {
 impl MultipartUpload {
     async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
         self.bytes += chunk.len() as u64;
-        match self.encoder.as_mut() {
-            None => self.store_bytes(chunk).await,
-            Some(encoder) => {
-                let compressed = encoder
-                    .compress(chunk)
-                    .map_err(|error| StoreError::Compress {
-                        name: self.name.clone(),
-                        error,
-                    })?;
-                self.store_bytes(&compressed).await
-            }
-        }
+        let Some(mut encoder) = self.encoder.take() else {
+            return self.store_bytes(chunk).await;
+        };
+        // Off the runtime's threads: a fed upload runs beside the snapshot's download, which
+        // must not wait on a slow level (the feed gives the upload up instead).
+        let chunk = chunk.to_vec();
+        let compressed = tokio::task::spawn_blocking(move || {
+            let compressed = encoder.compress(&chunk);
+            (encoder, compressed)
+        })
+        .await;
+        let name = self.name.clone();
+        let compress_error = |error| StoreError::Compress { name, error };
+        let (encoder, compressed) = match compressed {
+            Ok(done) => done,
+            Err(err) => return Err(compress_error(std::io::Error::other(err))),
+        };
+        self.encoder = Some(encoder);
+        let compressed = compressed.map_err(compress_error)?;
+        self.store_bytes(&compressed).await
     }
 
     async fn store_bytes(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
@@ -1181,11 +1214,14 @@ impl MultipartUpload {
     /// any) and, last, the checksum object.
     async fn complete(mut self, snapshot: &Path) -> Result<Uploaded, StoreError> {
         if let Some(encoder) = self.encoder.take() {
-            let last = encoder.finish().map_err(|error| StoreError::Compress {
-                name: self.name.clone(),
-                error,
-            })?;
-            if let Err(err) = self.store_bytes(&last).await {
+            let ended = match encoder.finish() {
+                Ok(last) => self.store_bytes(&last).await,
+                Err(error) => Err(StoreError::Compress {
+                    name: self.name.clone(),
+                    error,
+                }),
+            };
+            if let Err(err) = ended {
                 self.abort().await;
                 return Err(err);
             }
