@@ -144,17 +144,39 @@ pub struct AlertStats {
     /// The share of normal steps spent alerting: a stuck alert is one false alarm, but
     /// it catches every incident that starts under it.
     pub normal_steps_in_alert_share: f64,
+    /// The recording with the most false alarms per 1,000 of its normal steps (`None`
+    /// without false alarms): a rate over all of them can hide one that alarms often.
+    pub worst_recording: Option<RecordingAlarms>,
     /// Per incident, in the order of [`AlertStats`]' recordings: the delay or `None`.
     #[serde(skip)]
     pub delays: Vec<Option<usize>>,
 }
 
-/// Adds up per-recording judgements of one alert; `incidents` lists each recording's.
+/// One recording's false alarms.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RecordingAlarms {
+    pub recording: String,
+    pub false_alarms: usize,
+    pub normal_steps: usize,
+    pub false_alarms_per_1000_normal_steps: f64,
+}
+
+fn per_1000(false_alarms: usize, normal_steps: usize) -> f64 {
+    if normal_steps == 0 {
+        0.0
+    } else {
+        1000.0 * false_alarms as f64 / normal_steps as f64
+    }
+}
+
+/// Adds up per-recording judgements of one alert; `incidents` lists each recording's, and
+/// `recordings` names them.
 pub fn summarise(
     name: &str,
     for_steps: usize,
     judged: &[Judged],
     incidents: &[Vec<Incident>],
+    recordings: &[String],
 ) -> AlertStats {
     let mut kinds: Vec<String> = Vec::new();
     let mut delays = Vec::new();
@@ -191,18 +213,29 @@ pub fn summarise(
     let false_alarms = judged.iter().map(|j| j.false_alarms).sum();
     let normal_steps = judged.iter().map(|j| j.normal_steps).sum();
     let in_alert: usize = judged.iter().map(|j| j.normal_steps_in_alert).sum();
+    let worst_recording = judged
+        .iter()
+        .zip(recordings)
+        .filter(|(j, _)| j.false_alarms > 0)
+        .map(|(j, recording)| RecordingAlarms {
+            recording: recording.clone(),
+            false_alarms: j.false_alarms,
+            normal_steps: j.normal_steps,
+            false_alarms_per_1000_normal_steps: per_1000(j.false_alarms, j.normal_steps),
+        })
+        .max_by(|a, b| {
+            a.false_alarms_per_1000_normal_steps
+                .total_cmp(&b.false_alarms_per_1000_normal_steps)
+        });
     AlertStats {
         name: name.to_string(),
         for_steps,
         kinds,
         false_alarms,
         normal_steps,
-        false_alarms_per_1000_normal_steps: if normal_steps == 0 {
-            0.0
-        } else {
-            1000.0 * false_alarms as f64 / normal_steps as f64
-        },
+        false_alarms_per_1000_normal_steps: per_1000(false_alarms, normal_steps),
         normal_steps_in_alert_share: in_alert as f64 / normal_steps.max(1) as f64,
+        worst_recording,
         delays,
     }
 }
@@ -326,13 +359,17 @@ mod tests {
                 normal_steps_in_alert: 0,
             },
         ];
-        let s = summarise("model", 3, &judged, &incs);
+        let names = ["a.csv".to_string(), "b.csv".to_string()];
+        let s = summarise("model", 3, &judged, &incs, &names);
         assert_eq!(s.kinds[0].kind, "space");
         assert_eq!((s.kinds[0].incidents, s.kinds[0].detected), (2, 2));
         assert_eq!(s.kinds[0].median_delay_steps, Some(3.0));
         assert_eq!(s.kinds[0].max_delay_steps, Some(4));
         assert_eq!(s.kinds[1].recall, 0.0);
         assert_eq!(s.false_alarms_per_1000_normal_steps, 0.5);
+        let worst = s.worst_recording.as_ref().unwrap();
+        assert_eq!(worst.recording, "a.csv");
+        assert!((worst.false_alarms_per_1000_normal_steps - 1000.0 / 1500.0).abs() < 1e-12);
         assert_eq!(s.normal_steps_in_alert_share, 0.075);
         assert_eq!(s.delays, [Some(2), None, Some(4)]);
     }

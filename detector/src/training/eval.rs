@@ -190,7 +190,8 @@ pub fn alerting(
         any_judged.push(alerting::judge(&any, 1, labels, &incs));
         incidents.push(incs);
     }
-    let model = alerting::summarise("model", model_for, &model_judged, &incidents);
+    let names: Vec<String> = recordings.iter().map(|r| r.name.clone()).collect();
+    let model = alerting::summarise("model", model_for, &model_judged, &incidents, &names);
     let rules: Vec<AlertStats> = RULES
         .iter()
         .zip(&rule_judged)
@@ -202,10 +203,11 @@ pub fn alerting(
                 rule.for_steps(opts.represents_seconds),
                 judged,
                 &incidents,
+                &names,
             )
         })
         .collect();
-    let any_rule = alerting::summarise("any rule", 1, &any_judged, &incidents);
+    let any_rule = alerting::summarise("any rule", 1, &any_judged, &incidents, &names);
     let mut caught_by_a_rule = 0;
     let mut model_no_later_than_rules = 0;
     for (i, model_delay) in model.delays.iter().enumerate() {
@@ -218,7 +220,7 @@ pub fn alerting(
         }
     }
     Ok(AlertingReport {
-        recordings: recordings.iter().map(|r| r.name.clone()).collect(),
+        recordings: names,
         step_seconds: meta.step_seconds,
         represents_seconds: opts.represents_seconds,
         threshold: meta.threshold,
@@ -263,7 +265,9 @@ impl AlertingReport {
         for k in &kinds {
             out.push_str(&format!(" {k:>16}"));
         }
-        out.push_str("   false alarms / 1000 normal steps; normal steps in alert\n");
+        out.push_str(
+            "   false alarms / 1000 normal steps; normal steps in alert; the worst recording's\n",
+        );
         for alert in std::iter::once(&self.model)
             .chain(&self.rules)
             .chain(std::iter::once(&self.any_rule))
@@ -282,12 +286,19 @@ impl AlertingReport {
                 out.push_str(&format!(" {cell:>16}"));
             }
             out.push_str(&format!(
-                "   {:.2} ({} in {} steps); {:.1}%\n",
+                "   {:.2} ({} in {} steps); {:.1}%",
                 alert.false_alarms_per_1000_normal_steps,
                 alert.false_alarms,
                 alert.normal_steps,
                 100.0 * alert.normal_steps_in_alert_share
             ));
+            if let Some(worst) = &alert.worst_recording {
+                out.push_str(&format!(
+                    "; {:.2} in {}",
+                    worst.false_alarms_per_1000_normal_steps, worst.recording
+                ));
+            }
+            out.push('\n');
         }
         out.push_str(&format!(
             "\nthe model's first alert came no later than the rules' in {} of the {} incidents a rule caught\n",
