@@ -121,13 +121,39 @@ fn taken_seconds(info: &SnapshotInfo) -> f64 {
     dr_remediator::actions::retention::taken_millis(&name).unwrap() as f64 / 1000.0
 }
 
+/// One etcd 3.4 member, an S3 server with a store on it (the newest 5 kept), the local
+/// snapshot dir and a proof's scratch dir.
+struct Setup {
+    etcd: EtcdCluster,
+    server: S3Server,
+    store: Arc<SnapshotStore>,
+    local: tempfile::TempDir,
+    scratch: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(prefix: &str) -> Setup {
+        let server = s3_server();
+        Setup {
+            etcd: EtcdCluster::start(EtcdOptions::default()).unwrap(),
+            store: Arc::new(s3_store(&server, prefix, 5)),
+            server,
+            local: tempfile::tempdir().unwrap(),
+            scratch: tempfile::tempdir().unwrap(),
+        }
+    }
+}
+
 #[test]
 fn a_good_snapshot_is_proven_restorable() {
-    let etcd = EtcdCluster::start(EtcdOptions::default()).unwrap();
-    let server = s3_server();
-    let store = Arc::new(s3_store(&server, "proof", 5));
-    let local = tempfile::tempdir().unwrap();
-    let scratch = tempfile::tempdir().unwrap();
+    // The server bound, not `_`: unbound, it would stop at the end of this statement.
+    let Setup {
+        etcd,
+        server: _server,
+        store,
+        local,
+        scratch,
+    } = Setup::new("proof");
     let rt = runtime();
     rt.block_on(async {
         put_keys(&etcd, "a", 500).await;
@@ -226,11 +252,13 @@ fn snapshots_of_etcd_3_5_to_3_7_are_proven_with_the_3_4_tools_3_7_s_stored_compr
 
 #[test]
 fn a_corrupt_object_is_refused_and_the_previous_snapshot_proven() {
-    let etcd = EtcdCluster::start(EtcdOptions::default()).unwrap();
-    let server = s3_server();
-    let store = Arc::new(s3_store(&server, "p", 5));
-    let local = tempfile::tempdir().unwrap();
-    let scratch = tempfile::tempdir().unwrap();
+    let Setup {
+        etcd,
+        server,
+        store,
+        local,
+        scratch,
+    } = Setup::new("p");
     let rt = runtime();
     let (older, newer) = rt.block_on(async {
         let policy = policy(local.path(), store.clone(), None);
@@ -275,11 +303,13 @@ fn a_corrupt_object_is_refused_and_the_previous_snapshot_proven() {
 
 #[test]
 fn a_restored_etcd_that_differs_from_the_recorded_status_fails_the_proof() {
-    let etcd = EtcdCluster::start(EtcdOptions::default()).unwrap();
-    let server = s3_server();
-    let store = Arc::new(s3_store(&server, "p", 5));
-    let local = tempfile::tempdir().unwrap();
-    let scratch = tempfile::tempdir().unwrap();
+    let Setup {
+        etcd,
+        server,
+        store,
+        local,
+        scratch,
+    } = Setup::new("p");
     let rt = runtime();
     let info = rt.block_on(async {
         put_keys(&etcd, "a", 20).await;
