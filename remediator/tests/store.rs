@@ -1,6 +1,7 @@
 //! Snapshots off the cluster, against a real S3 server (moto) on loopback and a local-dir
 //! store: upload and download with checksums, a corrupt object refused, retention, an
-//! unreachable store, and the binary's --snapshot-once and --snapshot-fetch-latest.
+//! unreachable store, compression (both ways, and a bad frame refused), and the binary's
+//! --snapshot-once and --snapshot-fetch-latest.
 #![allow(clippy::unwrap_used)]
 
 mod support;
