@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use dr_remediator::actions::compression::Compression;
 use dr_remediator::actions::retention::Retention;
 use dr_remediator::actions::snapshot::{self, verify_file};
-use dr_remediator::actions::store::{SnapshotStore, StoreError, UploadRetry};
+use dr_remediator::actions::store::{Feed, SnapshotStore, StoreError, UploadRetry, Uploaded};
 use dr_remediator::audit::Phase;
 use dr_remediator::remediation::UPLOAD_KIND;
 use dr_testkit::s3::{ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY};
@@ -496,7 +496,20 @@ fn a_snapshot_taken_by_the_service_is_uploaded_in_the_background() {
 }
 
 /// Feeds `bytes` to a fed upload in etcd's 32 KiB chunks, as `take` does.
-async fn feed_all(feed: &mut dr_remediator::actions::store::Feed, bytes: &[u8]) {
+/// A fed upload of `path` running in the background, and the feed that sends it.
+fn spawn_fed_upload(
+    store: &Arc<SnapshotStore>,
+    path: &Path,
+) -> (Feed, tokio::task::JoinHandle<Result<Uploaded, StoreError>>) {
+    let (feed, fed) = dr_remediator::actions::store::feed();
+    let (store, path) = (store.clone(), path.to_path_buf());
+    (
+        feed,
+        tokio::spawn(async move { store.upload_fed(&path, fed).await }),
+    )
+}
+
+async fn feed_all(feed: &mut Feed, bytes: &[u8]) {
     for chunk in bytes.chunks(32 * 1024) {
         feed.send(chunk).await;
     }
@@ -514,11 +527,7 @@ fn a_fed_upload_is_a_snapshot_only_once_the_file_is_in_place() {
     let path = local.path().join("snapshot-0000000000001000-rev1000.db");
     let rt = runtime();
     rt.block_on(async {
-        let (mut feed, fed) = dr_remediator::actions::store::feed();
-        let upload = {
-            let (store, path) = (store.clone(), path.clone());
-            tokio::spawn(async move { store.upload_fed(&path, fed).await })
-        };
+        let (mut feed, upload) = spawn_fed_upload(&store, &path);
         feed_all(&mut feed, &bytes).await;
         // Every byte handed over, none of it a snapshot yet.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -585,11 +594,7 @@ fn a_fed_upload_that_failed_is_done_again_from_the_file() {
     server.stop().unwrap();
     let rt = runtime();
     let uploaded = rt.block_on(async {
-        let (mut feed, fed) = dr_remediator::actions::store::feed();
-        let upload = {
-            let (store, path) = (store.clone(), path.clone());
-            tokio::spawn(async move { store.upload_fed(&path, fed).await })
-        };
+        let (mut feed, upload) = spawn_fed_upload(&store, &path);
         let started = Instant::now();
         feed_all(&mut feed, &bytes).await;
         assert!(
@@ -655,11 +660,7 @@ fn a_store_that_never_answers_holds_the_snapshot_up_only_briefly() {
     let path = local.path().join("snapshot-0000000000004000-rev4000.db");
     let rt = runtime();
     let (fed_for, result) = rt.block_on(async {
-        let (mut feed, fed) = dr_remediator::actions::store::feed();
-        let upload = {
-            let (store, path) = (store.clone(), path.clone());
-            tokio::spawn(async move { store.upload_fed(&path, fed).await })
-        };
+        let (mut feed, upload) = spawn_fed_upload(&store, &path);
         let started = Instant::now();
         feed_all(&mut feed, &bytes).await;
         let fed_for = started.elapsed();
@@ -737,11 +738,7 @@ fn a_compressed_snapshot_is_stored_smaller_and_comes_back_whole() {
         let streamed_path = local.path().join("streamed");
         std::fs::create_dir(&streamed_path).unwrap();
         let streamed_path = streamed_path.join(file_name(&paths[1]));
-        let (mut feed, fed) = dr_remediator::actions::store::feed();
-        let upload = {
-            let (store, path) = (store.clone(), streamed_path.clone());
-            tokio::spawn(async move { store.upload_fed(&path, fed).await })
-        };
+        let (mut feed, upload) = spawn_fed_upload(&store, &streamed_path);
         feed_all(&mut feed, &bytes).await;
         std::fs::write(&streamed_path, &bytes).unwrap();
         feed.in_place();
