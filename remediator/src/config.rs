@@ -960,6 +960,32 @@ mod tests {
     }
 
     #[test]
+    fn compression_applies_to_every_store_and_a_bad_one_is_refused() {
+        let store = std::env::temp_dir().join("dr-remediator-config-test-store3");
+        let url = format!("file://{}", store.display());
+        let second = format!("file://{}-b", store.display());
+        let both = [
+            "--snapshot-store",
+            &url,
+            "--snapshot-store-secondary",
+            &second,
+        ];
+        let config = parse(&both).unwrap();
+        assert_eq!(
+            config.snapshots.store.unwrap().compression,
+            Compression::None
+        );
+        let config =
+            parse(&[&both[..], &["--snapshot-store-compression", "zstd:7"]].concat()).unwrap();
+        let zstd = Compression::Zstd { level: 7 };
+        assert_eq!(config.snapshots.store.unwrap().compression, zstd);
+        assert_eq!(config.snapshots.secondary.unwrap().compression, zstd);
+        let err = parse(&["--snapshot-store-compression", "gzip"]).unwrap_err();
+        assert!(err.contains("--snapshot-store-compression"), "{err}");
+        assert!(err.contains("want none, zstd or zstd:LEVEL"), "{err}");
+    }
+
+    #[test]
     fn retention_secondary_and_proof_flags() {
         let store = std::env::temp_dir().join("dr-remediator-config-test-store2");
         let url = format!("file://{}", store.display());
