@@ -163,7 +163,8 @@ pub fn explanation(body: &Value) -> Option<Explanation> {
 /// Which diagnosis a detector feature points to (the default model's names).
 fn feature_group(feature: &str) -> Option<Diagnosis> {
     match feature {
-        "db_size_over_quota" | "db_growth_rate" => Some(Diagnosis::Space),
+        // A burst of writes fills the db: space, if etcd's sizes agree (rule 6).
+        "db_size_over_quota" | "db_growth_rate" | "write_fraction" => Some(Diagnosis::Space),
         "fragmentation" => Some(Diagnosis::Fragmentation),
         "leader_changes" | "failed_proposals" => Some(Diagnosis::LeaderInstability),
         "wal_fsync_p99" | "backend_commit_p99" | "slow_applies" => Some(Diagnosis::SlowDisk),
@@ -564,6 +565,21 @@ mod tests {
                 &healthy(40 * MB, 4 * MB)
             ),
             Diagnosis::Fragmentation
+        );
+        // A burst of writes reads as space, under the same condition: with the db at
+        // 60% of its quota a compaction and defrag fit; at 1% nothing does.
+        let writes = shares(&[("write_fraction", 0.7), ("grpc_request_rate", 0.3)]);
+        assert_eq!(
+            d(
+                "EtcdAnomalyScoreHigh",
+                Some(&writes),
+                &healthy(60 * MB, 50 * MB)
+            ),
+            Diagnosis::Space
+        );
+        assert_eq!(
+            d("EtcdAnomalyScoreHigh", Some(&writes), &healthy(MB, MB)),
+            Diagnosis::Unknown
         );
         // Without any explanation, etcd's sizes alone.
         assert_eq!(

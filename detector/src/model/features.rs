@@ -89,6 +89,23 @@ pub fn default_features(step_seconds: f64) -> Vec<FeatureSpec> {
             "slow_applies",
             format!("sum by (instance) (rate(etcd_server_slow_apply_total[{range}]))"),
         ),
+        (
+            // The share of a member's unary requests that write. A churn (a client
+            // rewriting a few keys hundreds of times a second) lifts it at any load,
+            // while a cluster ten times busier with the same mix leaves it where it
+            // was. Both halves are the member's own requests, so clients moving between
+            // members do not move it. A member that served no writes yet reads 0, and
+            // fewer than one request a second counts as one (an idle member is not a
+            // storm of writes).
+            "write_fraction",
+            {
+                let unary = "grpc_server_handled_total{grpc_type=\"unary\"";
+                let all = format!("sum by (instance) (rate({unary}}}[{range}]))");
+                format!(
+                    "(sum by (instance) (rate({unary},grpc_method=~\"Put|DeleteRange|Txn\"}}[{range}])) or 0 * {all}) / clamp_min({all}, 1)"
+                )
+            },
+        ),
     ];
     specs
         .into_iter()
@@ -132,6 +149,7 @@ pub fn std_floor(name: &str, step_seconds: f64) -> Option<f64> {
         "failed_proposals" | "slow_applies" => one_event_per_range,
         "wal_fsync_p99" | "backend_commit_p99" => 1e-3,
         "grpc_request_rate" => 1.0,
+        "write_fraction" => 0.05,
         _ => return None,
     })
 }
@@ -167,13 +185,31 @@ mod tests {
         assert!(fast[3].query.contains("[8s]"), "{}", fast[3].query);
         let slow = default_features(15.0);
         assert!(slow[3].query.contains("[60s]"), "{}", slow[3].query);
-        assert_eq!(fast.len(), 9);
+        assert_eq!(fast.len(), 10);
         let mask = default_mask(2.0).query;
         assert!(mask.contains("etcd_disk_defrag_inflight[12s]"), "{mask}");
         assert!(
             mask.contains("increase(etcd_disk_backend_defrag_duration_seconds_count[12s])"),
             "{mask}"
         );
+    }
+
+    #[test]
+    fn write_fraction_divides_the_members_writes_by_all_its_requests() {
+        let spec = default_features(15.0)
+            .into_iter()
+            .find(|f| f.name == "write_fraction")
+            .unwrap();
+        // Both rates over the same four steps, writes by method, a floor of one request.
+        assert_eq!(spec.query.matches("[60s]").count(), 3, "{}", spec.query);
+        assert!(
+            spec.query.contains(r#"grpc_method=~"Put|DeleteRange|Txn""#),
+            "{}",
+            spec.query
+        );
+        assert!(spec.query.contains("/ clamp_min("), "{}", spec.query);
+        // A member with no write series yet still gets a value (0), not a gap.
+        assert!(spec.query.contains(" or 0 * "), "{}", spec.query);
     }
 
     #[test]

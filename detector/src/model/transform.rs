@@ -110,6 +110,9 @@ pub fn treatment(name: &str, step_seconds: f64) -> (FeatureTreatment, Option<f64
             known(Transform::Log10 { floor: 1e-4 }, true, 0.3)
         }
         "grpc_request_rate" => known(Transform::Log10 { floor: 0.1 }, false, 0.05),
+        // A share of the requests: the same at any step and any load; a quiet member's
+        // share moves a few percent with each request, hence 5%.
+        "write_fraction" => known(Transform::Identity, true, 0.05),
         _ => (
             FeatureTreatment {
                 transform: Transform::Identity,

@@ -99,11 +99,14 @@ pub fn generate(opts: &SynthOptions) -> String {
             0.0
         };
         let mut frag_drift = 2e-5 + 1e-5 * rng.normal();
+        // The share of requests that write: steady whatever the load.
+        let mut writes = (0.35 + 0.03 * rng.normal()).clamp(0.0, 1.0);
 
         match incident {
             Some(Incident::SpaceStorm) => {
                 growth = rng.uniform(4e-4, 9e-4);
                 grpc *= rng.uniform(1.6, 2.2);
+                writes = rng.uniform(0.55, 0.7);
                 commit *= rng.uniform(2.0, 4.0);
                 fsync *= rng.uniform(1.3, 2.0);
                 if size >= 0.97 {
@@ -131,6 +134,8 @@ pub fn generate(opts: &SynthOptions) -> String {
             Some(Incident::Fragmentation) => {
                 frag_drift = rng.uniform(4e-3, 9e-3);
                 growth = rng.uniform(5e-5, 1.5e-4);
+                // A churn: a few keys rewritten far faster than the rest is read.
+                writes = rng.uniform(0.7, 0.9);
             }
             None => {}
         }
@@ -163,7 +168,7 @@ pub fn generate(opts: &SynthOptions) -> String {
         fsync *= opts.load_scale.powf(0.25);
         commit *= opts.load_scale.powf(0.25);
         let values = [
-            size, frag, growth, leader, failed, fsync, commit, grpc, slow,
+            size, frag, growth, leader, failed, fsync, commit, grpc, slow, writes,
         ];
         let _ = write!(out, "{}", 1_700_000_000.0 + t);
         for v in values {
@@ -192,7 +197,7 @@ mod tests {
         assert_eq!(csv, generate(&opts), "same seed, same data");
         let data = Dataset::parse(&csv).unwrap();
         assert_eq!(data.len(), 4000);
-        assert_eq!(data.feature_names.len(), 9);
+        assert_eq!(data.feature_names.len(), default_features(2.0).len());
         let labels = data.labels.as_ref().unwrap();
         let incident_rows = labels.iter().filter(|&&l| l == 1).count();
         assert!((200..1000).contains(&incident_rows), "{incident_rows}");
