@@ -166,7 +166,11 @@ fn train_then_eval_print_metrics_that_match_the_scores() {
     assert!(summary["threshold_warning"].is_null(), "{summary}");
     assert_eq!(summary["window"], 10);
     assert_eq!(summary["step_seconds"], 2.0);
-    assert_eq!(summary["std_floor"].as_array().unwrap().len(), 9);
+    // One floor per built-in feature: the synthetic data has them all.
+    assert_eq!(
+        summary["std_floor"].as_array().unwrap().len(),
+        dr_detector::model::features::default_features(2.0).len()
+    );
     assert!(summary["threshold_windows"].as_u64().unwrap() > 0);
 
     let report = stdout_json(&run(&[
@@ -353,6 +357,25 @@ fn eval_judges_the_model_as_an_alert_per_incident_kind_beside_the_rules() {
         "{rules:?}"
     );
     assert!(alerting["any_rule"]["normal_steps"].as_u64().unwrap() > 0);
+    // Every false alarm is listed: on a normal row of its file, with a feature named.
+    let listed = alerting["model_false_alarms"].as_array().unwrap();
+    assert_eq!(
+        listed.len() as u64,
+        alerting["model"]["false_alarms"].as_u64().unwrap()
+    );
+    for fa in listed {
+        let file = fa["recording"].as_str().unwrap();
+        let path = [&a, &b]
+            .into_iter()
+            .find(|p| p.to_str() == Some(file))
+            .unwrap();
+        let labels = Dataset::read(path).unwrap().labels.unwrap();
+        let step = fa["step"].as_u64().unwrap() as usize;
+        assert_eq!(labels[step], 0, "{fa}");
+        let feature = fa["feature"].as_str().unwrap();
+        assert!(meta.feature_names().iter().any(|n| n == feature), "{fa}");
+        assert!(fa["score"].as_f64().unwrap() > meta.threshold, "{fa}");
+    }
 }
 
 /// A small model trained on synthetic data at a 2 s step (the synthetic data's): the
@@ -536,7 +559,7 @@ fn serve_drains_an_in_flight_request_on_sigterm_and_exits_0() {
 /// written. That is the reader's choice, not a crash (println! would panic, exit 101).
 #[test]
 fn a_reader_that_goes_away_is_not_a_panic() {
-    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/etcd-dataset.csv");
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/recordings/t4-mid.csv");
     let mut child = Command::new(BIN)
         .args(["score", "--data", data, "--count", "64"])
         .stdout(std::process::Stdio::piped())

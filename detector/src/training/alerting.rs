@@ -69,6 +69,8 @@ pub struct Judged {
     pub delays: Vec<Option<usize>>,
     /// Onsets on normal steps, not a late alert of the incident just before.
     pub false_alarms: usize,
+    /// The steps where those onsets were, in order.
+    pub false_alarm_steps: Vec<usize>,
     /// Steps with label 0 where the condition was known.
     pub normal_steps: usize,
     /// Of those, the ones where the alert was firing (not a late alert of an incident):
@@ -99,13 +101,12 @@ pub fn judge(
             .iter()
             .any(|inc| i > inc.end && i <= inc.end + grace)
     };
-    let mut false_alarms = 0;
-    for i in 0..fires.len() {
-        let onset = fires[i] && (i == 0 || !fires[i - 1]);
-        if onset && labels[i] == 0 && !after_incident(i) {
-            false_alarms += 1;
-        }
-    }
+    let false_alarm_steps: Vec<usize> = (0..fires.len())
+        .filter(|&i| {
+            let onset = fires[i] && (i == 0 || !fires[i - 1]);
+            onset && labels[i] == 0 && !after_incident(i)
+        })
+        .collect();
     let normal = |i: usize| condition[i].is_some() && labels[i] == 0;
     let normal_steps = (0..fires.len()).filter(|&i| normal(i)).count();
     let normal_steps_in_alert = (0..fires.len())
@@ -113,7 +114,8 @@ pub fn judge(
         .count();
     Judged {
         delays,
-        false_alarms,
+        false_alarms: false_alarm_steps.len(),
+        false_alarm_steps,
         normal_steps,
         normal_steps_in_alert,
     }
@@ -312,6 +314,7 @@ mod tests {
         let j = judge(&cond, 2, &labels, &incs);
         assert_eq!(j.delays, [Some(1)]);
         assert_eq!(j.false_alarms, 1, "the onset at 9 is normal");
+        assert_eq!(j.false_alarm_steps, [9]);
         assert_eq!(j.normal_steps, 7);
         assert_eq!(
             j.normal_steps_in_alert, 1,
@@ -349,12 +352,14 @@ mod tests {
             Judged {
                 delays: vec![Some(2), None],
                 false_alarms: 1,
+                false_alarm_steps: vec![9],
                 normal_steps: 1500,
                 normal_steps_in_alert: 150,
             },
             Judged {
                 delays: vec![Some(4)],
                 false_alarms: 0,
+                false_alarm_steps: Vec::new(),
                 normal_steps: 500,
                 normal_steps_in_alert: 0,
             },

@@ -114,6 +114,20 @@ pub struct AlertingReport {
     /// Incidents that began while the recording's baseline was still warming up (its first
     /// steps): the model may not alert then, so neither it nor the rules are judged on them.
     pub incidents_in_warm_up: usize,
+    /// Each of the model's false alarms, in order: where it began and what drove it.
+    pub model_false_alarms: Vec<FalseAlarm>,
+}
+
+/// One of the model's false alarms: the step it began (the window ending there), the
+/// row's timestamp, and the feature with the largest share of that window's score, so a
+/// user tuning a model sees which signal was noisy on their cluster.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FalseAlarm {
+    pub recording: String,
+    pub step: usize,
+    pub timestamp: Option<f64>,
+    pub feature: Option<String>,
+    pub score: f64,
 }
 
 /// Judges the model's alert (score above its threshold for `alert_for`) and every rule
@@ -132,6 +146,7 @@ pub fn alerting(
     let mut rule_present = vec![true; RULES.len()];
     let mut any_judged = Vec::new();
     let mut incidents_in_warm_up = 0;
+    let mut model_false_alarms = Vec::new();
     for rec in recordings {
         let labels = rec.data.labels.as_deref().with_context(|| {
             format!(
@@ -144,8 +159,10 @@ pub fn alerting(
             .for_model(meta)
             .with_context(|| format!("reading {}", rec.name))?;
         let mut incs = alerting::incidents(labels, rec.kinds.as_deref());
-        // The score of the window ending at each step.
+        // Whether the window ending at each step scored above the threshold; its score
+        // and the feature with the largest share of it.
         let mut above = vec![None; data.len()];
+        let mut drivers: Vec<Option<(f64, Option<usize>)>> = vec![None; data.len()];
         // One recording is one instance: format 2 sets each window against the baseline
         // of the history before it, as serving does, and never alerts while it warms up.
         let trailing = Trailing::fit(scorer, &data.rows, data.mask.as_deref());
@@ -169,9 +186,25 @@ pub fn alerting(
                 scorer.score_against(&data.window_values(s, w), &data.window_mask(s, w), baseline)
             {
                 above[end] = Some(score.score > meta.threshold);
+                let top = (0..score.feature_shares.len())
+                    .max_by(|&a, &b| score.feature_shares[a].total_cmp(&score.feature_shares[b]));
+                drivers[end] = Some((score.score, top));
             }
         }
-        model_judged.push(alerting::judge(&above, model_for, labels, &incs));
+        let judged = alerting::judge(&above, model_for, labels, &incs);
+        for &step in &judged.false_alarm_steps {
+            let (score, top) = drivers[step].unwrap_or((f64::NAN, None));
+            model_false_alarms.push(FalseAlarm {
+                recording: rec.name.clone(),
+                step,
+                timestamp: rec.data.timestamps.get(step).copied(),
+                feature: top
+                    .and_then(|i| meta.features.get(i))
+                    .map(|f| f.name.clone()),
+                score,
+            });
+        }
+        model_judged.push(judged);
         let mut any = vec![false; data.len()];
         for (i, rule) in RULES.iter().enumerate() {
             let step = meta.step_seconds;
@@ -231,6 +264,7 @@ pub fn alerting(
         model_no_later_than_rules,
         model_format: meta.format_version,
         incidents_in_warm_up,
+        model_false_alarms,
     })
 }
 
@@ -304,6 +338,20 @@ impl AlertingReport {
             "\nthe model's first alert came no later than the rules' in {} of the {} incidents a rule caught\n",
             self.model_no_later_than_rules, self.caught_by_a_rule
         ));
+        if !self.model_false_alarms.is_empty() {
+            out.push_str(
+                "\nthe model's false alarms (recording, step: the feature that drove it):\n",
+            );
+            for fa in &self.model_false_alarms {
+                out.push_str(&format!(
+                    "  {}, step {}: {} (score {:.2})\n",
+                    fa.recording,
+                    fa.step,
+                    fa.feature.as_deref().unwrap_or("-"),
+                    fa.score
+                ));
+            }
+        }
         out
     }
 }
