@@ -597,6 +597,9 @@ pub(crate) mod tests {
         let kind = |k: &str| model.kinds.iter().find(|s| s.kind == k).unwrap();
         assert_eq!(kind("space").detected, kind("space").incidents, "{model:?}");
         assert!(kind("space").incidents >= 6);
+        // The write share is what sees a churn (a few keys rewritten fast) at any load.
+        assert_eq!(kind("churn").detected, kind("churn").incidents, "{model:?}");
+        assert!(kind("churn").incidents >= 6);
         assert!(
             kind("leader").detected * 2 >= kind("leader").incidents,
             "{model:?}"
