@@ -251,10 +251,13 @@ impl Audit {
     }
 }
 
-/// Reads every event of an audit log file (tests and tools).
+/// Reads every event of an audit log file (tests and tools). A last line without its
+/// newline is one still being appended (or cut short by a crash): it is not an event
+/// yet, so it is left out; any complete line that does not parse is an error.
 pub fn read_all(path: &Path) -> Result<Vec<Event>, AuditError> {
     let text = std::fs::read_to_string(path).map_err(FileError::on("reading", path))?;
-    text.lines()
+    text.split_inclusive('\n')
+        .filter_map(|line| line.strip_suffix('\n'))
         .map(|line| serde_json::from_str(line).map_err(AuditError::BadLine))
         .collect()
 }
@@ -333,5 +336,21 @@ mod tests {
         assert_eq!(actions[2]["events"].as_array().unwrap().len(), 2);
         assert_eq!(actions[0]["dry_run"], true);
         assert_eq!(read_all(audit.path()).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn a_line_still_being_written_is_not_read_but_a_bad_whole_line_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::open(dir.path()).unwrap();
+        audit
+            .record("a1", "remediation", "plan", Phase::Info, json!([]), false)
+            .unwrap();
+        let path = audit.path().to_path_buf();
+        let whole = std::fs::read_to_string(&path).unwrap();
+        // Half of the same event again, as a reader racing the append sees it.
+        std::fs::write(&path, format!("{whole}{}", &whole[..whole.len() / 2])).unwrap();
+        assert_eq!(read_all(&path).unwrap().len(), 1);
+        std::fs::write(&path, format!("{whole}{{\"broken\"\n")).unwrap();
+        assert!(matches!(read_all(&path), Err(AuditError::BadLine(_))));
     }
 }
