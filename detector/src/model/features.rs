@@ -96,9 +96,13 @@ pub fn default_features(step_seconds: f64) -> Vec<FeatureSpec> {
             // was. Both halves are the member's own requests, so clients moving between
             // members do not move it. A member that served no writes yet reads 0, and
             // fewer than one request a second counts as one (an idle member is not a
-            // storm of writes).
+            // storm of writes). Its window is three times the others': a quiet member
+            // serves a few requests a second, and over four steps the share of 20-odd
+            // requests moves by tenths (a churn's hundreds a second still move it in
+            // a step or two).
             "write_fraction",
             {
+                let range = format!("{}s", 3 * range_seconds(step_seconds) as u64);
                 let unary = "grpc_server_handled_total{grpc_type=\"unary\"";
                 let all = format!("sum by (instance) (rate({unary}}}[{range}]))");
                 format!(
@@ -200,8 +204,8 @@ mod tests {
             .into_iter()
             .find(|f| f.name == "write_fraction")
             .unwrap();
-        // Both rates over the same four steps, writes by method, a floor of one request.
-        assert_eq!(spec.query.matches("[60s]").count(), 3, "{}", spec.query);
+        // Both rates over the same twelve steps, writes by method, a floor of one request.
+        assert_eq!(spec.query.matches("[180s]").count(), 3, "{}", spec.query);
         assert!(
             spec.query.contains(r#"grpc_method=~"Put|DeleteRange|Txn""#),
             "{}",
