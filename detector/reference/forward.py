@@ -12,7 +12,8 @@ same windows. Both model formats (`format_version` in model.json):
 * format 2: each raw value through its transform (`scoring_v2.transforms`), set against
   the instance's own robust baseline (median and 1.4826 * MAD of the transformed,
   unmasked rows, each scale at least its `normalisation.std_floor`) and clipped, the same
-  LSTM autoencoder; each feature's error is its squared error over the window's last
+  LSTM autoencoder (with `scoring_v2.mask_lead_steps`, 0 when absent, that many steps
+  before each masked run of the window are masked too); each feature's error is its squared error over the window's last
   `tail_steps` unmasked steps (upward features: only input above the reconstruction),
   combined by `scoring_v2.tail_aggregate`: `mean` (when absent) or `max`, the largest
   single step's; with `scoring_v2.level` (false when absent) the larger of that and the
@@ -160,6 +161,18 @@ def instance_baseline(meta, rows, mask=None):
     return fit_baseline(transform_rows(meta, rows), keep, floors)
 
 
+def lead_mask(mask, lead):
+    """scoring::lead_mask: the `lead` steps before each masked run masked too (inside the
+    window only, so the newest step never is for a run not yet seen)."""
+    mask = [bool(m) for m in mask]
+    out = list(mask)
+    for step, masked in enumerate(mask):
+        if masked:
+            for before in range(max(step - lead, 0), step):
+                out[before] = True
+    return out
+
+
 def prepare_v2(meta, values, mask, baseline):
     """scoring::prepare_v2: fill masked steps, transform, set against the baseline, clip."""
     centre, scale = baseline
@@ -198,6 +211,7 @@ def score_v2(weights, meta, values, mask, baseline=None):
     v2 = meta["scoring_v2"]
     if baseline is None:
         baseline = (np.asarray(meta["normalisation"]["mean"]), np.asarray(meta["normalisation"]["std"]))
+    mask = lead_mask(mask, v2.get("mask_lead_steps", 0))
     x = prepare_v2(meta, values, mask, baseline)
     recon = reconstruct(weights, x)
     errors = tail_errors(

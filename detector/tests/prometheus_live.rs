@@ -588,6 +588,7 @@ fn model_v2() -> ModelBundle {
         level: true,
         tail_steps: 3,
         tail_aggregate: Default::default(),
+        mask_lead_steps: 1,
         calibration: vec![1.0; 2],
         calibration_quantile: 0.99,
         calibration_floor: 1.0,

@@ -115,6 +115,7 @@ impl Scorer {
             let recon = self.fused.reconstruct(&x);
             return Ok(scoring::score_reconstruction(&x, &recon, mask));
         };
+        let mask = &scoring::lead_mask(mask, v2.mask_lead_steps);
         let (x, recon) = self.reconstruct_v2(values, mask, baseline)?;
         scoring::score_calibrated(
             &x,
@@ -138,6 +139,7 @@ impl Scorer {
         let Some(v2) = &self.bundle.meta.scoring_v2 else {
             return Ok(None);
         };
+        let mask = &scoring::lead_mask(mask, v2.mask_lead_steps);
         let (x, recon) = self.reconstruct_v2(values, mask, baseline)?;
         scoring::tail_errors(&x, &recon, mask, &v2.tail_rule())
             .map(Some)

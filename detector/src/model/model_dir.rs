@@ -77,6 +77,10 @@ pub struct ScoringV2 {
     /// ... their mean or their max (`mean` in files from before the field).
     #[serde(default)]
     pub tail_aggregate: crate::model::scoring::TailAggregate,
+    /// In each window, this many steps before a masked run are masked too (see
+    /// `scoring::lead_mask`); 0 in files from before the field.
+    #[serde(default)]
+    pub mask_lead_steps: usize,
     /// One per feature: a feature's error is divided by this (a high quantile of its
     /// error on the calibration recordings' normal windows, at least `calibration_floor`;
     /// since the slow-disk recordings, each error the least of `alert_for_steps` windows
@@ -353,6 +357,7 @@ pub(crate) mod tests {
             level: false,
             tail_steps,
             tail_aggregate: Default::default(),
+            mask_lead_steps: 0,
             calibration: vec![1.0; 3],
             calibration_quantile: 0.99,
             calibration_floor: 1.0,
@@ -500,6 +505,41 @@ pub(crate) mod tests {
             &mask,
         );
         assert_eq!(plain, direct);
+    }
+
+    #[test]
+    fn a_step_just_before_a_masked_run_is_left_out_when_the_model_says_so() {
+        let mut scorer = v2_scorer(BaselinePolicy::default());
+        let (w, f) = (scorer.window(), scorer.n_features());
+        let rows: Vec<Vec<f64>> = (0..w)
+            .map(|i| (0..f).map(|j| 0.1 * ((i * 7 + j * 3) % 5) as f64).collect())
+            .collect();
+        let mut mask = vec![false; w];
+        mask[w - 2] = true;
+        mask[w - 1] = true;
+        // The step before the run jumps (a compaction's growth); the same window with
+        // that step as the one before it.
+        let mut spiked = rows.clone();
+        spiked[w - 3][0] = 40.0;
+        let mut flat = rows.clone();
+        flat[w - 3] = rows[w - 4].clone();
+        let (spiked, flat): (Vec<f64>, Vec<f64>) = (
+            spiked.into_iter().flatten().collect(),
+            flat.into_iter().flatten().collect(),
+        );
+        let score = |scorer: &crate::model::inference::Scorer, values: &[f64]| {
+            scorer.score(values, &mask).unwrap().score
+        };
+        assert_ne!(score(&scorer, &spiked), score(&scorer, &flat));
+        if let Some(v2) = scorer.bundle.meta.scoring_v2.as_mut() {
+            v2.mask_lead_steps = 1;
+        }
+        assert_eq!(score(&scorer, &spiked), score(&scorer, &flat));
+        assert_eq!(scorer.score(&spiked, &mask).unwrap().masked_steps, 3);
+        assert_eq!(
+            scorer.feature_errors(&spiked, &mask, None).unwrap(),
+            scorer.feature_errors(&flat, &mask, None).unwrap()
+        );
     }
 
     #[test]

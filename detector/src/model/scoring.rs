@@ -35,6 +35,21 @@ pub fn fill_masked(values: &[f64], mask: &[bool], n_features: usize) -> Option<V
     Some(out)
 }
 
+/// `mask` with the `lead` steps before each masked run masked too. A maintenance defrag
+/// follows a compaction, whose writes grow the db a step before the defrag shows: left
+/// unmasked, that step would fill the masked run after it and hold an alarm. Only steps
+/// inside the window move, so the newest step is never masked for a run not yet seen
+/// (serving cannot know it), and a window scores the same live and offline.
+pub fn lead_mask(mask: &[bool], lead: usize) -> Vec<bool> {
+    let mut out = mask.to_vec();
+    for (step, _) in mask.iter().enumerate().filter(|&(_, &m)| m) {
+        for before in out.iter_mut().take(step).skip(step.saturating_sub(lead)) {
+            *before = true;
+        }
+    }
+    out
+}
+
 /// The model's input for a raw step-major window: masked steps filled, then normalised.
 pub fn prepare(values: &[f64], mask: &[bool], norm: &Normalisation) -> Option<Vec<f32>> {
     let filled = fill_masked(values, mask, norm.n_features())?;
@@ -198,6 +213,22 @@ pub fn score_calibrated(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lead_mask_masks_the_steps_before_each_run_and_nothing_else() {
+        let mask = [false, false, false, true, true, false, false, true];
+        assert_eq!(
+            lead_mask(&mask, 1),
+            [false, false, true, true, true, false, true, true]
+        );
+        assert_eq!(
+            lead_mask(&mask, 2),
+            [false, true, true, true, true, true, true, true]
+        );
+        assert_eq!(lead_mask(&mask, 0), mask);
+        // A run at the start has nothing before it; the newest step stays as it was.
+        assert_eq!(lead_mask(&[true, false, false], 1), [true, false, false]);
+    }
 
     #[test]
     fn masked_steps_take_the_nearest_earlier_value() {

@@ -35,6 +35,8 @@ pub struct V2Options {
     pub tail_steps: usize,
     /// ... the mean or the max of their squared errors.
     pub tail_aggregate: scoring::TailAggregate,
+    /// Steps before a masked run masked too (`scoring::lead_mask`).
+    pub mask_lead_steps: usize,
     /// A feature's calibration is this quantile of its error on calibration normal
     /// windows, each error the least of `alert_for_steps` windows in a row.
     pub calibration_quantile: f64,
@@ -60,6 +62,7 @@ impl Default for V2Options {
         V2Options {
             tail_steps: 5,
             tail_aggregate: scoring::TailAggregate::Max,
+            mask_lead_steps: 1,
             calibration_quantile: 0.99,
             calibration_floor: 1.0,
             max_false_alarms_per_1000: 0.5,
@@ -307,6 +310,7 @@ pub fn train_v2(
             level: v2.level,
             tail_steps: v2.tail_steps,
             tail_aggregate: v2.tail_aggregate,
+            mask_lead_steps: v2.mask_lead_steps,
             calibration: vec![1.0; f],
             calibration_quantile: v2.calibration_quantile,
             calibration_floor: v2.calibration_floor,
