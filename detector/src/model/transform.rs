@@ -66,6 +66,13 @@ pub struct FeatureTreatment {
 /// (measured at 10x load) stays in the noise, a storm does not.
 const ONE_EVENT_SCALE: f64 = std::f64::consts::LN_2 / 1.5;
 
+/// `ln 2 / 2.5`: one election is 2.5 scales out (6.25 squared, above the thresholds
+/// calibrated so far, about 3.5), so an election storm crosses with its first election and
+/// the alert (held ten steps) fires no later than the mixin's four-elections rule held
+/// five. A lone election cannot hold it: it leaves the four-step window and the five-step
+/// tail within nine steps.
+const ELECTION_SCALE: f64 = std::f64::consts::LN_2 / 2.5;
+
 /// The treatment of a default feature at `step_seconds` (rate windows of four steps, at
 /// least 4 s, as in `features::default_features`); unknown names: identity, scored, with a
 /// scale floor taken from their own median when the baseline is fitted (`None` here).
@@ -99,7 +106,7 @@ pub fn treatment(name: &str, step_seconds: f64) -> (FeatureTreatment, Option<f64
             1e-3,
         ),
         // `increase` over the range: already a count.
-        "leader_changes" => known(Transform::Log1p { factor: 1.0 }, true, ONE_EVENT_SCALE),
+        "leader_changes" => known(Transform::Log1p { factor: 1.0 }, true, ELECTION_SCALE),
         // `rate` per second times the range: a count per rate window.
         "failed_proposals" | "slow_applies" => {
             known(Transform::Log1p { factor: range }, true, ONE_EVENT_SCALE)
