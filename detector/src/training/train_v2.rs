@@ -437,7 +437,7 @@ pub fn lowest_threshold(
         .iter()
         .map(|(_, labels)| alerting::incidents(labels, None))
         .collect();
-    for &t in &candidates {
+    let rate_at = |t: f64| {
         let (mut false_alarms, mut normal_steps) = (0, 0);
         for ((scores, labels), incs) in recordings.iter().zip(&incidents) {
             let condition: Vec<Option<bool>> = scores.iter().map(|s| s.map(|s| s > t)).collect();
@@ -445,10 +445,27 @@ pub fn lowest_threshold(
             false_alarms += judged.false_alarms;
             normal_steps += judged.normal_steps;
         }
-        let rate = 1000.0 * false_alarms as f64 / normal_steps.max(1) as f64;
+        (
+            1000.0 * false_alarms as f64 / normal_steps.max(1) as f64,
+            normal_steps,
+        )
+    };
+    let mut below = f64::NEG_INFINITY;
+    for &t in &candidates {
+        let (rate, normal_steps) = rate_at(t);
         if rate <= max_per_1000 {
+            // The lowest score that qualifies lies between the last candidate that did not
+            // and this one: the exact one, so that an implementation whose scores differ
+            // in the last digits (the notebook's numpy) finds the same window's score.
+            for &u in normal.iter().filter(|&&u| u > below && u < t) {
+                let (rate, normal_steps) = rate_at(u);
+                if rate <= max_per_1000 {
+                    return Some((u, rate, normal_steps));
+                }
+            }
             return Some((t, rate, normal_steps));
         }
+        below = t;
     }
     None
 }
