@@ -640,10 +640,19 @@ pub(crate) mod tests {
         // The write share is what sees a churn (a few keys rewritten fast) at any load.
         assert_eq!(kind("churn").detected, kind("churn").incidents, "{model:?}");
         assert!(kind("churn").incidents >= 6);
-        assert!(
-            kind("leader").detected * 2 >= kind("leader").incidents,
+        // One election crosses (transform::ELECTION_SCALE): every storm is caught, and
+        // first alerts are no later than the mixin's rules.
+        assert_eq!(
+            kind("leader").detected,
+            kind("leader").incidents,
             "{model:?}"
         );
+        assert!(kind("leader").incidents >= 6);
+        assert!(
+            report.model_no_later_than_rules + 1 >= report.caught_by_a_rule,
+            "{report:?}"
+        );
+        // The README's figure for this recording: no false alarm in 1533 normal steps.
         assert!(model.false_alarms_per_1000_normal_steps <= 1.0, "{model:?}");
     }
 }

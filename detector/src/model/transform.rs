@@ -66,11 +66,11 @@ pub struct FeatureTreatment {
 /// (measured at 10x load) stays in the noise, a storm does not.
 const ONE_EVENT_SCALE: f64 = std::f64::consts::LN_2 / 1.5;
 
-/// `ln 2 / 2.5`: one election is 2.5 scales out (6.25 squared, above the thresholds
-/// calibrated so far, about 3.5), so an election storm crosses with its first election and
-/// the alert (held ten steps) fires no later than the mixin's four-elections rule held
-/// five. A lone election cannot hold it: it leaves the four-step window and the five-step
-/// tail within nine steps.
+/// `ln 2 / 2.5`: one election in the rate window is 2.5 to 3 scales out (6-9 squared,
+/// as `increase` extrapolates) and two are 4 (16), so an election storm crosses the
+/// threshold (about 8) with its first or second election and the alert (held ten steps)
+/// fires no later than the mixin's four-elections rule held five. A lone election cannot
+/// hold it: it leaves the four-step window and the five-step tail within nine steps.
 const ELECTION_SCALE: f64 = std::f64::consts::LN_2 / 2.5;
 
 /// The treatment of a default feature at `step_seconds` (rate windows of four steps, at
