@@ -571,13 +571,14 @@ pub(crate) mod tests {
         assert_eq!(json["scoring_v2"]["tail_aggregate"], "max");
         let back: ModelMeta = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(back, m);
-        json["scoring_v2"]
-            .as_object_mut()
-            .unwrap()
-            .remove("tail_aggregate");
+        let fields = json["scoring_v2"].as_object_mut().unwrap();
+        fields.remove("tail_aggregate");
+        fields.remove("mask_lead_steps");
         let old: ModelMeta = serde_json::from_value(json).unwrap();
         let v2 = old.scoring_v2.unwrap();
         assert_eq!(v2.tail_aggregate, TailAggregate::Mean);
+        // A file from before the mask's lead masks nothing more than it says.
+        assert_eq!(v2.mask_lead_steps, 0);
         assert_eq!(v2.tail_rule().aggregate, TailAggregate::Mean);
     }
 
