@@ -517,6 +517,23 @@ mod tests {
         assert!(lowest_threshold(&[(vec![None; 3], vec![0; 3])], 1, 1.0).is_none());
     }
 
+    #[test]
+    fn the_threshold_is_the_exact_lowest_not_a_strided_candidate() {
+        // 2999 one-step spikes of heights 1..=2999 between zeros: 3000 distinct normal
+        // scores, so the candidates are every third (..., 2994, 2997, 2999). Four false
+        // alarms in 6000 steps fit a budget of 0.67 per 1000, five do not: the lowest
+        // threshold is 2995, which is not a candidate (2997 would be the strided answer).
+        let scores: Vec<Option<f64>> = (1..=2999)
+            .flat_map(|h| [Some(0.0), Some(f64::from(h))])
+            .chain([Some(0.0), Some(0.0)])
+            .collect();
+        let n = scores.len();
+        let recordings = vec![(scores, vec![0u8; n])];
+        let (t, rate, steps) = lowest_threshold(&recordings, 1, 0.67).unwrap();
+        assert_eq!((t, steps), (2995.0, 6000));
+        assert!((rate - 1000.0 * 4.0 / 6000.0).abs() < 1e-12, "{rate}");
+    }
+
     use crate::model::model_dir::FORMAT_VERSION;
     use crate::training::provenance::sha256_hex;
     use crate::training::synth::{SynthOptions, generate};
