@@ -397,6 +397,42 @@ fn the_leader_killed_during_compaction_stops_the_repair_and_the_next_run_complet
     );
 }
 
+/// The health check right after the leader dies: the two survivors answer but take no
+/// write until they elect a new leader. That is an election, not a lost cluster, so the
+/// verdict must be `degraded` (a restore follows `unavailable`).
+#[test]
+fn the_health_check_waits_for_an_election_instead_of_calling_the_cluster_unavailable() {
+    let mut etcd = etcd(3);
+    let endpoints = etcd.client_endpoints();
+    let rt = runtime();
+    let leader = rt.block_on(leader_index(&endpoints));
+    // The dead leader first, as the remediator's endpoint list may well have it.
+    let mut ordered = vec![endpoints[leader].clone()];
+    ordered.extend(
+        endpoints
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != leader)
+            .map(|(_, e)| e.clone()),
+    );
+    let access = dr_remediator::etcd::EtcdAccess {
+        endpoints: ordered,
+        tls: None,
+        timeout: Duration::from_millis(300),
+        default_quota_bytes: 1 << 31,
+    };
+    etcd.kill_member(leader).unwrap();
+    let started = Instant::now();
+    let health = rt.block_on(dr_remediator::actions::verify::check(&access, "election"));
+    match health {
+        dr_remediator::actions::verify::Health::Degraded(why) => {
+            assert!(why.contains("etcd-"), "{why}");
+        }
+        other => panic!("verdict {other:?}, expected degraded"),
+    }
+    assert!(started.elapsed() < dr_remediator::actions::verify::ELECTION_SETTLE);
+}
+
 /// A stand-in detector whose `/score` asks the real Prometheus, as dr-detector does: it
 /// confirms while Prometheus answers and answers 503 when it cannot be reached (the
 /// detector's documented answer). Its base URL and the task serving it.

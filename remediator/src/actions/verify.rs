@@ -1,7 +1,10 @@
 //! The health check after a repair: every member answers, there is a leader, no alarm, and
 //! a sentinel key can be written and read back through the cluster (that needs quorum).
 
+use std::time::Duration;
+
 use serde::Serialize;
+use tokio::time::Instant;
 
 use crate::cluster::ClusterView;
 use crate::etcd::{self, EtcdAccess, EtcdError, bounded_long};
@@ -20,9 +23,40 @@ pub enum Health {
     Unavailable(String),
 }
 
+/// How long a majority that answers but does not take writes may take to elect a leader
+/// before the cluster counts as unavailable. etcd elects within a few election timeouts
+/// (1 s by default, up to 5 s in tuned clusters); "unavailable" leads to a restore, which
+/// an election in progress must never cause.
+pub const ELECTION_SETTLE: Duration = Duration::from_secs(15);
+
+/// Between sentinel attempts while a majority answers without a leader.
+const SETTLE_POLL: Duration = Duration::from_millis(500);
+
 pub async fn check(access: &EtcdAccess, token: &str) -> Health {
-    let sentinel = write_and_read_back(access, token).await;
-    let view = ClusterView::observe(access).await;
+    let deadline = Instant::now() + ELECTION_SETTLE;
+    loop {
+        let sentinel = write_and_read_back(access, token).await;
+        let view = ClusterView::observe(access).await;
+        let electing = sentinel.is_err()
+            && view
+                .as_ref()
+                .is_ok_and(|v| !v.nospace && majority_answers(v));
+        if electing && Instant::now() + SETTLE_POLL < deadline {
+            tokio::time::sleep(SETTLE_POLL).await;
+            continue;
+        }
+        return verdict(sentinel, view);
+    }
+}
+
+/// More than half the members answer Status: quorum is there, so a failed write is a
+/// leader being elected (or a stuck one), not a lost cluster, until the settle time ends.
+fn majority_answers(view: &ClusterView) -> bool {
+    let answering = view.members.iter().filter(|m| m.status.is_some()).count();
+    answering * 2 > view.members.len()
+}
+
+fn verdict(sentinel: Result<(), Vec<EtcdError>>, view: Result<ClusterView, EtcdError>) -> Health {
     match (sentinel, view) {
         // Under NOSPACE writes fail by design; the members still answer, so this is not a
         // case for a restore (the snapshot holds the same live data).
