@@ -42,6 +42,11 @@ pub struct Cli {
     /// compressed time step (the model's step must be at least this).
     #[arg(long, default_value = "1s", value_parser = parse_duration, env = "DR_DRILL_STEP")]
     pub step: Duration,
+    /// Keep etcd's data on the work dir's disk. By default it is on a tmpfs the drill
+    /// mounts (needs root), so a stall of the host's disk cannot pass for an incident:
+    /// compressed time makes a few seconds of a busy disk read as minutes.
+    #[arg(long, env = "DR_DRILL_ETCD_ON_DISK")]
+    pub etcd_on_disk: bool,
     /// MTTR above this fails the scenario (the design's bar).
     #[arg(long, default_value = "120s", value_parser = parse_duration, env = "DR_DRILL_MTTR_BUDGET")]
     pub mttr_budget: Duration,

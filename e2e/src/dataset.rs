@@ -191,6 +191,7 @@ pub fn run(args: Args) -> Result<()> {
         step: args.step,
         model: None,
         alert_rule: false,
+        etcd_on_tmpfs: false,
     })?;
     let client = rt.block_on(crate::keys::connect(&stack.etcd.client_endpoints()))?;
     let total = Duration::from_secs_f64(args.steps as f64 * args.step.as_secs_f64());

@@ -132,13 +132,18 @@ pub fn run(kind: Kind, cli: &Cli, rt: &Runtime) -> Result<ScenarioReport> {
         step: cli.step,
         model: cli.model.as_deref(),
         alert_rule: true,
+        etcd_on_tmpfs: !cli.etcd_on_disk,
     })?;
     tl.mark(&format!(
-        "stack up in {}: etcd {} x{} (quota {} MiB), Pushgateway, Prometheus, Alertmanager, collector, detector, remediator",
+        "stack up in {}: etcd {} x{} (quota {} MiB, data on {}), Pushgateway, Prometheus, Alertmanager, collector, detector, remediator",
         dir.display(),
         version.as_str(),
         cli.members,
-        quota_mib
+        quota_mib,
+        match &stack.etcd_tmpfs {
+            Some(tmpfs) => format!("a tmpfs at {}", tmpfs.path().display()),
+            None => "disk".to_owned(),
+        }
     ));
     let steady_rate = match kind {
         Kind::BusyNormal => BUSY_LOAD * STEADY_RATE,

@@ -68,7 +68,7 @@ impl RestoreMarkers {
             "--restore-start-cmd".into(),
             format!("touch {m}/start-{{member}}"),
             "--member-data-dir".into(),
-            format!("{}/{{member}}.data", cluster.workdir().display()),
+            format!("{}/{{member}}.data", cluster.data_root().display()),
             "--restore-timeout".into(),
             "60s".into(),
         ])
