@@ -376,6 +376,36 @@ fn eval_judges_the_model_as_an_alert_per_incident_kind_beside_the_rules() {
         assert!(meta.feature_names().iter().any(|n| n == feature), "{fa}");
         assert!(fa["score"].as_f64().unwrap() > meta.threshold, "{fa}");
     }
+    later_than_rules_are_listed(alerting, &[a.as_path(), b.as_path()]);
+}
+
+/// Every incident a rule caught first is listed, at the first step of one of its file's
+/// incidents, with the rule sooner than the model (or the model silent).
+fn later_than_rules_are_listed(alerting: &Value, files: &[&Path]) {
+    let listed = alerting["model_later_than_rules"].as_array().unwrap();
+    assert_eq!(
+        listed.len() as u64,
+        alerting["caught_by_a_rule"].as_u64().unwrap()
+            - alerting["model_no_later_than_rules"].as_u64().unwrap(),
+        "{listed:?}"
+    );
+    for late in listed {
+        let file = late["recording"].as_str().unwrap();
+        let path = files.iter().find(|p| p.to_str() == Some(file)).unwrap();
+        let labels = Dataset::read(path).unwrap().labels.unwrap();
+        let start = late["start"].as_u64().unwrap() as usize;
+        assert!(
+            labels[start] == 1 && (start == 0 || labels[start - 1] == 0),
+            "{late}"
+        );
+        let rule = late["rule_delay_steps"].as_u64().unwrap();
+        assert!(
+            late["model_delay_steps"]
+                .as_u64()
+                .is_none_or(|model| model > rule),
+            "{late}"
+        );
+    }
 }
 
 /// A small model trained on synthetic data at a 2 s step (the synthetic data's): the

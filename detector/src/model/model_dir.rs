@@ -653,6 +653,10 @@ pub(crate) mod tests {
             report.model_no_later_than_rules + 1 >= report.caught_by_a_rule,
             "{report:?}"
         );
+        assert_eq!(
+            report.model_later_than_rules.len(),
+            report.caught_by_a_rule - report.model_no_later_than_rules
+        );
         // The README's figure for this recording: no false alarm in 1533 normal steps.
         assert!(model.false_alarms_per_1000_normal_steps <= 1.0, "{model:?}");
     }

@@ -116,6 +116,23 @@ pub struct AlertingReport {
     pub incidents_in_warm_up: usize,
     /// Each of the model's false alarms, in order: where it began and what drove it.
     pub model_false_alarms: Vec<FalseAlarm>,
+    /// Each incident a rule caught before the model did, or that the model missed.
+    pub model_later_than_rules: Vec<LaterThanRule>,
+}
+
+/// An incident where a rule alerted first: the one to look at when the model is meant to
+/// come no later than the rules.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LaterThanRule {
+    pub recording: String,
+    pub kind: String,
+    /// The incident's first step.
+    pub start: usize,
+    /// Steps from the start to the model's first alert; `None`: it never alerted.
+    pub model_delay_steps: Option<usize>,
+    /// The first rule to alert, and after how many steps.
+    pub rule: String,
+    pub rule_delay_steps: usize,
 }
 
 /// One of the model's false alarms: the step it began (the window ending there), the
@@ -243,12 +260,30 @@ pub fn alerting(
     let any_rule = alerting::summarise("any rule", 1, &any_judged, &incidents, &names);
     let mut caught_by_a_rule = 0;
     let mut model_no_later_than_rules = 0;
-    for (i, model_delay) in model.delays.iter().enumerate() {
-        let best_rule = rules.iter().filter_map(|r| r.delays[i]).min();
-        if let Some(rule_delay) = best_rule {
+    let mut model_later_than_rules = Vec::new();
+    // `delays` run over the recordings' incidents in order, as `incidents` does.
+    let placed = names
+        .iter()
+        .zip(&incidents)
+        .flat_map(|(name, incs)| incs.iter().map(move |inc| (name, inc)));
+    for ((i, model_delay), (recording, inc)) in model.delays.iter().enumerate().zip(placed) {
+        let first_rule = rules
+            .iter()
+            .filter_map(|r| r.delays[i].map(|d| (d, &r.name)))
+            .min_by_key(|&(d, _)| d);
+        if let Some((rule_delay, rule)) = first_rule {
             caught_by_a_rule += 1;
             if model_delay.is_some_and(|d| d <= rule_delay) {
                 model_no_later_than_rules += 1;
+            } else {
+                model_later_than_rules.push(LaterThanRule {
+                    recording: recording.clone(),
+                    kind: inc.kind.clone(),
+                    start: inc.start,
+                    model_delay_steps: *model_delay,
+                    rule: rule.clone(),
+                    rule_delay_steps: rule_delay,
+                });
             }
         }
     }
@@ -265,6 +300,7 @@ pub fn alerting(
         model_format: meta.format_version,
         incidents_in_warm_up,
         model_false_alarms,
+        model_later_than_rules,
     })
 }
 
@@ -338,6 +374,18 @@ impl AlertingReport {
             "\nthe model's first alert came no later than the rules' in {} of the {} incidents a rule caught\n",
             self.model_no_later_than_rules, self.caught_by_a_rule
         ));
+        if !self.model_later_than_rules.is_empty() {
+            out.push_str("\nwhere a rule came first (recording, kind at step: model, rule):\n");
+            for late in &self.model_later_than_rules {
+                let model = late
+                    .model_delay_steps
+                    .map_or_else(|| "missed".to_string(), |d| format!("{d} steps"));
+                out.push_str(&format!(
+                    "  {}, {} at step {}: model {model}, {} {} steps\n",
+                    late.recording, late.kind, late.start, late.rule, late.rule_delay_steps
+                ));
+            }
+        }
         if !self.model_false_alarms.is_empty() {
             out.push_str(
                 "\nthe model's false alarms (recording, step: the feature that drove it):\n",
