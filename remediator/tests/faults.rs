@@ -186,6 +186,19 @@ async fn leader_index(endpoints: &[String]) -> usize {
     panic!("no member leads");
 }
 
+/// `endpoints` with the leader's first: a client sends to the first that answers.
+fn leader_first(endpoints: &[String], leader: usize) -> Vec<String> {
+    let mut ordered = vec![endpoints[leader].clone()];
+    ordered.extend(
+        endpoints
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != leader)
+            .map(|(_, e)| e.clone()),
+    );
+    ordered
+}
+
 fn metric_line(metrics: &str, line: &str) -> bool {
     metrics.lines().any(|l| l == line)
 }
@@ -302,14 +315,7 @@ fn the_leader_killed_during_compaction_stops_the_repair_and_the_next_run_complet
     let rt = runtime();
     let leader = rt.block_on(leader_index(&endpoints));
     // The leader first: the compaction goes to it.
-    let mut ordered = vec![endpoints[leader].clone()];
-    ordered.extend(
-        endpoints
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != leader)
-            .map(|(_, e)| e.clone()),
-    );
+    let ordered = leader_first(&endpoints, leader);
     let dir = tempfile::tempdir().unwrap();
     let flags = ["--health-wait", "1s", "--etcd-timeout", "2s"];
     let r = remediator(&ordered, dir.path(), &flags);
@@ -407,16 +413,8 @@ fn the_health_check_waits_for_an_election_instead_of_calling_the_cluster_unavail
     let rt = runtime();
     let leader = rt.block_on(leader_index(&endpoints));
     // The dead leader first, as the remediator's endpoint list may well have it.
-    let mut ordered = vec![endpoints[leader].clone()];
-    ordered.extend(
-        endpoints
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != leader)
-            .map(|(_, e)| e.clone()),
-    );
     let access = dr_remediator::etcd::EtcdAccess {
-        endpoints: ordered,
+        endpoints: leader_first(&endpoints, leader),
         tls: None,
         timeout: Duration::from_millis(300),
         default_quota_bytes: 1 << 31,
