@@ -403,10 +403,11 @@ pub fn train_v2(
     crate::training::train::finish(bundle, started)
 }
 
-/// The lowest threshold (among the scores of normal steps, at most ~1000 of their
-/// quantiles) whose alert, held `for_steps`, gives at most `max_per_1000` false alarms
-/// per 1000 normal steps over `recordings` (per-step scores, labels). Returns it, the
-/// rate it gave, and the normal steps judged; `None` without a scored normal step.
+/// The lowest threshold (a score of some normal step) whose alert, held `for_steps`,
+/// gives at most `max_per_1000` false alarms per 1000 normal steps over `recordings`
+/// (per-step scores, labels). About 1000 quantiles of the normal scores are tried first,
+/// then every score between the last that failed and the first that passed. Returns it,
+/// the rate it gave, and the normal steps judged; `None` without a scored normal step.
 pub fn lowest_threshold(
     recordings: &[(Vec<Option<f64>>, Vec<u8>)],
     for_steps: usize,
