@@ -164,7 +164,9 @@ pub fn explanation(body: &Value) -> Option<Explanation> {
 fn feature_group(feature: &str) -> Option<Diagnosis> {
     match feature {
         // A burst of writes fills the db: space, if etcd's sizes agree (rule 6).
-        "db_size_over_quota" | "db_growth_rate" | "write_fraction" => Some(Diagnosis::Space),
+        "db_size_over_quota" | "db_growth_rate" | "db_growth_per_request" | "write_fraction" => {
+            Some(Diagnosis::Space)
+        }
         "fragmentation" => Some(Diagnosis::Fragmentation),
         "leader_changes" | "failed_proposals" => Some(Diagnosis::LeaderInstability),
         "wal_fsync_p99" | "backend_commit_p99" | "slow_applies" => Some(Diagnosis::SlowDisk),
@@ -579,6 +581,25 @@ mod tests {
         );
         assert_eq!(
             d("EtcdAnomalyScoreHigh", Some(&writes), &healthy(MB, MB)),
+            Diagnosis::Unknown
+        );
+        // A storm of big values on a big quota: growth per request drives the score. At
+        // 24% of the quota no compaction or defrag is the repair: a person is asked.
+        let storm = shares(&[("db_growth_per_request", 0.9), ("db_growth_rate", 0.1)]);
+        assert_eq!(
+            d(
+                "EtcdAnomalyScoreHigh",
+                Some(&storm),
+                &healthy(60 * MB, 58 * MB)
+            ),
+            Diagnosis::Space
+        );
+        assert_eq!(
+            d(
+                "EtcdAnomalyScoreHigh",
+                Some(&storm),
+                &healthy(24 * MB, 24 * MB)
+            ),
             Diagnosis::Unknown
         );
         // Without any explanation, etcd's sizes alone.

@@ -42,6 +42,9 @@ fn range_seconds(step_seconds: f64) -> f64 {
 /// defragmenting.
 pub const DEFRAG_MASK: &str = "defrag_inflight";
 
+/// Requests per second below which `db_growth_per_request` divides by this instead.
+pub const GROWTH_REQUEST_FLOOR: u32 = 30;
+
 /// The default etcd feature set for a given step. Range windows are four steps (at
 /// least 4 s), so `rate` has several samples at the scrape intervals that suit that step.
 pub fn default_features(step_seconds: f64) -> Vec<FeatureSpec> {
@@ -110,6 +113,22 @@ pub fn default_features(step_seconds: f64) -> Vec<FeatureSpec> {
                 )
             },
         ),
+        (
+            // Bytes the db grows by per unary request the member serves: the size of what
+            // clients write, which a cluster keeps whatever its load and quota (6-8 KB in
+            // every recording, 0.3x to 10x, 64 MiB to 2 GiB), while a storm writing big
+            // values lifts it tenfold even when, against a 2 GiB quota, its growth is a
+            // fraction of a percent a step. Twelve steps, so a compaction's one-off rewrite
+            // is averaged over a dozen steps of requests; and fewer than 30 requests a
+            // second count as 30, or a quiet member's compaction reads as a storm.
+            "db_growth_per_request",
+            {
+                let range = format!("{}s", 3 * range_seconds(step_seconds) as u64);
+                format!(
+                    "max by (instance) (deriv(etcd_mvcc_db_total_size_in_bytes[{range}])) / clamp_min(sum by (instance) (rate(grpc_server_handled_total{{grpc_type=\"unary\"}}[{range}])), {GROWTH_REQUEST_FLOOR})"
+                )
+            },
+        ),
     ];
     specs
         .into_iter()
@@ -154,6 +173,8 @@ pub fn std_floor(name: &str, step_seconds: f64) -> Option<f64> {
         "wal_fsync_p99" | "backend_commit_p99" => 1e-3,
         "grpc_request_rate" => 1.0,
         "write_fraction" => 0.05,
+        // Bytes per request: one kilobyte.
+        "db_growth_per_request" => 1024.0,
         _ => return None,
     })
 }
@@ -189,7 +210,7 @@ mod tests {
         assert!(fast[3].query.contains("[8s]"), "{}", fast[3].query);
         let slow = default_features(15.0);
         assert!(slow[3].query.contains("[60s]"), "{}", slow[3].query);
-        assert_eq!(fast.len(), 10);
+        assert_eq!(fast.len(), 11);
         let mask = default_mask(2.0).query;
         assert!(mask.contains("etcd_disk_defrag_inflight[12s]"), "{mask}");
         assert!(
@@ -214,6 +235,31 @@ mod tests {
         assert!(spec.query.contains("/ clamp_min("), "{}", spec.query);
         // A member with no write series yet still gets a value (0), not a gap.
         assert!(spec.query.contains(" or 0 * "), "{}", spec.query);
+    }
+
+    #[test]
+    fn growth_per_request_divides_a_twelve_step_growth_by_at_least_30_requests() {
+        let spec = default_features(30.0)
+            .into_iter()
+            .find(|f| f.name == "db_growth_per_request")
+            .unwrap();
+        // Twelve steps of 30 s on both sides of the division.
+        assert_eq!(spec.query.matches("[360s]").count(), 2, "{}", spec.query);
+        assert!(
+            spec.query
+                .contains("deriv(etcd_mvcc_db_total_size_in_bytes[360s])"),
+            "{}",
+            spec.query
+        );
+        assert!(
+            spec.query.ends_with("[360s])), 30)"),
+            "a quiet member's few requests count as 30: {}",
+            spec.query
+        );
+        // At a 1 s step the windows are 12 s, never less.
+        let fast = default_features(1.0);
+        let fast = fast.iter().find(|f| f.name == spec.name).unwrap();
+        assert_eq!(fast.query.matches("[12s]").count(), 2, "{}", fast.query);
     }
 
     #[test]

@@ -120,6 +120,11 @@ pub fn treatment(name: &str, step_seconds: f64) -> (FeatureTreatment, Option<f64
         // A share of the requests: the same at any step and any load; a quiet member's
         // share moves a few percent with each request, hence 5%.
         "write_fraction" => known(Transform::Identity, true, 0.05),
+        // Decades of bytes per request above 8 KiB: a workload's own value size (a few
+        // KB) and the no-growth steps between its bursts all sit at the floor, so the
+        // baseline is the floor and a storm of 50 KB values is 0.8 decades out; 0.2 of a
+        // decade (x1.6) per scale.
+        "db_growth_per_request" => known(Transform::Log10 { floor: 8192.0 }, true, 0.2),
         _ => (
             FeatureTreatment {
                 transform: Transform::Identity,
@@ -219,6 +224,19 @@ mod tests {
         assert!(!grpc.scored, "the request rate is context, not an incident");
         let d = grpc.transform.apply(300.0) - grpc.transform.apply(30.0);
         assert!((d - 1.0).abs() < 1e-12);
+        // Bytes per request in decades above 8 KiB: a workload's own few KB and no
+        // growth at all are both the floor; a storm of 80 KiB values is one decade out,
+        // five scales, at any step (bytes per request have no time in them).
+        let (per_request, floor) = treatment("db_growth_per_request", 30.0);
+        assert!(per_request.scored && per_request.upward);
+        assert_eq!(
+            per_request.transform.apply(0.0),
+            per_request.transform.apply(6e3)
+        );
+        let storm = per_request.transform.apply(81920.0) - per_request.transform.apply(0.0);
+        assert!((storm - 1.0).abs() < 1e-12, "{storm}");
+        assert_eq!(floor, Some(0.2));
+        assert_eq!(treatment("db_growth_per_request", 1.0).0, per_request);
         // A user's feature: identity, scored, floor from its own data.
         let (user, floor) = treatment("cpu_temp", 1.0);
         assert_eq!(user.transform, Transform::Identity);

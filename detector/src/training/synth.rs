@@ -167,8 +167,20 @@ pub fn generate(opts: &SynthOptions) -> String {
         grpc *= opts.load_scale;
         fsync *= opts.load_scale.powf(0.25);
         commit *= opts.load_scale.powf(0.25);
+        // Bytes per request against etcd's largest recommended quota (8 GiB).
+        let per_request = growth.max(0.0) * 8.0 * f64::from(1u32 << 30) / grpc.max(30.0);
         let values = [
-            size, frag, growth, leader, failed, fsync, commit, grpc, slow, writes,
+            size,
+            frag,
+            growth,
+            leader,
+            failed,
+            fsync,
+            commit,
+            grpc,
+            slow,
+            writes,
+            per_request,
         ];
         let _ = write!(out, "{}", 1_700_000_000.0 + t);
         for v in values {
