@@ -32,7 +32,10 @@ fi
 # t10-t14 (seeds 41-45) were recorded after the default model was frozen, three at a time
 # on an otherwise idle machine, and evaluated once: the held-out figures for that model.
 # What they showed (big-quota storms missed) led to db_growth_per_request, chosen on
-# t1-t14; t15-t19 (seeds 51-55) were recorded after the model with it was frozen.
+# t1-t14; t15-t19 (seeds 51-55) were recorded after the model with it was frozen. What
+# they showed (a storm from a normal of 78% of a small quota missed, a small quota's
+# regrowth after a defrag alarming) led to the db's headroom as a level and its growth
+# as a share of the quota as context; t20-t22 (seeds 61-63) were recorded after that.
 recordings=(
   "r1-train     train      3.4  1    64    3  1000  11  space,churn,leader,disk"
   "r2-calibrate calibrate  3.6  3    256   3  1000  12  space,churn,leader,disk"
@@ -59,6 +62,9 @@ recordings=(
   "t17-fast     test       3.5  8    128   3  900   53  space,disk,churn,leader"
   "t18-solo     test       3.6  1    2048  1  900   54  space,churn,disk"
   "t19-still    test       3.7  0.3  96    3  900   55  none"
+  "t20-middle   test       3.6  0.7  768   3  900   61  space,churn,leader,disk"
+  "t21-rush     test       3.4  10   256   3  900   62  disk,space,churn,leader"
+  "t22-lone     test       3.7  3    64    1  900   63  space,churn,disk"
 )
 
 wanted=("$@")

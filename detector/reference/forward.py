@@ -123,6 +123,8 @@ def apply_transform(t, x):
         return np.log1p(np.maximum(x * t["factor"], 0.0))
     if kind == "log10":
         return np.log10(np.maximum(x, t["floor"]))
+    if kind == "headroom":
+        return -np.log10(np.maximum(1.0 - x, t["floor"]))
     raise ValueError(f"unknown transform kind `{kind}`")
 
 

@@ -25,6 +25,10 @@ pub enum Transform {
     /// `log10(max(x, floor))`: latencies and request rates span orders of magnitude; the
     /// floor keeps an idle member's 0 from being minus infinity.
     Log10 { floor: f64 },
+    /// `-log10(max(1 - x, floor))`: a share of a limit as decades of the headroom used (0
+    /// empty, 1 at 90%, 2 at 99%), so the last percents before the limit weigh what they
+    /// cost; the floor caps it at a full one.
+    Headroom { floor: f64 },
 }
 
 impl Transform {
@@ -34,6 +38,7 @@ impl Transform {
             Transform::Scale { factor } => x * factor,
             Transform::Log1p { factor } => (x * factor).max(0.0).ln_1p(),
             Transform::Log10 { floor } => x.max(floor).log10(),
+            Transform::Headroom { floor } => -(1.0 - x).max(floor).log10(),
         }
     }
 
@@ -44,6 +49,7 @@ impl Transform {
                 factor.is_finite() && factor > 0.0
             }
             Transform::Log10 { floor } => floor.is_finite() && floor > 0.0,
+            Transform::Headroom { floor } => floor.is_finite() && floor > 0.0 && floor < 1.0,
         }
     }
 }
@@ -91,18 +97,25 @@ pub fn treatment(name: &str, step_seconds: f64) -> (FeatureTreatment, Option<f64
         )
     };
     match name {
-        // Fractions: levels that sit still for long stretches (a median absolute
-        // deviation near 0) and move by tens of percent in normal operation (a churn's
-        // freed pages wait for the next defrag), so floors of 5% of the quota and 10% of
-        // the db: a storm to NOSPACE from 20% is still 16 scales out.
-        "db_size_over_quota" => known(Transform::Identity, true, 0.05),
+        // The db against its quota as the headroom used, in decades: a busy member on a
+        // small quota swings to 80% of it between its defrags (0.7 decades) as its normal,
+        // and NOSPACE (99.9%, 3 decades) must still stand out from that. A floor of 0.15
+        // of a decade (30% of the quota from empty) on its scale.
+        "db_size_over_quota" => known(Transform::Headroom { floor: 1e-3 }, true, 0.15),
+        // A fraction that sits still for long stretches (a median absolute deviation near
+        // 0) and moves by tens of percent in normal operation (a churn's freed pages wait
+        // for the next defrag): a floor of 10% of the db.
         "fragmentation" => known(Transform::Identity, true, 0.1),
         // Per step, so a minute's growth reads the same at any step; 0.1% of the quota.
+        // Context, not scored: a share of the quota a step is a small quota's normal
+        // regrowth after a defrag (0.4% a step at 8x on 128 MiB) and a big quota's storm
+        // (0.3% on 2 GiB) alike. What a storm changes at any quota and load is the bytes
+        // per request (`db_growth_per_request`) and, near the end, the headroom.
         "db_growth_rate" => known(
             Transform::Scale {
                 factor: step_seconds,
             },
-            true,
+            false,
             1e-3,
         ),
         // `increase` over the range: already a count.
@@ -237,6 +250,13 @@ mod tests {
         assert!((storm - 1.0).abs() < 1e-12, "{storm}");
         assert_eq!(floor, Some(0.2));
         assert_eq!(treatment("db_growth_per_request", 1.0).0, per_request);
+        // The db against its quota: decades of headroom used, capped at the floor.
+        let (quota, _) = treatment("db_size_over_quota", 30.0);
+        assert_eq!(quota.transform.apply(0.0), 0.0);
+        assert!((quota.transform.apply(0.9) - 1.0).abs() < 1e-12);
+        assert!((quota.transform.apply(0.99) - 2.0).abs() < 1e-9);
+        assert_eq!(quota.transform.apply(1.2), 3.0, "past the quota: the cap");
+        assert!(!Transform::Headroom { floor: 1.0 }.is_valid());
         // A user's feature: identity, scored, floor from its own data.
         let (user, floor) = treatment("cpu_temp", 1.0);
         assert_eq!(user.transform, Transform::Identity);
@@ -252,6 +272,7 @@ mod tests {
             Transform::Scale { factor: 2.0 },
             Transform::Log1p { factor: 4.0 },
             Transform::Log10 { floor: 1e-4 },
+            Transform::Headroom { floor: 1e-3 },
         ] {
             let text = serde_json::to_string(&t).unwrap();
             assert_eq!(
