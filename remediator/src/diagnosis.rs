@@ -568,40 +568,18 @@ mod tests {
             ),
             Diagnosis::Fragmentation
         );
-        // A burst of writes reads as space, under the same condition: with the db at
-        // 60% of its quota a compaction and defrag fit; at 1% nothing does.
+        // A burst of writes, or a storm of big values (growth per request), reads as
+        // space under the same condition: with the db at 60% of its quota a compaction
+        // and defrag fit; at 1% or 24% (a storm on a big quota) nothing does, and a
+        // person is asked.
         let writes = shares(&[("write_fraction", 0.7), ("grpc_request_rate", 0.3)]);
-        assert_eq!(
-            d(
-                "EtcdAnomalyScoreHigh",
-                Some(&writes),
-                &healthy(60 * MB, 50 * MB)
-            ),
-            Diagnosis::Space
-        );
-        assert_eq!(
-            d("EtcdAnomalyScoreHigh", Some(&writes), &healthy(MB, MB)),
-            Diagnosis::Unknown
-        );
-        // A storm of big values on a big quota: growth per request drives the score. At
-        // 24% of the quota no compaction or defrag is the repair: a person is asked.
         let storm = shares(&[("db_growth_per_request", 0.9), ("db_growth_rate", 0.1)]);
-        assert_eq!(
-            d(
-                "EtcdAnomalyScoreHigh",
-                Some(&storm),
-                &healthy(60 * MB, 58 * MB)
-            ),
-            Diagnosis::Space
-        );
-        assert_eq!(
-            d(
-                "EtcdAnomalyScoreHigh",
-                Some(&storm),
-                &healthy(24 * MB, 24 * MB)
-            ),
-            Diagnosis::Unknown
-        );
+        for explained in [&writes, &storm] {
+            let diagnose = |view: &ClusterView| d("EtcdAnomalyScoreHigh", Some(explained), view);
+            assert_eq!(diagnose(&healthy(60 * MB, 50 * MB)), Diagnosis::Space);
+            assert_eq!(diagnose(&healthy(MB, MB)), Diagnosis::Unknown);
+            assert_eq!(diagnose(&healthy(24 * MB, 24 * MB)), Diagnosis::Unknown);
+        }
         // Without any explanation, etcd's sizes alone.
         assert_eq!(
             d("EtcdAnomalyScoreHigh", None, &healthy(40 * MB, 4 * MB)),

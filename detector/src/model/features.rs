@@ -38,6 +38,12 @@ fn range_seconds(step_seconds: f64) -> f64 {
     (4.0 * step_seconds).max(4.0).round()
 }
 
+/// Twelve steps (at least 12 s): the window of the features whose four-step value is
+/// noisy over a quiet member's few requests (`write_fraction`, `db_growth_per_request`).
+fn long_range_seconds(step_seconds: f64) -> f64 {
+    3.0 * range_seconds(step_seconds)
+}
+
 /// The name of the column (and model.json entry) that masks steps where etcd was
 /// defragmenting.
 pub const DEFRAG_MASK: &str = "defrag_inflight";
@@ -105,7 +111,7 @@ pub fn default_features(step_seconds: f64) -> Vec<FeatureSpec> {
             // a step or two).
             "write_fraction",
             {
-                let range = format!("{}s", 3 * range_seconds(step_seconds) as u64);
+                let range = format!("{}s", long_range_seconds(step_seconds) as u64);
                 let unary = "grpc_server_handled_total{grpc_type=\"unary\"";
                 let all = format!("sum by (instance) (rate({unary}}}[{range}]))");
                 format!(
@@ -123,7 +129,7 @@ pub fn default_features(step_seconds: f64) -> Vec<FeatureSpec> {
             // second count as 30, or a quiet member's compaction reads as a storm.
             "db_growth_per_request",
             {
-                let range = format!("{}s", 3 * range_seconds(step_seconds) as u64);
+                let range = format!("{}s", long_range_seconds(step_seconds) as u64);
                 format!(
                     "max by (instance) (deriv(etcd_mvcc_db_total_size_in_bytes[{range}])) / clamp_min(sum by (instance) (rate(grpc_server_handled_total{{grpc_type=\"unary\"}}[{range}])), {GROWTH_REQUEST_FLOOR})"
                 )
@@ -219,12 +225,17 @@ mod tests {
         );
     }
 
+    /// The catalogue's `name` at `step_seconds`.
+    fn catalogue_spec(name: &str, step_seconds: f64) -> FeatureSpec {
+        default_features(step_seconds)
+            .into_iter()
+            .find(|f| f.name == name)
+            .unwrap()
+    }
+
     #[test]
     fn write_fraction_divides_the_members_writes_by_all_its_requests() {
-        let spec = default_features(15.0)
-            .into_iter()
-            .find(|f| f.name == "write_fraction")
-            .unwrap();
+        let spec = catalogue_spec("write_fraction", 15.0);
         // Both rates over the same twelve steps, writes by method, a floor of one request.
         assert_eq!(spec.query.matches("[180s]").count(), 3, "{}", spec.query);
         assert!(
@@ -239,10 +250,7 @@ mod tests {
 
     #[test]
     fn growth_per_request_divides_a_twelve_step_growth_by_at_least_30_requests() {
-        let spec = default_features(30.0)
-            .into_iter()
-            .find(|f| f.name == "db_growth_per_request")
-            .unwrap();
+        let spec = catalogue_spec("db_growth_per_request", 30.0);
         // Twelve steps of 30 s on both sides of the division.
         assert_eq!(spec.query.matches("[360s]").count(), 2, "{}", spec.query);
         assert!(
@@ -257,8 +265,7 @@ mod tests {
             spec.query
         );
         // At a 1 s step the windows are 12 s, never less.
-        let fast = default_features(1.0);
-        let fast = fast.iter().find(|f| f.name == spec.name).unwrap();
+        let fast = catalogue_spec("db_growth_per_request", 1.0);
         assert_eq!(fast.query.matches("[12s]").count(), 2, "{}", fast.query);
     }
 
