@@ -156,6 +156,7 @@ struct Recorder<'a> {
     client: Client,
     rng: Rng,
     load_scale: f64,
+    quota_mib: u64,
     started: Instant,
     last_compaction: Instant,
     /// `(kind, start, end)` in unix seconds.
@@ -203,6 +204,7 @@ pub fn run(args: Args) -> Result<()> {
         client,
         rng: Rng(args.seed.max(1)),
         load_scale: args.load_scale,
+        quota_mib: args.quota_mib,
         started: Instant::now(),
         last_compaction: Instant::now(),
         incidents: Vec::new(),
@@ -337,10 +339,12 @@ impl Recorder<'_> {
         self.stack.start_steady_load(rate, seed)
     }
 
-    /// Normal operation for `d`: the load's rate drifts, compaction every 60 s.
+    /// Normal operation for `d`: the load's rate drifts, compaction every 60 s. Fails
+    /// when etcd raises an alarm meanwhile: steps labelled normal must be normal.
     fn normal(&mut self, d: Duration) -> Result<()> {
         let until = Instant::now() + d;
         let mut next_rate = Instant::now() + Duration::from_secs(30);
+        let mut next_alarm_check = Instant::now();
         while Instant::now() < until {
             interrupt::sleep(Duration::from_millis(500))?;
             if Instant::now() >= next_rate {
@@ -350,6 +354,30 @@ impl Recorder<'_> {
             if self.last_compaction.elapsed() >= Duration::from_secs(60) {
                 self.compact()?;
             }
+            if Instant::now() >= next_alarm_check {
+                self.refuse_alarm_in_normal()?;
+                next_alarm_check = Instant::now() + Duration::from_secs(2);
+            }
+        }
+        Ok(())
+    }
+
+    /// An alarm under normal load is an incident nobody labelled: NOSPACE when the load
+    /// writes more between two compactions than the quota holds (x5 on 64 MiB did).
+    fn refuse_alarm_in_normal(&mut self) -> Result<()> {
+        let client = &mut self.client;
+        let alarms = self
+            .rt
+            .block_on(client.alarm(AlarmAction::Get, AlarmType::None, None))?;
+        if let Some(alarm) = alarms.alarms().first() {
+            bail!(
+                "etcd raised {} under normal load (load x{}, quota {} MiB): the steps \
+                 labelled normal would hold an incident; record with a bigger --quota-mib \
+                 or a smaller --load-scale",
+                alarm.alarm().as_str_name(),
+                self.load_scale,
+                self.quota_mib
+            );
         }
         Ok(())
     }
