@@ -702,7 +702,7 @@ if shutil.which("promtool"):
     if run.returncode:
         fail(f"promtool test rules {unit}:\n{run.stdout}{run.stderr}")
     else:
-        print(f"  promtool: the safety net's unit tests pass ({unit})")
+        print(f"  promtool: the alert rules' unit tests pass ({unit})")
 else:
     print("  promtool not found (Debian package prometheus): PromQL not parsed")
 

@@ -15,7 +15,7 @@ use dr_detector::model::features::FeatureSpec;
 use dr_detector::model::inference::Scorer;
 use dr_detector::model::lstm::{Architecture, init_varmap, varmap_to_safetensors};
 use dr_detector::model::model_dir::{
-    FORMAT_VERSION, FORMAT_VERSION_2, ModelBundle, ModelMeta, ScoringV2, TrainingMetrics,
+    FORMAT_VERSION, FORMAT_VERSION_2, FastAlert, ModelBundle, ModelMeta, ScoringV2, TrainingMetrics,
 };
 use dr_detector::model::normalisation::Normalisation;
 use dr_detector::model::transform::Transform;
@@ -411,6 +411,8 @@ async fn get_score_against_a_real_prometheus() {
         metrics.contains("etcd_dr_anomaly_threshold 1.0"),
         "{metrics}"
     );
+    // A model without a fast alert: no gauges for that rule to compare.
+    assert!(!metrics.contains("etcd_dr_anomaly_fast_"), "{metrics}");
     assert_eq!(rig.get("/readyz").await.0, 200);
 
     // A short gap in etcd-2 is filled; a new instance has too few points (422).
@@ -595,6 +597,12 @@ fn model_v2() -> ModelBundle {
         max_false_alarms_per_1000: 1.0,
         alert_for_steps: 2,
         calibration_false_alarms_per_1000: 0.0,
+        fast_alert: Some(FastAlert {
+            features: vec!["b".into()],
+            threshold: 0.25,
+            for_steps: 1,
+            calibration_false_alarms_per_1000: 0.0,
+        }),
         data_files: Vec::new(),
         baseline: BaselinePolicy {
             history_steps: 60,
@@ -637,6 +645,25 @@ async fn an_instance_warms_up_on_its_own_history_then_may_alert() {
         "{metrics}"
     );
     assert!(!metrics.contains("etcd_dr_anomaly_score{"), "{metrics}");
+    // The fast alert's threshold is there for its rule, and in every answer with the
+    // fast score (of feature `b` alone); no fast score gauge while warming up either.
+    assert!(
+        metrics.contains("etcd_dr_anomaly_fast_threshold 0.25"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("etcd_dr_anomaly_fast_score{"),
+        "{metrics}"
+    );
+    assert_eq!(early["fast_threshold"], 0.25, "{early}");
+    let fast = early["fast_score"].as_f64().unwrap();
+    let shares = &early["feature_shares"];
+    let b_alone = early["score"].as_f64().unwrap() * shares["b"].as_f64().unwrap()
+        / shares["a"]
+            .as_f64()
+            .unwrap()
+            .max(shares["b"].as_f64().unwrap());
+    assert!((fast - b_alone).abs() <= 1e-9 * b_alone.max(1.0), "{early}");
     let (status, ready) = rig.get("/readyz").await;
     assert_eq!(status, 200, "{ready}");
     assert!(
@@ -667,6 +694,10 @@ async fn an_instance_warms_up_on_its_own_history_then_may_alert() {
     );
     assert!(
         metrics.contains("etcd_dr_anomaly_score{instance=\"etcd-1\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("etcd_dr_anomaly_fast_score{instance=\"etcd-1\"}"),
         "{metrics}"
     );
     let (_, ready) = rig.get("/readyz").await;

@@ -44,6 +44,18 @@ pub struct TrainArgs {
     /// in the time the data stands for (as `eval --alert-for`).
     #[arg(long, env = "DR_DETECTOR_ALERT_FOR", default_value = "3m", value_parser = parse_duration)]
     pub alert_for: Duration,
+    /// Format 2: a second, fast alert on the same score held this long (shorter than
+    /// --alert-for), its threshold the lowest at which both alerts together keep to
+    /// --max-false-alarms-per-1000: what cannot wait --alert-for (a NOSPACE storm on a
+    /// small quota) still alerts early. Default: a fifth of --alert-for, when that is
+    /// at least one step shorter; 0 for none.
+    #[arg(long, env = "DR_DETECTOR_FAST_ALERT_FOR", value_parser = parse_duration)]
+    pub fast_alert_for: Option<Duration>,
+    /// Format 2: the scored features the fast alert watches (its score is the largest of
+    /// their calibrated errors); default: db_size_over_quota and db_growth_per_request
+    /// where the data has them, none: no fast alert.
+    #[arg(long, env = "DR_DETECTOR_FAST_ALERT_FEATURES", value_delimiter = ',')]
+    pub fast_alert_features: Option<Vec<String>>,
     /// Format 2: what one step of the data stands for (as `eval --represents`); default:
     /// the step itself.
     #[arg(long, env = "DR_DETECTOR_REPRESENTS", value_parser = parse_duration)]
@@ -198,14 +210,27 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         let step = train[0].data.step_seconds()?;
         let represents = args.represents.map_or(step, |d| d.as_secs_f64());
         anyhow::ensure!(represents > 0.0, "--represents must be positive");
+        let alert_for_steps =
+            crate::training::rules::steps(args.alert_for.as_secs_f64(), represents);
+        let fast_alert_for_steps = match args.fast_alert_for {
+            None => Some(alert_for_steps.div_ceil(5)).filter(|&s| s < alert_for_steps),
+            Some(d) if d.is_zero() => None,
+            Some(d) => {
+                let steps = crate::training::rules::steps(d.as_secs_f64(), represents);
+                anyhow::ensure!(
+                    steps < alert_for_steps,
+                    "--fast-alert-for ({steps} steps) must be shorter than --alert-for ({alert_for_steps} steps); 0 for no fast alert"
+                );
+                Some(steps)
+            }
+        };
         let v2 = V2Options {
             tail_steps: args.tail_steps,
             tail_aggregate: args.tail_aggregate,
             max_false_alarms_per_1000: args.max_false_alarms_per_1000,
-            alert_for_steps: crate::training::rules::steps(
-                args.alert_for.as_secs_f64(),
-                represents,
-            ),
+            alert_for_steps,
+            fast_alert_for_steps,
+            fast_alert_features: args.fast_alert_features.clone(),
             baseline: BaselinePolicy {
                 history_steps: args.baseline_history_steps,
                 min_steps: args.baseline_min_steps,

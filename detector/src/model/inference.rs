@@ -34,6 +34,8 @@ pub enum WindowError {
 pub struct Scorer {
     pub bundle: ModelBundle,
     fused: FusedModel,
+    /// Format 2 with a fast alert: one flag per feature, the ones it watches.
+    fast_features: Option<Vec<bool>>,
 }
 
 impl Scorer {
@@ -41,7 +43,15 @@ impl Scorer {
         let meta = &bundle.meta;
         let fused = FusedModel::from_safetensors(&meta.architecture, meta.window, &bundle.weights)
             .with_context(|| format!("loading the weights of model {}", bundle.source))?;
-        Ok(Scorer { bundle, fused })
+        let fast_features = match &meta.scoring_v2 {
+            Some(v2) => v2.fast_features(&meta.feature_names())?,
+            None => None,
+        };
+        Ok(Scorer {
+            bundle,
+            fused,
+            fast_features,
+        })
     }
 
     pub fn window(&self) -> usize {
@@ -54,6 +64,12 @@ impl Scorer {
 
     pub fn threshold(&self) -> f64 {
         self.bundle.meta.threshold
+    }
+
+    /// The fast alert's threshold, when the model has one.
+    pub fn fast_threshold(&self) -> Option<f64> {
+        let v2 = self.bundle.meta.scoring_v2.as_ref()?;
+        v2.fast_alert.as_ref().map(|f| f.threshold)
     }
 
     /// Checks a client's `[W][F]` window and flattens it step-major.
@@ -124,6 +140,7 @@ impl Scorer {
             &v2.tail_rule(),
             &v2.calibration,
             &v2.scored,
+            self.fast_features.as_deref(),
         )
         .ok_or(WindowError::AllMasked)
     }

@@ -94,11 +94,31 @@ pub struct ScoringV2 {
     pub alert_for_steps: usize,
     /// What the threshold gave on the calibration recordings.
     pub calibration_false_alarms_per_1000: f64,
+    /// A second alert on the same score for what cannot wait `alert_for_steps`: a higher
+    /// threshold held fewer steps (a NOSPACE storm on a small quota runs its course in
+    /// fewer steps than the main alert holds). Absent in earlier files: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_alert: Option<FastAlert>,
     pub data_files: Vec<DataFile>,
     /// How each instance's own baseline is kept (history, warm-up, refit), as the
     /// threshold was calibrated with it. Absent in early format 2 files: the default.
     #[serde(default)]
     pub baseline: BaselinePolicy,
+}
+
+/// The fast alert of [`ScoringV2`]: the largest calibrated error of `features` (the fast
+/// score) above `threshold` for `for_steps` steps. Only features where a short excursion
+/// is an incident, not noise (the db against its quota, not a disk's latency).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FastAlert {
+    /// Scored features, by name.
+    pub features: Vec<String>,
+    /// The lowest fast score, at least the main threshold, whose alert on its own raised
+    /// at most `max_false_alarms_per_1000` on the calibration recordings.
+    pub threshold: f64,
+    pub for_steps: usize,
+    /// What the two alerts together gave on the calibration recordings.
+    pub calibration_false_alarms_per_1000: f64,
 }
 
 /// The contents of model.json.
@@ -134,7 +154,11 @@ impl ModelMeta {
         let f = self.features.len();
         match (&self.scoring_v2, self.format_version) {
             (None, FORMAT_VERSION) => {}
-            (Some(v2), FORMAT_VERSION_2) => v2.validate(f, self.window)?,
+            (Some(v2), FORMAT_VERSION_2) => {
+                v2.validate(f, self.window)?;
+                v2.validate_fast_alert()?;
+                v2.fast_features(&self.feature_names())?;
+            }
             _ => bail!(
                 "model format version {} with{} a `scoring_v2` section: format 2 has one, format 1 none",
                 self.format_version,
@@ -236,6 +260,50 @@ impl ScoringV2 {
         self.baseline
             .validate()
             .map_err(|why| anyhow::anyhow!("scoring_v2.baseline: {why}"))?;
+        Ok(())
+    }
+
+    /// One flag per feature of `names`: whether the fast alert watches it. Checks that it
+    /// names scored features, each once.
+    pub fn fast_features(&self, names: &[String]) -> anyhow::Result<Option<Vec<bool>>> {
+        let Some(fast) = &self.fast_alert else {
+            return Ok(None);
+        };
+        ensure!(
+            !fast.features.is_empty(),
+            "scoring_v2.fast_alert.features is empty"
+        );
+        let mut flags = vec![false; names.len()];
+        for name in &fast.features {
+            let j = names
+                .iter()
+                .position(|n| n == name)
+                .with_context(|| format!("scoring_v2.fast_alert.features: no feature `{name}`"))?;
+            ensure!(
+                self.scored.get(j) == Some(&true),
+                "scoring_v2.fast_alert.features: `{name}` is not scored"
+            );
+            ensure!(
+                !flags[j],
+                "scoring_v2.fast_alert.features names `{name}` twice"
+            );
+            flags[j] = true;
+        }
+        Ok(Some(flags))
+    }
+
+    fn validate_fast_alert(&self) -> anyhow::Result<()> {
+        if let Some(fast) = &self.fast_alert {
+            ensure!(
+                fast.threshold.is_finite(),
+                "scoring_v2.fast_alert.threshold is not finite"
+            );
+            ensure!(
+                (1..self.alert_for_steps).contains(&fast.for_steps),
+                "scoring_v2.fast_alert.for_steps must be at least 1 and below alert_for_steps ({})",
+                self.alert_for_steps
+            );
+        }
         Ok(())
     }
 }
@@ -364,6 +432,7 @@ pub(crate) mod tests {
             max_false_alarms_per_1000: 0.5,
             alert_for_steps: 3,
             calibration_false_alarms_per_1000: 0.0,
+            fast_alert: None,
             data_files: Vec::new(),
             baseline: BaselinePolicy::default(),
         }
@@ -673,5 +742,25 @@ pub(crate) mod tests {
         );
         // The README's figure for this recording: no false alarm in 1533 normal steps.
         assert!(model.false_alarms_per_1000_normal_steps <= 1.0, "{model:?}");
+        // Storms to NOSPACE on a 64 MiB quota: the fast alert (the db's headroom and growth
+        // per request, held two steps) comes no later than `EtcdNoSpace` on any of them,
+        // and sooner than the main alert alone, which has to wait ten steps.
+        let tiny = judge("t11-tiny");
+        assert_eq!(tiny.fast_alert.as_ref().map(|f| f.for_steps), Some(2));
+        assert!(
+            tiny.model_later_than_rules
+                .iter()
+                .all(|l| l.kind != "space"),
+            "{:?}",
+            tiny.model_later_than_rules
+        );
+        let space_delay = |stats: &crate::training::alerting::AlertStats| {
+            let space = stats.kinds.iter().find(|k| k.kind == "space").unwrap();
+            assert_eq!(space.detected, space.incidents, "{stats:?}");
+            space.median_delay_steps.unwrap()
+        };
+        let main_only = tiny.model_main_alert_only.as_ref().unwrap();
+        assert!(space_delay(&tiny.model) < space_delay(main_only));
+        assert_eq!(tiny.model.false_alarms, main_only.false_alarms);
     }
 }

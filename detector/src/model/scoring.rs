@@ -15,6 +15,9 @@ pub struct Score {
     /// Each feature's share of the error (sums to 1 unless the error is 0).
     pub feature_shares: Vec<f64>,
     pub masked_steps: usize,
+    /// Format 2 with a fast alert: the largest calibrated error of the features that
+    /// alert watches (`scoring_v2.fast_alert.features`).
+    pub fast_score: Option<f64>,
 }
 
 /// Replaces masked steps by the nearest earlier unmasked step (or the first later one at
@@ -86,6 +89,7 @@ pub fn score_reconstruction(input: &[f32], recon: &[f32], mask: &[bool]) -> Scor
             .map(|e| if total > 0.0 { e / total } else { 0.0 })
             .collect(),
         masked_steps: steps - counted,
+        fast_score: None,
     }
 }
 
@@ -183,7 +187,8 @@ pub fn tail_errors(
 /// Format 2's score: each scored feature's tail error divided by its calibration, and the
 /// max of them, so one feature far out alerts on its own; `feature_shares` are each
 /// feature's calibrated error over their sum (0 for context features), so the largest
-/// share names the feature that drove the score.
+/// share names the feature that drove the score. With `fast` (one flag per feature), the
+/// max over the flagged ones is the fast alert's score.
 pub fn score_calibrated(
     input: &[f32],
     recon: &[f32],
@@ -191,6 +196,7 @@ pub fn score_calibrated(
     rule: &TailRule,
     calibration: &[f64],
     scored: &[bool],
+    fast: Option<&[bool]>,
 ) -> Option<Score> {
     let errors = tail_errors(input, recon, mask, rule)?;
     let calibrated: Vec<f64> = errors
@@ -207,6 +213,14 @@ pub fn score_calibrated(
             .map(|e| if total > 0.0 { e / total } else { 0.0 })
             .collect(),
         masked_steps: mask.iter().filter(|&&m| m).count(),
+        fast_score: fast.map(|flags| {
+            calibrated
+                .iter()
+                .zip(flags)
+                .filter(|(_, f)| **f)
+                .map(|(e, _)| *e)
+                .fold(0.0, f64::max)
+        }),
     })
 }
 
@@ -371,16 +385,38 @@ mod tests {
         let calibration = vec![1.0; f];
         let mut scored = vec![true; f];
         let rule = two_sided(5);
-        let s = score_calibrated(&input, &recon, &mask, &rule, &calibration, &scored).unwrap();
+        let s =
+            score_calibrated(&input, &recon, &mask, &rule, &calibration, &scored, None).unwrap();
         assert!((s.score - 9.0).abs() < 1e-9, "{}", s.score);
         assert_eq!(s.feature_shares[3], 1.0);
+        assert_eq!(s.fast_score, None);
+        // The fast alert's score is the max over its own features only.
+        let fast_score = |watched: &[usize]| {
+            let fast: Vec<bool> = (0..f).map(|j| watched.contains(&j)).collect();
+            score_calibrated(
+                &input,
+                &recon,
+                &mask,
+                &rule,
+                &calibration,
+                &scored,
+                Some(&fast),
+            )
+            .unwrap()
+            .fast_score
+            .unwrap()
+        };
+        assert_eq!(fast_score(&[0]), 0.0);
+        assert!((fast_score(&[0, 3]) - 9.0).abs() < 1e-9);
         // The calibration divides; a context feature is never scored.
         let mut calibration = calibration;
         calibration[3] = 4.5;
-        let s = score_calibrated(&input, &recon, &mask, &rule, &calibration, &scored).unwrap();
+        let s =
+            score_calibrated(&input, &recon, &mask, &rule, &calibration, &scored, None).unwrap();
         assert!((s.score - 2.0).abs() < 1e-9);
         scored[3] = false;
-        let s = score_calibrated(&input, &recon, &mask, &rule, &calibration, &scored).unwrap();
+        let s =
+            score_calibrated(&input, &recon, &mask, &rule, &calibration, &scored, None).unwrap();
         assert_eq!(s.score, 0.0);
         assert_eq!(s.feature_shares[3], 0.0);
     }

@@ -120,6 +120,12 @@ pub struct ScoreResponse {
     pub instance: Option<String>,
     pub score: f64,
     pub threshold: f64,
+    /// The model's fast alert: its own score (the features it watches) and the
+    /// threshold above which that alerts after fewer steps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fast_score: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fast_threshold: Option<f64>,
     pub anomalous: bool,
     /// Unix seconds of the window's last step (absent for a posted window).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -149,6 +155,9 @@ impl LiveScorer {
     ) -> LiveScorer {
         let metrics = Metrics::register(registry);
         metrics.set_threshold(scorer.threshold());
+        if let Some(fast) = scorer.fast_threshold() {
+            metrics.register_fast_alert(registry, fast);
+        }
         LiveScorer {
             scorer,
             source: WindowSource::new(prometheus, max_gap_steps, max_push_age),
@@ -191,6 +200,8 @@ impl LiveScorer {
             anomalous: score.score > meta.threshold && !warming_up,
             score: score.score,
             threshold: meta.threshold,
+            fast_score: score.fast_score,
+            fast_threshold: self.scorer.fast_threshold(),
             window_end,
             step_seconds: meta.step_seconds,
             model: self.scorer.bundle.source.clone(),
@@ -344,6 +355,13 @@ impl LiveScorer {
                     .filter_map(|s| s.instance.clone().map(|i| (i, s.score)))
                     .collect();
                 self.metrics.set_scores(&scores);
+                let fast_scores: Vec<(String, f64)> = live
+                    .scored
+                    .iter()
+                    .filter(|s| ready(s))
+                    .filter_map(|s| Some((s.instance.clone()?, s.fast_score?)))
+                    .collect();
+                self.metrics.set_fast_scores(&fast_scores);
                 let baselines: Vec<(String, bool)> = live
                     .scored
                     .iter()
@@ -478,6 +496,8 @@ pub(crate) mod tests {
             instance: Some(instance.into()),
             score,
             threshold: 3.0,
+            fast_score: None,
+            fast_threshold: None,
             anomalous,
             window_end: Some(1.0),
             step_seconds: 1.0,

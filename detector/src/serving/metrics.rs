@@ -21,6 +21,12 @@ pub struct Metrics {
     /// their score (clearing all would leave a scrape between clear and set with none).
     scored: Arc<Mutex<BTreeSet<String>>>,
     threshold: Gauge<f64, AtomicU64>,
+    /// Registered only for a model with a fast alert: without one, its rule has no series
+    /// and never fires.
+    fast_threshold: Gauge<f64, AtomicU64>,
+    /// The fast alert's score per instance, kept for the same instances as `score`.
+    fast_score: Family<Labels, Gauge<f64, AtomicU64>>,
+    fast_scored: Arc<Mutex<BTreeSet<String>>>,
     /// 1 once an instance's own baseline has enough history to alert on, 0 while it warms
     /// up; kept for the same instances as `score` plus the warming-up ones.
     baseline_ready: Family<Labels, Gauge>,
@@ -35,6 +41,9 @@ impl Metrics {
             score: Family::default(),
             scored: Arc::default(),
             threshold: Gauge::default(),
+            fast_threshold: Gauge::default(),
+            fast_score: Family::default(),
+            fast_scored: Arc::default(),
             baseline_ready: Family::default(),
             with_baseline: Arc::default(),
             // 5 us .. ~20 ms: a fused forward is tens of microseconds.
@@ -72,6 +81,27 @@ impl Metrics {
     /// The model's threshold, set once: a served model does not change.
     pub fn set_threshold(&self, threshold: f64) {
         self.threshold.set(threshold);
+    }
+
+    /// The fast alert's score and threshold (a model with one), registered once.
+    pub fn register_fast_alert(&self, registry: &mut Registry, threshold: f64) {
+        registry.register(
+            "etcd_dr_anomaly_fast_score",
+            "The fast alert's score of the latest window per etcd instance: the largest calibrated error of the features it watches",
+            self.fast_score.clone(),
+        );
+        registry.register(
+            "etcd_dr_anomaly_fast_threshold",
+            "Fast score above which a short run of windows alerts (the model's fast alert)",
+            self.fast_threshold.clone(),
+        );
+        self.fast_threshold.set(threshold);
+    }
+
+    /// Each alerting instance's fast score; the others lose their gauge, as in
+    /// [`Metrics::set_scores`].
+    pub fn set_fast_scores(&self, scores: &[(String, f64)]) {
+        replace_family(&self.fast_score, &self.fast_scored, scores);
     }
 
     /// One forward pass and scoring took `seconds`.

@@ -78,14 +78,57 @@ pub struct Judged {
     pub normal_steps_in_alert: usize,
 }
 
+/// The fast alert of a model, judged: its score at each step, threshold and hold.
+pub type FastSignal<'a> = (&'a [Option<f64>], f64, usize);
+
+/// Whether a model's alerts fire at each step: the main one (`score > threshold` held
+/// `for_steps`) or, when there is one, the fast one (its own score above its threshold,
+/// held its steps).
+pub fn model_firing(
+    scores: &[Option<f64>],
+    threshold: f64,
+    for_steps: usize,
+    fast: Option<FastSignal>,
+) -> Vec<bool> {
+    let above = |scores: &[Option<f64>], t: f64| -> Vec<Option<bool>> {
+        scores.iter().map(|s| s.map(|s| s > t)).collect()
+    };
+    let mut fires = firing(&above(scores, threshold), for_steps);
+    if let Some((fast_scores, fast_threshold, fast_for)) = fast {
+        let fast_fires = firing(&above(fast_scores, fast_threshold), fast_for);
+        for (f, fast) in fires.iter_mut().zip(fast_fires) {
+            *f |= fast;
+        }
+    }
+    fires
+}
+
 pub fn judge(
     condition: &[Option<bool>],
     for_steps: usize,
     labels: &[u8],
     incidents: &[Incident],
 ) -> Judged {
-    let fires = firing(condition, for_steps);
-    let grace = for_steps.max(1);
+    let known: Vec<bool> = condition.iter().map(Option::is_some).collect();
+    judge_fired(
+        &firing(condition, for_steps),
+        &known,
+        for_steps,
+        labels,
+        incidents,
+    )
+}
+
+/// [`judge`] on steps already known to fire; `known` says where the signal had a value,
+/// and an alert's onset up to `grace` steps after an incident's end is that incident's.
+pub fn judge_fired(
+    fires: &[bool],
+    known: &[bool],
+    grace: usize,
+    labels: &[u8],
+    incidents: &[Incident],
+) -> Judged {
+    let grace = grace.max(1);
     let delays = incidents
         .iter()
         .map(|inc| {
@@ -107,7 +150,7 @@ pub fn judge(
             onset && labels[i] == 0 && !after_incident(i)
         })
         .collect();
-    let normal = |i: usize| condition[i].is_some() && labels[i] == 0;
+    let normal = |i: usize| known[i] && labels[i] == 0;
     let normal_steps = (0..fires.len()).filter(|&i| normal(i)).count();
     let normal_steps_in_alert = (0..fires.len())
         .filter(|&i| normal(i) && fires[i] && !after_incident(i))
@@ -300,6 +343,68 @@ mod tests {
             [false, true, false, false, true, true, false]
         );
         assert_eq!(firing(&c, 0), firing(&c, 1));
+    }
+
+    #[test]
+    fn a_fast_alert_fires_on_a_short_high_run_the_main_alert_holds_too_long_for() {
+        // Steps:            0    1    2    3    4     5    6    7    8    9
+        let s = |v: f64| Some(v);
+        let scores = [
+            s(1.),
+            s(3.),
+            s(3.),
+            s(9.),
+            s(9.),
+            None,
+            s(3.),
+            s(3.),
+            s(3.),
+            s(1.),
+        ];
+        // The fast alert's own score: here the one feature that drove steps 3 and 4.
+        let fast = [
+            s(0.),
+            s(0.),
+            s(0.),
+            s(9.),
+            s(9.),
+            None,
+            s(0.),
+            s(0.),
+            s(0.),
+            s(0.),
+        ];
+        // Main alert: above 2 held 3 steps; the gap at 5 restarts it.
+        let main = model_firing(&scores, 2.0, 3, None);
+        assert_eq!(
+            main,
+            [
+                false, false, false, true, true, false, false, false, true, false
+            ]
+        );
+        // Fast: above 8 held 2 steps, at step 4; it adds to the main alert, never removes.
+        let both = model_firing(&scores, 2.0, 3, Some((&fast, 8.0, 2)));
+        assert_eq!(
+            both,
+            [
+                false, false, false, true, true, false, false, false, true, false
+            ]
+        );
+        let main_held_longer = model_firing(&scores, 2.0, 5, None);
+        assert!(main_held_longer.iter().all(|f| !f));
+        let fast_only = model_firing(&scores, 2.0, 5, Some((&fast, 8.0, 2)));
+        assert_eq!(
+            fast_only,
+            [
+                false, false, false, false, true, false, false, false, false, false
+            ]
+        );
+        // The same steps judged: the unknown step is not a normal step.
+        let labels = [0, 0, 1, 1, 1, 1, 0, 0, 0, 0];
+        let known: Vec<bool> = scores.iter().map(Option::is_some).collect();
+        let j = judge_fired(&fast_only, &known, 5, &labels, &incidents(&labels, None));
+        assert_eq!(j.delays, [Some(2)]);
+        assert_eq!((j.false_alarms, j.normal_steps), (0, 6));
     }
 
     #[test]

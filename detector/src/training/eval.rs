@@ -101,7 +101,14 @@ pub struct AlertingReport {
     pub step_seconds: f64,
     pub represents_seconds: f64,
     pub threshold: f64,
+    /// The model's fast alert (a higher threshold held fewer steps), when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fast_alert: Option<FastAlertUsed>,
+    /// The model's alerts together: the main one, or the fast one.
     pub model: AlertStats,
+    /// The main alert alone (a model with a fast alert), to show what the fast one adds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_main_alert_only: Option<AlertStats>,
     pub rules: Vec<AlertStats>,
     /// Any of the rules, each with its own `for`.
     pub any_rule: AlertStats,
@@ -118,6 +125,14 @@ pub struct AlertingReport {
     pub model_false_alarms: Vec<FalseAlarm>,
     /// Each incident a rule caught before the model did, or that the model missed.
     pub model_later_than_rules: Vec<LaterThanRule>,
+}
+
+/// The fast alert as judged: the features it watches, its threshold and hold, in steps.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FastAlertUsed {
+    pub features: Vec<String>,
+    pub threshold: f64,
+    pub for_steps: usize,
 }
 
 /// An incident where a rule alerted first: the one to look at when the model is meant to
@@ -157,8 +172,15 @@ pub fn alerting(
     let meta = &scorer.bundle.meta;
     let w = meta.window;
     let model_for = rules::steps(opts.alert_for_seconds, opts.represents_seconds);
+    // The fast alert's hold is in steps of the model: at the step it was calibrated for,
+    // it stands for the same time.
+    let fast = meta
+        .scoring_v2
+        .as_ref()
+        .and_then(|v2| v2.fast_alert.as_ref());
     let mut incidents = Vec::new();
     let mut model_judged = Vec::new();
+    let mut main_judged = Vec::new();
     let mut rule_judged: Vec<Vec<Judged>> = vec![Vec::new(); RULES.len()];
     let mut rule_present = vec![true; RULES.len()];
     let mut any_judged = Vec::new();
@@ -176,9 +198,10 @@ pub fn alerting(
             .for_model(meta)
             .with_context(|| format!("reading {}", rec.name))?;
         let mut incs = alerting::incidents(labels, rec.kinds.as_deref());
-        // Whether the window ending at each step scored above the threshold; its score
-        // and the feature with the largest share of it.
-        let mut above = vec![None; data.len()];
+        // The score of the window ending at each step, and the feature with the largest
+        // share of it.
+        let mut scores = vec![None; data.len()];
+        let mut fast_scores = vec![None; data.len()];
         let mut drivers: Vec<Option<(f64, Option<usize>)>> = vec![None; data.len()];
         // One recording is one instance: format 2 sets each window against the baseline
         // of the history before it, as serving does, and never alerts while it warms up.
@@ -202,13 +225,23 @@ pub fn alerting(
             if let Ok(score) =
                 scorer.score_against(&data.window_values(s, w), &data.window_mask(s, w), baseline)
             {
-                above[end] = Some(score.score > meta.threshold);
+                scores[end] = Some(score.score);
+                fast_scores[end] = score.fast_score;
                 let top = (0..score.feature_shares.len())
                     .max_by(|&a, &b| score.feature_shares[a].total_cmp(&score.feature_shares[b]));
                 drivers[end] = Some((score.score, top));
             }
         }
-        let judged = alerting::judge(&above, model_for, labels, &incs);
+        let known: Vec<bool> = scores.iter().map(Option::is_some).collect();
+        let signal = fast.map(|f| (fast_scores.as_slice(), f.threshold, f.for_steps));
+        let fired = alerting::model_firing(&scores, meta.threshold, model_for, signal);
+        let judged = alerting::judge_fired(&fired, &known, model_for, labels, &incs);
+        if fast.is_some() {
+            let main = alerting::model_firing(&scores, meta.threshold, model_for, None);
+            main_judged.push(alerting::judge_fired(
+                &main, &known, model_for, labels, &incs,
+            ));
+        }
         for &step in &judged.false_alarm_steps {
             let (score, top) = drivers[step].unwrap_or((f64::NAN, None));
             model_false_alarms.push(FalseAlarm {
@@ -242,6 +275,15 @@ pub fn alerting(
     }
     let names: Vec<String> = recordings.iter().map(|r| r.name.clone()).collect();
     let model = alerting::summarise("model", model_for, &model_judged, &incidents, &names);
+    let model_main_alert_only = fast.map(|_| {
+        alerting::summarise(
+            "model, main alert only",
+            model_for,
+            &main_judged,
+            &incidents,
+            &names,
+        )
+    });
     let rules: Vec<AlertStats> = RULES
         .iter()
         .zip(&rule_judged)
@@ -292,7 +334,13 @@ pub fn alerting(
         step_seconds: meta.step_seconds,
         represents_seconds: opts.represents_seconds,
         threshold: meta.threshold,
+        fast_alert: fast.map(|f| FastAlertUsed {
+            features: f.features.clone(),
+            threshold: f.threshold,
+            for_steps: f.for_steps,
+        }),
         model,
+        model_main_alert_only,
         rules,
         any_rule,
         caught_by_a_rule,
@@ -323,6 +371,16 @@ impl AlertingReport {
             self.represents_seconds,
             self.threshold
         );
+        if let Some(fast) = &self.fast_alert {
+            out.push_str(&format!(
+                "model: the main alert (the score above {:.4} for {} steps) or the fast one ({} above {:.4} for {} steps)\n\n",
+                self.threshold,
+                self.model.for_steps,
+                fast.features.join(" or "),
+                fast.threshold,
+                fast.for_steps
+            ));
+        }
         if self.model_format >= 2 {
             out.push_str(&format!(
                 "model format 2: each recording is one instance, each window scored against the \
@@ -339,6 +397,7 @@ impl AlertingReport {
             "   false alarms / 1000 normal steps; normal steps in alert; the worst recording's\n",
         );
         for alert in std::iter::once(&self.model)
+            .chain(&self.model_main_alert_only)
             .chain(&self.rules)
             .chain(std::iter::once(&self.any_rule))
         {

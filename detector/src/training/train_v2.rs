@@ -12,7 +12,9 @@ use anyhow::{Context, bail, ensure};
 use crate::model::baseline::{BaselinePolicy, InstanceBaseline, Trailing};
 use crate::model::features::{self, FeatureSpec};
 use crate::model::inference::Scorer;
-use crate::model::model_dir::{DataFile, FORMAT_VERSION_2, ModelBundle, ModelMeta, ScoringV2};
+use crate::model::model_dir::{
+    DataFile, FORMAT_VERSION_2, FastAlert, ModelBundle, ModelMeta, ScoringV2,
+};
 use crate::model::normalisation::Normalisation;
 use crate::model::scoring;
 use crate::model::transform::{self, FeatureTreatment, Transform};
@@ -49,6 +51,13 @@ pub struct V2Options {
     pub max_false_alarms_per_1000: f64,
     /// How many steps the score must stay above the threshold before the alert fires.
     pub alert_for_steps: usize,
+    /// A fast alert held this many steps (fewer than `alert_for_steps`) on the largest
+    /// calibrated error of `fast_alert_features`, its threshold the lowest at which it
+    /// keeps to `max_false_alarms_per_1000` on its own; `None`: none.
+    pub fast_alert_for_steps: Option<usize>,
+    /// The features the fast alert watches; `None`: those of [`DEFAULT_FAST_FEATURES`]
+    /// the data has (none: no fast alert).
+    pub fast_alert_features: Option<Vec<String>>,
     /// Each recording is scored against its trailing baseline, as serving scores: windows
     /// while it warms up neither train, calibrate nor count.
     pub baseline: BaselinePolicy,
@@ -67,11 +76,19 @@ impl Default for V2Options {
             calibration_floor: 1.0,
             max_false_alarms_per_1000: 0.5,
             alert_for_steps: 3,
+            fast_alert_for_steps: None,
+            fast_alert_features: None,
             baseline: BaselinePolicy::default(),
             level: true,
         }
     }
 }
+
+/// The features a fast alert watches by default: the db against its quota and the bytes it
+/// grows by per request. A NOSPACE storm moves them within a few steps, and on normal
+/// load they move smoothly; a disk's latency moves for a step or two now and then, which
+/// is why the main alert is held ten.
+pub const DEFAULT_FAST_FEATURES: [&str; 2] = ["db_size_over_quota", "db_growth_per_request"];
 
 /// model.json's name for how a format 2 threshold was chosen.
 pub const CALIBRATION_FALSE_ALARMS: &str = "calibration_false_alarms";
@@ -285,6 +302,7 @@ pub fn train_v2(
 
     let scored: Vec<bool> = treatments.iter().map(|(t, _)| t.scored).collect();
     let upward: Vec<bool> = treatments.iter().map(|(t, _)| t.upward).collect();
+    let fast_features = fast_alert_features(v2, &names, &scored)?;
     let mut data_files: Vec<DataFile> = train.iter().map(|s| s.file.clone()).collect();
     data_files.extend(calibrate.iter().map(|s| s.file.clone()));
     let meta = ModelMeta {
@@ -317,6 +335,7 @@ pub fn train_v2(
             max_false_alarms_per_1000: v2.max_false_alarms_per_1000,
             alert_for_steps: v2.alert_for_steps,
             calibration_false_alarms_per_1000: 0.0,
+            fast_alert: None,
             data_files,
             baseline: policy,
         }),
@@ -366,13 +385,23 @@ pub fn train_v2(
     let mut bundle = scorer.bundle.clone();
     if let Some(s) = bundle.meta.scoring_v2.as_mut() {
         s.calibration = calibration;
+        // So that each window also gets its fast score; the threshold comes below.
+        s.fast_alert = fast_features.map(|features| FastAlert {
+            features,
+            threshold: 0.0,
+            for_steps: v2.fast_alert_for_steps.unwrap_or(1),
+            calibration_false_alarms_per_1000: 0.0,
+        });
     }
     scorer = Scorer::new(bundle)?;
 
-    // The threshold: per-step scores of the calibration recordings, as an alert.
+    // The threshold: per-step scores of the calibration recordings, as an alert; and the
+    // fast alert's own scores.
     let mut recordings = Vec::with_capacity(calib_sets.len());
+    let mut fast_scores = Vec::with_capacity(calib_sets.len());
     for (data, trailing) in &calib_sets {
         let mut at = vec![None; data.len()];
+        let mut fast_at = vec![None; data.len()];
         for s in data.window_starts(w, step) {
             let Some(baseline) = ready(trailing, s) else {
                 continue;
@@ -383,10 +412,12 @@ pub fn train_v2(
                 Some(&baseline),
             ) {
                 at[s + w - 1] = Some(score.score);
+                fast_at[s + w - 1] = score.fast_score;
             }
         }
         let labels = data.labels.clone().unwrap_or_else(|| vec![0; data.len()]);
         recordings.push((at, labels));
+        fast_scores.push(fast_at);
     }
     let (threshold, rate, normal_steps) = lowest_threshold(
         &recordings,
@@ -395,10 +426,35 @@ pub fn train_v2(
     )
     .context("the calibration recordings have no scored normal step")?;
     let mut bundle = scorer.bundle;
+    let fast_alert = match bundle
+        .meta
+        .scoring_v2
+        .as_mut()
+        .and_then(|s| s.fast_alert.take())
+    {
+        Some(fast) => {
+            let main = (threshold, v2.alert_for_steps);
+            let (threshold, rate, _) = lowest_fast_threshold(
+                &recordings,
+                &fast_scores,
+                main,
+                fast.for_steps,
+                v2.max_false_alarms_per_1000,
+            )
+            .context("the calibration recordings have no scored normal step")?;
+            Some(FastAlert {
+                threshold,
+                calibration_false_alarms_per_1000: rate,
+                ..fast
+            })
+        }
+        None => None,
+    };
     bundle.meta.threshold = threshold;
     bundle.meta.training.threshold_windows = normal_steps;
     if let Some(s) = bundle.meta.scoring_v2.as_mut() {
         s.calibration_false_alarms_per_1000 = rate;
+        s.fast_alert = fast_alert;
     }
     crate::training::train::finish(bundle, started)
 }
@@ -413,6 +469,114 @@ pub fn lowest_threshold(
     for_steps: usize,
     max_per_1000: f64,
 ) -> Option<(f64, f64, usize)> {
+    lowest_passing(
+        recordings,
+        f64::NEG_INFINITY,
+        for_steps,
+        max_per_1000,
+        |_, scores, t| alerting::model_firing(scores, t, for_steps, None),
+    )
+}
+
+/// The fast alert's threshold: the lowest fast score (`fast_scores`, per recording of
+/// `recordings`), at least the main alert's threshold (`main`: threshold, hold), whose
+/// alert held `fast_for` steps gives on its own at most `max_per_1000` false alarms per
+/// 1000 normal steps: it is a rule of its own, paging on its own. Returns it, what the
+/// two alerts together gave, and the normal steps judged.
+pub fn lowest_fast_threshold(
+    recordings: &[(Vec<Option<f64>>, Vec<u8>)],
+    fast_scores: &[Vec<Option<f64>>],
+    main: (f64, usize),
+    fast_for: usize,
+    max_per_1000: f64,
+) -> Option<(f64, f64, usize)> {
+    let (threshold, for_steps) = main;
+    let fast_recordings: Vec<(Vec<Option<f64>>, Vec<u8>)> = fast_scores
+        .iter()
+        .zip(recordings)
+        .map(|(fast, (_, labels))| (fast.clone(), labels.clone()))
+        .collect();
+    let (fast, _, _) = lowest_passing(
+        &fast_recordings,
+        threshold,
+        for_steps,
+        max_per_1000,
+        |_, scores, t| alerting::model_firing(scores, t, fast_for, None),
+    )?;
+    let (rate, normal_steps) = false_alarm_rate(recordings, for_steps, |i, scores| {
+        let signal = (fast_scores[i].as_slice(), fast, fast_for);
+        alerting::model_firing(scores, threshold, for_steps, Some(signal))
+    });
+    Some((fast, rate, normal_steps))
+}
+
+/// The features of a fast alert (`None`: no fast alert): `v2`'s list, each a scored
+/// feature of `names`, or without one the defaults the data has.
+fn fast_alert_features(
+    v2: &V2Options,
+    names: &[String],
+    scored: &[bool],
+) -> anyhow::Result<Option<Vec<String>>> {
+    if v2.fast_alert_for_steps.is_none() {
+        return Ok(None);
+    }
+    let is_scored = |name: &str| {
+        names
+            .iter()
+            .position(|n| n == name)
+            .is_some_and(|j| scored[j])
+    };
+    let features: Vec<String> = match &v2.fast_alert_features {
+        Some(list) => {
+            if let Some(bad) = list.iter().find(|n| !is_scored(n)) {
+                bail!(
+                    "the fast alert's feature `{bad}` is not a scored feature of the model ({})",
+                    names.join(", ")
+                );
+            }
+            list.clone()
+        }
+        None => DEFAULT_FAST_FEATURES
+            .iter()
+            .filter(|n| is_scored(n))
+            .map(|n| n.to_string())
+            .collect(),
+    };
+    Ok(Some(features).filter(|f| !f.is_empty()))
+}
+
+/// False alarms per 1000 normal steps of the alert `fires(scores)` over `recordings`
+/// (late alerts within `grace` steps of an incident's end are the incident's), and the
+/// normal steps judged.
+fn false_alarm_rate(
+    recordings: &[(Vec<Option<f64>>, Vec<u8>)],
+    grace: usize,
+    fires: impl Fn(usize, &[Option<f64>]) -> Vec<bool>,
+) -> (f64, usize) {
+    let (mut false_alarms, mut normal_steps) = (0, 0);
+    for (i, (scores, labels)) in recordings.iter().enumerate() {
+        let known: Vec<bool> = scores.iter().map(Option::is_some).collect();
+        let incidents = alerting::incidents(labels, None);
+        let judged = alerting::judge_fired(&fires(i, scores), &known, grace, labels, &incidents);
+        false_alarms += judged.false_alarms;
+        normal_steps += judged.normal_steps;
+    }
+    (
+        1000.0 * false_alarms as f64 / normal_steps.max(1) as f64,
+        normal_steps,
+    )
+}
+
+/// The lowest `t`, `floor` or a normal score above it, at which the alert `fires(scores,
+/// t)` gives at most `max_per_1000` false alarms (late alerts within `grace` steps of an
+/// incident's end are the incident's); see [`lowest_threshold`].
+fn lowest_passing(
+    recordings: &[(Vec<Option<f64>>, Vec<u8>)],
+    floor: f64,
+    grace: usize,
+    max_per_1000: f64,
+    fires: impl Fn(usize, &[Option<f64>], f64) -> Vec<bool>,
+) -> Option<(f64, f64, usize)> {
     let mut normal: Vec<f64> = recordings
         .iter()
         .flat_map(|(scores, labels)| {
@@ -426,6 +590,10 @@ pub fn lowest_threshold(
     if normal.is_empty() {
         return None;
     }
+    if floor.is_finite() {
+        normal.retain(|&s| s > floor);
+        normal.push(floor);
+    }
     normal.sort_by(f64::total_cmp);
     normal.dedup();
     let stride = normal.len().div_ceil(1000).max(1);
@@ -434,23 +602,7 @@ pub fn lowest_threshold(
     if candidates.last() != normal.last() {
         candidates.extend(normal.last());
     }
-    let incidents: Vec<Vec<alerting::Incident>> = recordings
-        .iter()
-        .map(|(_, labels)| alerting::incidents(labels, None))
-        .collect();
-    let rate_at = |t: f64| {
-        let (mut false_alarms, mut normal_steps) = (0, 0);
-        for ((scores, labels), incs) in recordings.iter().zip(&incidents) {
-            let condition: Vec<Option<bool>> = scores.iter().map(|s| s.map(|s| s > t)).collect();
-            let judged = alerting::judge(&condition, for_steps, labels, incs);
-            false_alarms += judged.false_alarms;
-            normal_steps += judged.normal_steps;
-        }
-        (
-            1000.0 * false_alarms as f64 / normal_steps.max(1) as f64,
-            normal_steps,
-        )
-    };
+    let rate_at = |t: f64| false_alarm_rate(recordings, grace, |i, scores| fires(i, scores, t));
     let mut below = f64::NEG_INFINITY;
     for &t in &candidates {
         let (rate, normal_steps) = rate_at(t);
@@ -516,6 +668,41 @@ mod tests {
         let (t, rate, _) = lowest_threshold(&recordings, 3, 0.0).unwrap();
         assert_eq!((t, rate), (3.0, 0.0));
         assert!(lowest_threshold(&[(vec![None; 3], vec![0; 3])], 1, 1.0).is_none());
+    }
+
+    #[test]
+    fn the_fast_threshold_is_the_lowest_its_own_alert_keeps_to_the_budget_at() {
+        // 1000 normal steps at 0.1 with three bursts: 12 steps at 3, 2 at 5, 3 at 7.
+        let mut scores: Vec<Option<f64>> = vec![Some(0.1); 1000];
+        for (at, len, value) in [(100, 12, 3.0), (400, 2, 5.0), (700, 3, 7.0)] {
+            for s in &mut scores[at..at + len] {
+                *s = Some(value);
+            }
+        }
+        // The fast alert watches the features of every burst but the first.
+        let mut fast = scores.clone();
+        for s in &mut fast[100..112] {
+            *s = Some(0.1);
+        }
+        let recordings = vec![(scores, vec![0u8; 1000])];
+        let fast = vec![fast];
+        // Held 10 steps, only the 12-step burst fires: one false alarm, within 1 per 1000.
+        let main = lowest_threshold(&recordings, 10, 1.0).unwrap();
+        assert_eq!((main.0, main.1), (0.1, 1.0));
+        // Held 2 steps, on its own within 1: at the 5s, so only the 7s alarm. With the main
+        // alert's, two alarms in all.
+        let (t, rate, steps) =
+            lowest_fast_threshold(&recordings, &fast, (0.1, 10), 2, 1.0).unwrap();
+        assert_eq!((t, rate, steps), (5.0, 2.0, 1000));
+        // Within 2 on its own: from the main threshold up, as its own score never shows
+        // the 12-step burst; three alarms with the main alert's.
+        let (t, rate, _) = lowest_fast_threshold(&recordings, &fast, (0.1, 10), 2, 2.0).unwrap();
+        assert_eq!((t, rate), (0.1, 3.0));
+        // Never below the main threshold, even when nothing normal comes near it.
+        let calm = vec![(vec![Some(0.1); 50], vec![0u8; 50])];
+        let calm_fast = vec![vec![Some(0.1); 50]];
+        let (t, rate, _) = lowest_fast_threshold(&calm, &calm_fast, (4.0, 10), 2, 0.0).unwrap();
+        assert_eq!((t, rate), (4.0, 0.0));
     }
 
     #[test]
