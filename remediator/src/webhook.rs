@@ -33,6 +33,25 @@ pub struct Alert {
     pub fingerprint: String,
 }
 
+/// The label that tells the model's fast alert from its main one (the chart's second
+/// rule of the same name).
+pub const SPEED_LABEL: &str = "speed";
+
+/// Alertmanager's fingerprint of a label set (Prometheus' `LabelSet.Fingerprint`: FNV-1a,
+/// 64 bits, over the names in order, each name and value followed by the byte 255).
+pub fn fingerprint(labels: &BTreeMap<String, String>) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (name, value) in labels {
+        for part in [name.as_bytes(), value.as_bytes()] {
+            for &byte in part.iter().chain(&[255u8]) {
+                hash ^= u64::from(byte);
+                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+    }
+    format!("{hash:016x}")
+}
+
 /// What the payload asks of us.
 #[derive(Debug, PartialEq)]
 pub enum Trigger {
@@ -96,7 +115,16 @@ impl Payload {
                         != Some(model_alert),
                 },
                 by_rule: alert.labels.get("alertname").map(String::as_str) != Some(model_alert),
-                fingerprint: if alert.fingerprint.is_empty() {
+                fingerprint: if alert.labels.get("alertname").map(String::as_str)
+                    == Some(model_alert)
+                    && alert.labels.contains_key(SPEED_LABEL)
+                {
+                    // The model's fast alert is its main alert, sooner: one cooldown for
+                    // both, or the main one would repair again what the fast one just did.
+                    let mut main = alert.labels.clone();
+                    main.remove(SPEED_LABEL);
+                    fingerprint(&main)
+                } else if alert.fingerprint.is_empty() {
                     // Older senders leave it out; the group key is the next stable name.
                     self.group_key.clone()
                 } else {
@@ -157,6 +185,34 @@ mod tests {
             payload.trigger("Other", &rules),
             Trigger::Fire { by_rule: true, .. }
         ));
+    }
+
+    #[test]
+    fn the_fast_alert_shares_the_main_alerts_fingerprint() {
+        let payload = Payload::parse(FIRING.as_bytes()).unwrap();
+        // Alertmanager's own fingerprint of the fixture's labels.
+        assert_eq!(fingerprint(&payload.alerts[0].labels), "f146eb540a7ae47b");
+        // The chart's fast rule: the same labels and `speed: fast`, its own fingerprint
+        // from Alertmanager; the cooldown key is the main alert's.
+        let fast = FIRING
+            .replace(
+                r#""severity": "critical""#,
+                r#""severity": "critical", "speed": "fast""#,
+            )
+            .replace("f146eb540a7ae47b", "0123456789abcdef");
+        let payload = Payload::parse(fast.as_bytes()).unwrap();
+        assert_eq!(payload.alerts[0].labels["speed"], "fast");
+        match payload.trigger("EtcdAnomalyScoreHigh", &[]) {
+            Trigger::Fire {
+                fingerprint,
+                by_rule,
+                ..
+            } => {
+                assert_eq!(fingerprint, "f146eb540a7ae47b");
+                assert!(!by_rule);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
