@@ -371,8 +371,8 @@ impl Recorder<'_> {
             .block_on(client.alarm(AlarmAction::Get, AlarmType::None, None))?;
         if let Some(alarm) = alarms.alarms().first() {
             bail!(
-                "etcd raised {} under normal load (load x{}, quota {} MiB): the steps \
-                 labelled normal would hold an incident; record with a bigger --quota-mib \
+                "etcd raised {} in steps labelled normal (load x{}, quota {} MiB): they \
+                 would hold an incident nobody labelled; record with a bigger --quota-mib \
                  or a smaller --load-scale",
                 alarm.alarm().as_str_name(),
                 self.load_scale,

@@ -44,11 +44,12 @@ pub struct TrainArgs {
     /// in the time the data stands for (as `eval --alert-for`).
     #[arg(long, env = "DR_DETECTOR_ALERT_FOR", default_value = "3m", value_parser = parse_duration)]
     pub alert_for: Duration,
-    /// Format 2: a second, fast alert on the same score held this long (shorter than
-    /// --alert-for), its threshold the lowest at which both alerts together keep to
-    /// --max-false-alarms-per-1000: what cannot wait --alert-for (a NOSPACE storm on a
-    /// small quota) still alerts early. Default: a fifth of --alert-for, when that is
-    /// at least one step shorter; 0 for none.
+    /// Format 2: a second, fast alert held this long (shorter than --alert-for) on its own
+    /// score, the largest calibrated error of --fast-alert-features, its threshold the
+    /// lowest (at least the main one) at which it keeps to --max-false-alarms-per-1000 on
+    /// its own: what cannot wait --alert-for (a NOSPACE storm on a small quota) still
+    /// alerts early. Default: a fifth of --alert-for, when that is at least one step
+    /// shorter; 0 for none.
     #[arg(long, env = "DR_DETECTOR_FAST_ALERT_FOR", value_parser = parse_duration)]
     pub fast_alert_for: Option<Duration>,
     /// Format 2: the scored features the fast alert watches (its score is the largest of

@@ -94,9 +94,9 @@ pub struct ScoringV2 {
     pub alert_for_steps: usize,
     /// What the threshold gave on the calibration recordings.
     pub calibration_false_alarms_per_1000: f64,
-    /// A second alert on the same score for what cannot wait `alert_for_steps`: a higher
-    /// threshold held fewer steps (a NOSPACE storm on a small quota runs its course in
-    /// fewer steps than the main alert holds). Absent in earlier files: none.
+    /// A second alert for what cannot wait `alert_for_steps`: the score of a few features
+    /// held fewer steps (a NOSPACE storm on a small quota runs its course in fewer steps
+    /// than the main alert holds). Absent in earlier files: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fast_alert: Option<FastAlert>,
     pub data_files: Vec<DataFile>,
@@ -156,7 +156,7 @@ impl ModelMeta {
             (None, FORMAT_VERSION) => {}
             (Some(v2), FORMAT_VERSION_2) => {
                 v2.validate(f, self.window)?;
-                v2.validate_fast_alert()?;
+                v2.validate_fast_alert(self.threshold)?;
                 v2.fast_features(&self.feature_names())?;
             }
             _ => bail!(
@@ -292,11 +292,19 @@ impl ScoringV2 {
         Ok(Some(flags))
     }
 
-    fn validate_fast_alert(&self) -> anyhow::Result<()> {
+    /// `threshold`: the main one. The fast score is never above the score, so a fast
+    /// threshold at least the main one means a fast alert is always a window the detector
+    /// calls anomalous (what the remediator asks before it acts).
+    fn validate_fast_alert(&self, threshold: f64) -> anyhow::Result<()> {
         if let Some(fast) = &self.fast_alert {
             ensure!(
-                fast.threshold.is_finite(),
-                "scoring_v2.fast_alert.threshold is not finite"
+                fast.threshold.is_finite() && fast.threshold >= threshold,
+                "scoring_v2.fast_alert.threshold {} must be a number at least the threshold {threshold}",
+                fast.threshold
+            );
+            ensure!(
+                fast.calibration_false_alarms_per_1000.is_finite(),
+                "scoring_v2.fast_alert.calibration_false_alarms_per_1000 is not finite"
             );
             ensure!(
                 (1..self.alert_for_steps).contains(&fast.for_steps),
@@ -625,6 +633,77 @@ pub(crate) mod tests {
             s.tail_steps = 6;
         }
         assert!(m.validate().unwrap_err().to_string().contains("tail_steps"));
+    }
+
+    #[test]
+    fn a_fast_alert_must_watch_scored_features_and_alert_no_lower_or_longer_than_the_main() {
+        let mut m = meta(3, 4, 5);
+        m.format_version = FORMAT_VERSION_2;
+        let first = m.features[0].name.clone();
+        let fast = FastAlert {
+            features: vec![first.clone()],
+            threshold: 1.5,
+            for_steps: 2,
+            calibration_false_alarms_per_1000: 0.0,
+        };
+        let with = |edit: &dyn Fn(&mut ScoringV2)| {
+            let mut m = m.clone();
+            let mut v2 = ScoringV2 {
+                fast_alert: Some(fast.clone()),
+                ..identity_v2(5)
+            };
+            edit(&mut v2);
+            m.scoring_v2 = Some(v2);
+            m.validate().map_err(|e| e.to_string())
+        };
+        assert_eq!(with(&|_| {}), Ok(()));
+        let refused = [
+            (
+                with(&|v| v.fast_alert.as_mut().unwrap().threshold = 0.5),
+                "at least the threshold",
+            ),
+            (
+                with(&|v| v.fast_alert.as_mut().unwrap().for_steps = 3),
+                "below alert_for_steps",
+            ),
+            (
+                with(&|v| v.fast_alert.as_mut().unwrap().for_steps = 0),
+                "below alert_for_steps",
+            ),
+            (
+                with(&|v| v.fast_alert.as_mut().unwrap().features = vec!["nope".into()]),
+                "no feature `nope`",
+            ),
+            (
+                with(&|v| v.fast_alert.as_mut().unwrap().features.push(first.clone())),
+                "twice",
+            ),
+            (
+                with(&|v| v.fast_alert.as_mut().unwrap().features.clear()),
+                "is empty",
+            ),
+            (with(&|v| v.scored[0] = false), "is not scored"),
+        ];
+        for (result, why) in refused {
+            let err = result.unwrap_err();
+            assert!(err.contains(why), "{err} (wanted {why})");
+        }
+        // Saved and read back; a file from before the fast alert has none.
+        m.scoring_v2 = Some(ScoringV2 {
+            fast_alert: Some(fast.clone()),
+            ..identity_v2(5)
+        });
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["scoring_v2"]["fast_alert"]["for_steps"], 2);
+        let back: ModelMeta = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back, m);
+        let mut old = json;
+        old["scoring_v2"]
+            .as_object_mut()
+            .unwrap()
+            .remove("fast_alert");
+        let old: ModelMeta = serde_json::from_value(old).unwrap();
+        assert_eq!(old.scoring_v2.unwrap().fast_alert, None);
     }
 
     #[test]

@@ -405,7 +405,7 @@ impl LiveScorer {
             }
             Err(err) => {
                 tracing::warn!(error = %err, "refresh failed");
-                self.metrics.set_scores(&[]);
+                self.metrics.clear_scores();
                 self.metrics.count_refresh("failure");
                 self.readiness.set_not_ready(err.to_string());
             }

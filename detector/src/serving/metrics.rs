@@ -104,6 +104,13 @@ impl Metrics {
         replace_family(&self.fast_score, &self.fast_scored, scores);
     }
 
+    /// No instance has a score now (Prometheus did not answer): neither alert may fire
+    /// on the last values.
+    pub fn clear_scores(&self) {
+        self.set_scores(&[]);
+        self.set_fast_scores(&[]);
+    }
+
     /// One forward pass and scoring took `seconds`.
     pub fn observe_inference(&self, seconds: f64) {
         self.inference.observe(seconds);
@@ -190,5 +197,37 @@ mod tests {
         assert!(!text.contains("instance=\"b\""), "{text}");
         metrics.set_scores(&[]);
         assert!(!encoded().contains("instance=\"a\""));
+    }
+
+    #[test]
+    fn a_failed_refresh_drops_both_alerts_scores_and_keeps_the_thresholds() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        metrics.set_threshold(7.9);
+        metrics.register_fast_alert(&mut registry, 8.5);
+        metrics.set_scores(&[("a".into(), 12.0)]);
+        metrics.set_fast_scores(&[("a".into(), 11.0)]);
+        let encoded = || {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+            text
+        };
+        let text = encoded();
+        assert!(
+            text.contains("etcd_dr_anomaly_fast_score{instance=\"a\"} 11.0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("etcd_dr_anomaly_fast_threshold 8.5"),
+            "{text}"
+        );
+        metrics.clear_scores();
+        let text = encoded();
+        assert!(!text.contains("instance=\"a\""), "{text}");
+        assert!(
+            text.contains("etcd_dr_anomaly_fast_threshold 8.5"),
+            "{text}"
+        );
+        assert!(text.contains("etcd_dr_anomaly_threshold 7.9"), "{text}");
     }
 }

@@ -528,6 +528,13 @@ fn fast_alert_features(
     };
     let features: Vec<String> = match &v2.fast_alert_features {
         Some(list) => {
+            if let Some((i, dup)) = list
+                .iter()
+                .enumerate()
+                .find(|(i, n)| list[..*i].contains(n))
+            {
+                bail!("the fast alert's features name `{dup}` twice (at {i})");
+            }
             if let Some(bad) = list.iter().find(|n| !is_scored(n)) {
                 bail!(
                     "the fast alert's feature `{bad}` is not a scored feature of the model ({})",
