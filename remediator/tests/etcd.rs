@@ -276,9 +276,18 @@ fn dry_run_touches_nothing() {
             .iter()
             .map(|s| s["step"].as_str().unwrap())
             .collect();
+        // The disarm is planned without the alarm too (it checks when it runs); in a dry
+        // run nothing runs.
         assert_eq!(
             steps,
-            ["snapshot", "compact", "defrag", "wait_health", "verify"]
+            [
+                "snapshot",
+                "compact",
+                "defrag",
+                "disarm_nospace",
+                "wait_health",
+                "verify"
+            ]
         );
         assert!(
             events.iter().all(|e| e.phase != Phase::Start),
