@@ -678,6 +678,48 @@ mod tests {
     }
 
     #[test]
+    fn a_fast_alert_watches_the_default_db_features_the_data_has_or_those_named() {
+        let names: Vec<String> = [
+            "db_size_over_quota",
+            "leader_changes",
+            "db_growth_per_request",
+        ]
+        .map(String::from)
+        .to_vec();
+        let scored = [true, true, false];
+        let opts = |for_steps: Option<usize>, list: Option<&[&str]>| V2Options {
+            fast_alert_for_steps: for_steps,
+            fast_alert_features: list.map(|l| l.iter().map(|n| n.to_string()).collect()),
+            ..V2Options::default()
+        };
+        // The defaults, of those the data scores: the growth per request is context here.
+        let got = fast_alert_features(&opts(Some(2), None), &names, &scored).unwrap();
+        assert_eq!(got, Some(vec!["db_size_over_quota".to_string()]));
+        // No hold, no fast alert; none of the defaults scored, none either.
+        assert_eq!(
+            fast_alert_features(&opts(None, None), &names, &scored).unwrap(),
+            None
+        );
+        let unscored = [false, true, false];
+        assert_eq!(
+            fast_alert_features(&opts(Some(2), None), &names, &unscored).unwrap(),
+            None
+        );
+        // Named: each must be a scored feature, once.
+        let named = opts(Some(2), Some(&["leader_changes"]));
+        let got = fast_alert_features(&named, &names, &scored).unwrap();
+        assert_eq!(got, Some(vec!["leader_changes".to_string()]));
+        for (list, why) in [
+            (&["db_growth_per_request"][..], "not a scored feature"),
+            (&["nope"][..], "not a scored feature"),
+            (&["leader_changes", "leader_changes"][..], "twice"),
+        ] {
+            let err = fast_alert_features(&opts(Some(2), Some(list)), &names, &scored).unwrap_err();
+            assert!(err.to_string().contains(why), "{err}");
+        }
+    }
+
+    #[test]
     fn the_fast_threshold_is_the_lowest_its_own_alert_keeps_to_the_budget_at() {
         // 1000 normal steps at 0.1 with three bursts: 12 steps at 3, 2 at 5, 3 at 7.
         let mut scores: Vec<Option<f64>> = vec![Some(0.1); 1000];
