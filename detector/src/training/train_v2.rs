@@ -503,10 +503,11 @@ pub fn lowest_fast_threshold(
         max_per_1000,
         |_, scores, t| alerting::model_firing(scores, t, fast_for, None),
     )?;
-    let (rate, normal_steps) = false_alarm_rate(recordings, for_steps, |i, scores| {
-        let signal = (fast_scores[i].as_slice(), fast, fast_for);
-        alerting::model_firing(scores, threshold, for_steps, Some(signal))
-    });
+    let (rate, normal_steps) =
+        false_alarm_rate(recordings, &judging(recordings), for_steps, |i, scores| {
+            let signal = (fast_scores[i].as_slice(), fast, fast_for);
+            alerting::model_firing(scores, threshold, for_steps, Some(signal))
+        });
     Some((fast, rate, normal_steps))
 }
 
@@ -557,14 +558,13 @@ fn fast_alert_features(
 /// normal steps judged.
 fn false_alarm_rate(
     recordings: &[(Vec<Option<f64>>, Vec<u8>)],
+    judging: &[Judging],
     grace: usize,
     fires: impl Fn(usize, &[Option<f64>]) -> Vec<bool>,
 ) -> (f64, usize) {
     let (mut false_alarms, mut normal_steps) = (0, 0);
-    for (i, (scores, labels)) in recordings.iter().enumerate() {
-        let known: Vec<bool> = scores.iter().map(Option::is_some).collect();
-        let incidents = alerting::incidents(labels, None);
-        let judged = alerting::judge_fired(&fires(i, scores), &known, grace, labels, &incidents);
+    for (i, ((scores, labels), (known, incidents))) in recordings.iter().zip(judging).enumerate() {
+        let judged = alerting::judge_fired(&fires(i, scores), known, grace, labels, incidents);
         false_alarms += judged.false_alarms;
         normal_steps += judged.normal_steps;
     }
@@ -572,6 +572,20 @@ fn false_alarm_rate(
         1000.0 * false_alarms as f64 / normal_steps.max(1) as f64,
         normal_steps,
     )
+}
+
+/// Per recording, what judging an alert on it needs besides the alert: the steps with a
+/// score, and the incidents. Found once per search, not once per threshold tried.
+type Judging = (Vec<bool>, Vec<alerting::Incident>);
+
+fn judging(recordings: &[(Vec<Option<f64>>, Vec<u8>)]) -> Vec<Judging> {
+    recordings
+        .iter()
+        .map(|(scores, labels)| {
+            let known = scores.iter().map(Option::is_some).collect();
+            (known, alerting::incidents(labels, None))
+        })
+        .collect()
 }
 
 /// The lowest `t`, `floor` or a normal score above it, at which the alert `fires(scores,
@@ -609,7 +623,9 @@ fn lowest_passing(
     if candidates.last() != normal.last() {
         candidates.extend(normal.last());
     }
-    let rate_at = |t: f64| false_alarm_rate(recordings, grace, |i, scores| fires(i, scores, t));
+    let judging = judging(recordings);
+    let rate_at =
+        |t: f64| false_alarm_rate(recordings, &judging, grace, |i, scores| fires(i, scores, t));
     let mut below = f64::NEG_INFINITY;
     for &t in &candidates {
         let (rate, normal_steps) = rate_at(t);
